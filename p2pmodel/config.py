@@ -1,0 +1,184 @@
+"""User configuration (``$P2PMODEL_HOME/config.toml``) and mirror rewrite rules.
+
+Mirrors work like git's ``url.<base>.insteadOf``: a rule names an origin prefix (``for``) and the
+candidate bases that may serve URLs under it (``use``); the longest matching prefix wins. Each
+candidate is then ranked live by ``mirrors.MirrorBoard``. A URL no rule matches is fetched from
+its origin only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .refs import parse_ref
+
+HF_ORIGIN = "https://huggingface.co"
+MS_ORIGIN = "https://www.modelscope.cn"
+DEFAULT_CONNECTIONS = 16
+
+
+@dataclass(frozen=True)
+class MirrorRule:
+    prefix: str
+    use: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A single-file model pinned by URL and digest (catalog or config ``[files."n:t"]``)."""
+
+    url: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    mirrors: tuple[MirrorRule, ...] = ()
+    models: dict[str, str] = field(default_factory=dict)  # "name:tag" -> source ref text
+    files: dict[str, FileSpec] = field(default_factory=dict)
+    peers: tuple[str, ...] = ()
+    connections: int = DEFAULT_CONNECTIONS
+    hf_endpoint: str = HF_ORIGIN
+    ms_endpoint: str = MS_ORIGIN
+    path: Path | None = None
+
+    def candidates(self, url: str) -> list[str]:
+        """The URLs that may serve ``url``, in configured order (origin last if listed)."""
+        return rewrite(self.mirrors, url)
+
+
+def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
+    best: list[MirrorRule] = []
+    for rule in rules:
+        if url.startswith(rule.prefix):
+            if not best or len(rule.prefix) > len(best[0].prefix):
+                best = [rule]
+            elif len(rule.prefix) == len(best[0].prefix):
+                best.append(rule)
+    if not best:
+        return [url]
+    rest = url[len(best[0].prefix) :]
+    out: list[str] = []
+    for rule in best:
+        for base in rule.use:
+            candidate = base + rest
+            if candidate not in out:
+                out.append(candidate)
+    return out
+
+
+def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
+    """Read ``home/config.toml`` (absent = defaults) and the environment; ``UserError`` if bad."""
+    env = dict(os.environ) if env is None else env
+    path = home / "config.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raw = {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"bad config {path}: {e}") from None
+    try:
+        return _parse(raw, env, path)
+    except _Bad as e:
+        raise UserError(f"bad config {path}: {e}") from None
+
+
+class _Bad(Exception):
+    pass
+
+
+def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
+    known = {"mirror", "models", "files", "peers", "connections"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _Bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    rules = []
+    mirror_list = raw.get("mirror", [])
+    if not isinstance(mirror_list, list):
+        raise _Bad("[[mirror]] must be an array of tables")
+    for i, m in enumerate(mirror_list):
+        if not isinstance(m, dict) or set(m) - {"for", "use"}:
+            raise _Bad(f"mirror #{i + 1}: only 'for' and 'use' are allowed")
+        prefix, use = m.get("for"), m.get("use")
+        if isinstance(use, str):
+            use = [use]
+        if not isinstance(prefix, str) or not prefix.startswith(("http://", "https://")):
+            raise _Bad(f"mirror #{i + 1}: 'for' must be an http(s) URL prefix")
+        if not (isinstance(use, list) and use and all(isinstance(u, str) for u in use)):
+            raise _Bad(f"mirror #{i + 1}: 'use' must be a non-empty list of URL prefixes")
+        for u in use:
+            if not u.startswith(("http://", "https://")):
+                raise _Bad(f"mirror #{i + 1}: {u!r} is not an http(s) URL prefix")
+        rules.append(MirrorRule(prefix, tuple(use)))
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise _Bad("[models] must be a table")
+    for key, value in models.items():
+        ref = _parse_ref_or_bad(key, "model name")
+        if ref.kind != "name" or not isinstance(value, str):
+            raise _Bad(f"[models] {key!r}: keys are name:tag, values reference strings")
+        if _parse_ref_or_bad(value, f"[models] {key!r}").kind == "name":
+            raise _Bad(f"[models] {key!r}: value must be hf://, ms:// or https://")
+    files = _parse_files(raw.get("files", {}), "[files]")
+    peers = raw.get("peers", [])
+    if not (isinstance(peers, list) and all(isinstance(p, str) for p in peers)):
+        raise _Bad("peers must be a list of 'host:port' strings")
+    conns = raw.get("connections", DEFAULT_CONNECTIONS)
+    if not isinstance(conns, int) or not 1 <= conns <= 256:
+        raise _Bad("connections must be an integer from 1 to 256")
+    return Config(
+        mirrors=tuple(rules),
+        models={parse_ref(k).text: v for k, v in models.items()},
+        files=files,
+        peers=tuple(peers),
+        connections=conns,
+        hf_endpoint=(env.get("HF_ENDPOINT") or HF_ORIGIN).rstrip("/"),
+        ms_endpoint=(env.get("MODELSCOPE_ENDPOINT") or MS_ORIGIN).rstrip("/"),
+        path=path,
+    )
+
+
+def parse_files_table(raw: Any, where: str) -> dict[str, FileSpec]:
+    """Parse a ``[files."name:tag"]`` table (shared by config and the shipped catalog)."""
+    try:
+        return _parse_files(raw, where)
+    except _Bad as e:
+        raise UserError(str(e)) from None
+
+
+def _parse_files(raw: Any, where: str) -> dict[str, FileSpec]:
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} must be a table")
+    out = {}
+    for key, spec in raw.items():
+        ref = _parse_ref_or_bad(key, f"{where} name")
+        if ref.kind != "name" or not isinstance(spec, dict):
+            raise _Bad(f"{where} {key!r}: expected name:tag = {{url, sha256[, size]}}")
+        url, sha, size = spec.get("url"), spec.get("sha256"), spec.get("size")
+        if not isinstance(url, str) or _parse_ref_or_bad(url, f"{where} {key!r}").kind != "url":
+            raise _Bad(f"{where} {key!r}: url must be an https URL")
+        if (
+            not isinstance(sha, str)
+            or len(sha) != 64
+            or not all(c in "0123456789abcdef" for c in sha)
+        ):
+            raise _Bad(f"{where} {key!r}: sha256 must be 64 lowercase hex digits")
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise _Bad(f"{where} {key!r}: size must be a non-negative integer")
+        out[ref.text] = FileSpec(url, sha, size)
+    return out
+
+
+def _parse_ref_or_bad(text: str, what: str) -> Any:
+    try:
+        return parse_ref(text)
+    except UserError as e:
+        raise _Bad(f"{what}: {e}") from None

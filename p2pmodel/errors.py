@@ -1,0 +1,43 @@
+"""Errors that reach the user, classed by whose fault they are.
+
+Every error the CLI prints is one of these: one line, no traceback, and an exit code that says
+whose fault it was. Anything else that escapes is a bug of ours (the CLI logs its traceback).
+"""
+
+from __future__ import annotations
+
+
+class P2PModelError(Exception):
+    """Base class: ``str(err)`` is the one line the user sees."""
+
+    exit_code = 1
+
+
+class UserError(P2PModelError):
+    """The user's input is wrong: a bad reference, unknown name, bad config or argument."""
+
+    exit_code = 2
+
+
+class SourceError(P2PModelError):
+    """Every source that could serve something failed (network, HTTP errors, missing files)."""
+
+    exit_code = 3
+
+
+class IntegrityError(P2PModelError):
+    """No source gave bytes that match the upstream digest."""
+
+    exit_code = 4
+
+
+class LocalError(P2PModelError):
+    """This machine cannot do it: disk full, permissions, a store we cannot write."""
+
+    exit_code = 5
+
+
+class ProtocolError(P2PModelError):
+    """A remote answer does not have the shape we expect (a mirror's or a peer's fault)."""
+
+    exit_code = 3

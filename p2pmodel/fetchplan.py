@@ -1,0 +1,296 @@
+"""Which worker fetches which bytes of which blob from which mirror.
+
+Theory of operation. A ``FetchPlan`` holds the blobs one ``get`` still needs, each with the byte
+ranges already on disk (``done``, restored from resume state), the ranges each mirror served
+(``by_mirror``, so a digest mismatch can be blamed), and the assignments in flight. Workers ask
+``assign(worker, now)`` and get an ``Assignment`` (a byte range and a URL), a ``Wait`` (nothing
+to do before some time, or before the plan changes) or ``Finished``. Blobs are served in order,
+at most ``per_blob`` connections each, so several files progress at once while the first
+finishes first. When nothing unassigned is left, an idle worker splits the largest remaining
+in-flight range (endgame), so a slow connection cannot hold the tail of a blob.
+
+When every byte of a blob is done the plan says so (``Verify``); the IO layer hashes the file
+and answers ``verified`` or ``mismatch``. On a mismatch the mirrors that served bytes are banned
+for that blob if some other candidate is left; if every candidate contributed, the blob is
+refetched one mirror at a time (``single_source``), which isolates the culprit. Nothing here
+does IO or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .mirrors import Failure, MirrorBoard, mirror_key
+from .rangeset import RangeSet
+
+MiB = 1024 * 1024
+
+
+class BlobState(Enum):
+    FETCHING = "fetching"
+    VERIFYING = "verifying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Assignment:
+    worker: int
+    blob: str
+    url: str
+    mirror: str
+    start: int
+    stop: int  # may shrink when an idle worker takes the tail (endgame)
+    pos: int
+    started_at: float
+    got_first_byte: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.stop - self.pos)
+
+
+@dataclass(frozen=True)
+class Wait:
+    until: float | None  # None: until the plan changes (a release, a verification)
+
+
+@dataclass(frozen=True)
+class Finished:
+    pass
+
+
+@dataclass
+class BlobTask:
+    key: str  # the blob's digest (or a provisional key for a URL whose digest is unknown)
+    size: int
+    urls: dict[str, str]  # mirror key -> URL, in configured order
+    done: RangeSet = field(default_factory=RangeSet)
+    by_mirror: dict[str, RangeSet] = field(default_factory=dict)
+    state: BlobState = BlobState.FETCHING
+    single_source: bool = False
+    source_lock: str | None = None  # in single-source mode, the mirror in use
+    error: str = ""
+    attempts: int = 0  # completed verifications that failed
+
+    @property
+    def complete(self) -> bool:
+        return self.done.covers(0, self.size)
+
+
+class FetchPlan:
+    def __init__(
+        self,
+        board: MirrorBoard,
+        *,
+        per_blob: int = 16,
+        max_active_blobs: int = 4,
+        chunk_size: int | None = None,
+        min_split: int = 1 * MiB,
+    ) -> None:
+        self.board = board
+        self.per_blob = per_blob
+        self.max_active_blobs = max_active_blobs
+        self.chunk_size = chunk_size
+        self.min_split = min_split
+        self.blobs: dict[str, BlobTask] = {}
+        self.inflight: dict[int, Assignment] = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def add_blob(
+        self,
+        key: str,
+        size: int,
+        urls: Sequence[str],
+        *,
+        done: RangeSet | None = None,
+        by_mirror: dict[str, RangeSet] | None = None,
+    ) -> BlobTask:
+        by_key = {mirror_key(u): u for u in urls}
+        self.board.add(by_key)
+        task = BlobTask(key, size, by_key, done or RangeSet(), by_mirror or {})
+        if task.complete:
+            task.state = BlobState.VERIFYING
+        self.blobs[key] = task
+        return task
+
+    # -- questions -----------------------------------------------------------------------------
+
+    def to_verify(self) -> list[BlobTask]:
+        """Blobs whose bytes are all on disk and no worker is still writing to them."""
+        busy = {a.blob for a in self.inflight.values()}
+        return [
+            b for b in self.blobs.values() if b.state is BlobState.VERIFYING and b.key not in busy
+        ]
+
+    @property
+    def finished(self) -> bool:
+        return all(b.state in (BlobState.DONE, BlobState.FAILED) for b in self.blobs.values())
+
+    def failures(self) -> list[BlobTask]:
+        return [b for b in self.blobs.values() if b.state is BlobState.FAILED]
+
+    def _chunk(self, blob: BlobTask) -> int:
+        if self.chunk_size:
+            return self.chunk_size
+        return max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
+
+    def _reserved(self, blob: BlobTask) -> RangeSet:
+        taken = blob.done.copy()
+        for a in self.inflight.values():
+            if a.blob == blob.key:
+                taken.add(a.pos, a.stop)
+        return taken
+
+    # -- assigning -----------------------------------------------------------------------------
+
+    def assign(self, worker: int, now: float) -> Assignment | Wait | Finished:
+        assert worker not in self.inflight, "worker already holds an assignment"
+        wake: list[float] = []
+        active = 0
+        for blob in [b for b in self.blobs.values() if b.state is BlobState.FETCHING]:
+            if active >= self.max_active_blobs:
+                break
+            active += 1
+            conns = sum(1 for a in self.inflight.values() if a.blob == blob.key)
+            if conns >= self.per_blob:
+                continue
+            gap = next(self._reserved(blob).gaps(0, blob.size), None)
+            if gap is None:
+                continue
+            mirror = self._choose(blob, now, wake)
+            if mirror is None:
+                continue
+            start, stop = gap[0], min(gap[1], gap[0] + self._chunk(blob))
+            return self._start(worker, blob, mirror, start, stop, now)
+        steal = self._endgame(worker, now, wake)
+        if steal is not None:
+            return steal
+        if self.finished and not self.inflight:
+            return Finished()
+        return Wait(min(wake) if wake else None)
+
+    def _choose(self, blob: BlobTask, now: float, wake: list[float]) -> str | None:
+        keys = list(blob.urls)
+        if self.board.hopeless(keys, blob.key):
+            self._fail(blob, "every mirror failed or lacks it")
+            return None
+        if blob.single_source:
+            if blob.source_lock is None or not self.board.usable_for(blob.source_lock, blob.key):
+                blob.source_lock = None
+                busy = any(a.blob == blob.key for a in self.inflight.values())
+                if busy:
+                    return None
+                blob.source_lock = self.board.choose(keys, blob.key, now)
+            else:
+                st = self.board.stats(blob.source_lock)
+                if st.backoff_until > now:
+                    wake.append(st.backoff_until)
+                    return None
+            return blob.source_lock
+        mirror = self.board.choose(keys, blob.key, now)
+        if mirror is None:
+            t = self.board.next_change(keys, blob.key, now)
+            if t is not None:
+                wake.append(t)
+        return mirror
+
+    def _endgame(self, worker: int, now: float, wake: list[float]) -> Assignment | None:
+        candidates = [a for a in self.inflight.values() if a.remaining >= 2 * self.min_split]
+        for victim in sorted(candidates, key=lambda a: -a.remaining):
+            blob = self.blobs[victim.blob]
+            mirror = self._choose(blob, now, wake)
+            if mirror is None:
+                continue
+            mid = victim.pos + victim.remaining // 2
+            stop, victim.stop = victim.stop, mid
+            return self._start(worker, blob, mirror, mid, stop, now)
+        return None
+
+    def _start(
+        self, worker: int, blob: BlobTask, mirror: str, start: int, stop: int, now: float
+    ) -> Assignment:
+        a = Assignment(worker, blob.key, blob.urls[mirror], mirror, start, stop, start, now)
+        self.inflight[worker] = a
+        self.board.started(mirror, now)
+        return a
+
+    # -- progress ------------------------------------------------------------------------------
+
+    def progress(self, worker: int, nbytes: int) -> bool:
+        """``nbytes`` more were written at the assignment's position. False: stop reading."""
+        a = self.inflight[worker]
+        if not a.got_first_byte and nbytes > 0:
+            a.got_first_byte = True
+            self.board.first_byte(a.mirror)
+        end = min(a.pos + nbytes, a.stop)
+        blob = self.blobs[a.blob]
+        if end > a.pos:
+            blob.done.add(a.pos, end)
+            blob.by_mirror.setdefault(a.mirror, RangeSet()).add(a.pos, end)
+        a.pos = end
+        return a.pos < a.stop
+
+    def release(
+        self,
+        worker: int,
+        now: float,
+        failure: Failure | None = None,
+        *,
+        retry_after: float | None = None,
+        detail: str = "",
+    ) -> None:
+        """The worker is done with its assignment; unfinished bytes return to the pool."""
+        a = self.inflight.pop(worker)
+        seconds = max(0.0, now - a.started_at)
+        fetched = a.pos - a.start
+        if failure is None:
+            self.board.finished(a.mirror, fetched, seconds)
+        else:
+            self.board.failed(
+                a.mirror,
+                failure,
+                now,
+                blob=a.blob if failure in (Failure.MISSING, Failure.PROTOCOL) else None,
+                nbytes=fetched,
+                seconds=seconds,
+                retry_after=retry_after,
+                started_at=a.started_at,
+                detail=detail,
+            )
+        blob = self.blobs[a.blob]
+        if blob.state is BlobState.FETCHING and blob.complete:
+            blob.state = BlobState.VERIFYING
+
+    # -- verification outcomes -----------------------------------------------------------------
+
+    def verified(self, key: str) -> None:
+        self.blobs[key].state = BlobState.DONE
+
+    def mismatch(self, key: str, detail: str = "digest mismatch") -> list[str]:
+        """The finished bytes failed the digest. Returns the mirrors banned for this blob."""
+        blob = self.blobs[key]
+        blob.attempts += 1
+        contributors = [m for m, r in blob.by_mirror.items() if r.total() > 0]
+        others = [m for m in blob.urls if m not in contributors and self.board.usable_for(m, key)]
+        banned: list[str] = []
+        if len(contributors) == 1 or others:
+            banned = contributors
+        else:
+            blob.single_source = True  # every usable mirror contributed: isolate the culprit
+        for m in banned:
+            self.board.ban(m, key, detail)
+        blob.done = RangeSet()
+        blob.by_mirror = {}
+        blob.source_lock = None
+        blob.state = BlobState.FETCHING
+        if self.board.hopeless(list(blob.urls), key):
+            self._fail(blob, f"{detail} from every mirror")
+        return banned
+
+    def _fail(self, blob: BlobTask, why: str) -> None:
+        blob.state = BlobState.FAILED
+        blob.error = why

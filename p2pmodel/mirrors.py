@@ -1,0 +1,218 @@
+"""Live ranking of mirrors: which one should the next connection use?
+
+Theory of operation. Every candidate URL belongs to a mirror, keyed by ``scheme://host:port``.
+The board keeps, per mirror, a throughput estimate per connection (EWMA of finished transfers),
+its active connections, consecutive failures with a backoff deadline (``Retry-After`` wins), and
+per-blob bans (the mirror lacks the file, or served bytes that failed the digest).
+
+Choosing follows happy eyeballs: untried mirrors are tried in the configured order, and the
+next one opens only when every earlier one is unusable or has kept a connection waiting for its
+first byte longer than ``race_delay``. Once mirrors have delivered bytes, new connections go to
+the one with the best measured rate (the winner is kept), and each untried mirror gets a single
+exploring connection so a better one is noticed. A mirror that fails ``max_failures`` times in a
+row without a success in between is dead for this run. Time is always an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import urlsplit
+
+
+def mirror_key(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Failure(Enum):
+    """What went wrong with one request, as the IO adapter classifies it."""
+
+    BUSY = "busy"  # 429 / 503: the mirror asks us to come back later
+    SERVER = "server"  # other 5xx
+    TIMEOUT = "timeout"
+    CONNECT = "connect"  # refused, reset, DNS
+    SHORT = "short"  # body ended early
+    PROTOCOL = "protocol"  # malformed answer, ignored Range, wrong length
+    MISSING = "missing"  # 404/410/403: this mirror does not have this file
+
+
+TRANSIENT = {Failure.BUSY, Failure.SERVER, Failure.TIMEOUT, Failure.CONNECT, Failure.SHORT}
+
+
+@dataclass
+class MirrorStats:
+    key: str
+    prior: int  # position in the configured order
+    rate: float | None = None  # bytes/s per connection, EWMA
+    active: int = 0
+    waiting_since: float | None = None  # oldest connection still waiting for a first byte
+    delivered: int = 0
+    failures: int = 0
+    consecutive: int = 0
+    backoff_until: float = 0.0
+    last_error: str = ""
+    explored: bool = False
+    dead: bool = False
+    last_counted_failure: float = float("-inf")
+    bans: dict[str, str] = field(default_factory=dict)  # blob -> reason
+
+
+class MirrorBoard:
+    def __init__(
+        self,
+        *,
+        race_delay: float = 0.3,
+        max_failures: int = 8,
+        base_backoff: float = 0.1,
+        max_backoff: float = 30.0,
+        per_mirror_cap: int = 64,
+        ewma: float = 0.3,
+    ) -> None:
+        self.race_delay = race_delay
+        self.max_failures = max_failures
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.per_mirror_cap = per_mirror_cap
+        self.ewma = ewma
+        self._m: dict[str, MirrorStats] = {}
+
+    # -- registration and reading --------------------------------------------------------------
+
+    def add(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if key not in self._m:
+                self._m[key] = MirrorStats(key, prior=len(self._m))
+
+    def stats(self, key: str) -> MirrorStats:
+        return self._m[key]
+
+    def all_stats(self) -> list[MirrorStats]:
+        return list(self._m.values())
+
+    def restore_rates(self, rates: dict[str, float]) -> None:
+        """Seed throughput estimates remembered from an earlier run (ranking only)."""
+        for key, rate in rates.items():
+            if key in self._m and self._m[key].rate is None and rate > 0:
+                self._m[key].rate = float(rate)
+
+    def usable_for(self, key: str, blob: str) -> bool:
+        m = self._m[key]
+        return not m.dead and blob not in m.bans
+
+    def hopeless(self, keys: Sequence[str], blob: str) -> bool:
+        """True when no candidate can ever serve this blob again in this run."""
+        return not any(self.usable_for(k, blob) for k in keys)
+
+    def next_change(self, keys: Sequence[str], blob: str, now: float) -> float | None:
+        """When a candidate leaves backoff or a race timer fires next (None: nothing pending)."""
+        times = []
+        for k in keys:
+            m = self._m[k]
+            if not self.usable_for(k, blob):
+                continue
+            if m.backoff_until > now:
+                times.append(m.backoff_until)
+            if m.waiting_since is not None:
+                times.append(m.waiting_since + self.race_delay)
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def choose(self, keys: Sequence[str], blob: str, now: float) -> str | None:
+        """The mirror for a new connection for ``blob`` among ``keys``, or None to wait."""
+        ready = [
+            self._m[k]
+            for k in keys
+            if self.usable_for(k, blob)
+            and self._m[k].backoff_until <= now
+            and self._m[k].active < self.per_mirror_cap
+        ]
+        if not ready:
+            return None
+        proven = [m for m in ready if m.rate is not None]
+        untried = sorted((m for m in ready if m.rate is None), key=lambda m: m.prior)
+        if proven:
+            best = max(proven, key=lambda m: (m.rate or 0.0, -m.prior))
+            for m in untried:
+                if not m.explored and m.active == 0:
+                    m.explored = True
+                    return m.key
+            return best.key
+        # Happy eyeballs among untried mirrors, in configured order.
+        for m in untried:
+            if m.waiting_since is None or m.active == 0:
+                return m.key
+            if now - m.waiting_since < self.race_delay:
+                return m.key  # still within its moment: pile on the current favourite
+        return untried[0].key if untried else None
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def started(self, key: str, now: float) -> None:
+        m = self._m[key]
+        m.active += 1
+        if m.waiting_since is None and m.rate is None:
+            m.waiting_since = now
+
+    def first_byte(self, key: str) -> None:
+        m = self._m[key]
+        m.waiting_since = None
+        m.consecutive = 0
+
+    def finished(self, key: str, nbytes: int, seconds: float) -> None:
+        """A connection ended normally after ``nbytes`` in ``seconds``."""
+        m = self._m[key]
+        m.active = max(0, m.active - 1)
+        self._sample(m, nbytes, seconds)
+
+    def failed(
+        self,
+        key: str,
+        kind: Failure,
+        now: float,
+        *,
+        blob: str | None = None,
+        nbytes: int = 0,
+        seconds: float = 0.0,
+        retry_after: float | None = None,
+        started_at: float | None = None,
+        detail: str = "",
+    ) -> None:
+        """A connection ended in ``kind``. Connections opened together that fail together count
+        as one failure round: only a request started after the last counted failure counts."""
+        m = self._m[key]
+        m.active = max(0, m.active - 1)
+        if m.active == 0:
+            m.waiting_since = None
+        m.failures += 1
+        m.last_error = detail or kind.value
+        self._sample(m, nbytes, seconds)
+        if kind is Failure.MISSING or (kind is Failure.PROTOCOL and blob is not None):
+            if blob is not None:
+                m.bans[blob] = m.last_error
+            return
+        if started_at is None or started_at >= m.last_counted_failure:
+            m.consecutive += 1
+            m.last_counted_failure = now
+        if m.consecutive >= self.max_failures:
+            m.dead = True
+        delay = min(self.max_backoff, self.base_backoff * 2 ** (m.consecutive - 1))
+        if retry_after is not None:
+            delay = min(max(retry_after, 0.0), 300.0)
+        m.backoff_until = max(m.backoff_until, now + delay)
+
+    def ban(self, key: str, blob: str, reason: str) -> None:
+        self._m[key].bans[blob] = reason
+
+    def _sample(self, m: MirrorStats, nbytes: int, seconds: float) -> None:
+        if nbytes <= 0:
+            return
+        m.delivered += nbytes
+        m.consecutive = 0
+        if seconds <= 0 or nbytes < 64 * 1024:
+            return
+        sample = nbytes / seconds
+        m.rate = sample if m.rate is None else (1 - self.ewma) * m.rate + self.ewma * sample

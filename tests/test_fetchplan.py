@@ -1,0 +1,299 @@
+"""The fetch plan and mirror board, driven without sockets or clocks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pmodel.fetchplan import Assignment, BlobState, FetchPlan, Finished, Wait
+from p2pmodel.mirrors import Failure, MirrorBoard
+from p2pmodel.rangeset import RangeSet
+
+MiB = 1024 * 1024
+A, B, C = "http://a.test", "http://b.test", "http://c.test"
+
+
+def plan_with(*blobs: tuple[str, int], mirrors=(A,), **kw) -> FetchPlan:
+    plan = FetchPlan(MirrorBoard(), **kw)
+    for key, size in blobs:
+        plan.add_blob(key, size, [f"{m}/{key}" for m in mirrors])
+    return plan
+
+
+def drain(plan: FetchPlan, worker: int, now: float = 0.0) -> Assignment:
+    step = plan.assign(worker, now)
+    assert isinstance(step, Assignment), step
+    plan.progress(worker, step.stop - step.pos)
+    plan.release(worker, now + 1)
+    return step
+
+
+def test_assignments_tile_the_blob_without_overlap():
+    """Chunks handed out for one blob cover it exactly once and the blob then awaits hashing."""
+    plan = plan_with(("x", 10 * MiB), chunk_size=3 * MiB)
+    steps = [plan.assign(w, 0.0) for w in range(4)]
+    assert all(isinstance(s, Assignment) for s in steps)
+    spans = sorted((s.start, s.stop) for s in steps)  # type: ignore[union-attr]
+    assert spans == [(0, 3 * MiB), (3 * MiB, 6 * MiB), (6 * MiB, 9 * MiB), (9 * MiB, 10 * MiB)]
+    for w, s in enumerate(steps):
+        assert isinstance(s, Assignment)
+        assert plan.progress(w, s.stop - s.start) is False
+        plan.release(w, 1.0)
+    assert [b.key for b in plan.to_verify()] == ["x"]
+    assert isinstance(plan.assign(9, 2.0), Wait)  # hashing pending: not finished yet
+    plan.verified("x")
+    assert isinstance(plan.assign(9, 2.0), Finished)
+
+
+def test_resume_only_assigns_the_gaps():
+    """Ranges restored from resume state are never fetched again."""
+    plan = FetchPlan(MirrorBoard(), chunk_size=8 * MiB)
+    plan.add_blob("x", 10 * MiB, [f"{A}/x"], done=RangeSet([(0, 4 * MiB), (6 * MiB, 10 * MiB)]))
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment)
+    assert (step.start, step.stop) == (4 * MiB, 6 * MiB)
+    half = plan.assign(1, 0.0)  # an idle worker shares the last gap (endgame)
+    assert isinstance(half, Assignment)
+    assert (half.start, half.stop, step.stop) == (5 * MiB, 6 * MiB, 5 * MiB)
+    assert isinstance(plan.assign(2, 0.0), Wait)  # 1 MiB halves are too small to split again
+
+
+def test_complete_resume_goes_straight_to_verification():
+    """A blob whose bytes were all on disk before a crash is only re-hashed."""
+    plan = FetchPlan(MirrorBoard())
+    plan.add_blob("x", 5, [f"{A}/x"], done=RangeSet([(0, 5)]))
+    assert [b.key for b in plan.to_verify()] == ["x"]
+
+
+def test_several_blobs_progress_at_once_up_to_the_cap():
+    """Connections spread over at most max_active_blobs blobs, at most per_blob each."""
+    blobs = [(f"b{i}", 4 * MiB) for i in range(6)]
+    plan = plan_with(*blobs, per_blob=2, max_active_blobs=3, chunk_size=MiB)
+    got = [plan.assign(w, 0.0) for w in range(10)]
+    keys = [s.blob for s in got if isinstance(s, Assignment)]
+    assert sorted(set(keys)) == ["b0", "b1", "b2"]
+    assert all(keys.count(k) == 2 for k in set(keys))
+
+
+def test_failed_connection_returns_its_unfinished_bytes():
+    """A connection that breaks mid-range loses nothing it wrote; the rest is re-assigned."""
+    plan = plan_with(("x", 4 * MiB), mirrors=(A, B), chunk_size=4 * MiB)
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment)
+    plan.progress(0, MiB)
+    plan.release(0, 1.0, Failure.SHORT, detail="cut")
+    assert plan.blobs["x"].done.to_list() == [(0, MiB)]
+    again = plan.assign(1, 1.0)
+    assert isinstance(again, Assignment)
+    assert (again.start, again.stop) == (MiB, 4 * MiB)
+
+
+def test_endgame_splits_the_slowest_tail():
+    """When nothing is unassigned, an idle worker takes the second half of the largest range."""
+    plan = plan_with(("x", 8 * MiB), chunk_size=8 * MiB)
+    first = plan.assign(0, 0.0)
+    assert isinstance(first, Assignment)
+    plan.progress(0, 2 * MiB)
+    second = plan.assign(1, 0.5)
+    assert isinstance(second, Assignment)
+    assert (second.start, second.stop) == (5 * MiB, 8 * MiB)
+    assert first.stop == 5 * MiB
+    assert plan.progress(0, 4 * MiB) is False  # only 3 MiB more were wanted
+    assert plan.blobs["x"].done.to_list() == [(0, 5 * MiB)]
+
+
+def test_busy_mirror_is_left_alone_until_retry_after():
+    """A 503 with Retry-After keeps new connections off that mirror until the time passes."""
+    plan = plan_with(("x", 4 * MiB), chunk_size=MiB)
+    assert isinstance(plan.assign(0, 0.0), Assignment)
+    plan.release(0, 0.1, Failure.BUSY, retry_after=5.0)
+    step = plan.assign(0, 1.0)
+    assert isinstance(step, Wait)
+    assert step.until == pytest.approx(5.1)
+    assert isinstance(plan.assign(0, 5.2), Assignment)
+
+
+def test_missing_file_bans_the_mirror_for_that_blob_only():
+    """A 404 moves that blob to other mirrors but keeps the mirror for other blobs."""
+    plan = plan_with(("x", MiB), ("y", MiB), mirrors=(A, B))
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment) and step.mirror == A and step.blob == "x"
+    plan.release(0, 0.1, Failure.MISSING, detail="HTTP 404")
+    nxt = plan.assign(0, 0.2)
+    assert isinstance(nxt, Assignment) and nxt.blob == "x" and nxt.mirror == B
+    other = plan.assign(1, 0.2)
+    assert isinstance(other, Assignment) and other.blob == "y" and other.mirror == A
+
+
+def test_blob_fails_when_no_mirror_can_serve_it():
+    """When every candidate lacks a blob, it fails and the plan finishes instead of waiting."""
+    plan = plan_with(("x", MiB))
+    assert isinstance(plan.assign(0, 0.0), Assignment)
+    plan.release(0, 0.1, Failure.MISSING, detail="HTTP 404")
+    assert isinstance(plan.assign(0, 0.2), Finished)
+    assert plan.blobs["x"].state is BlobState.FAILED
+    assert plan.finished
+
+
+def test_dead_after_repeated_failure_rounds():
+    """A mirror failing round after round is given up, which fails blobs with no other source."""
+    board = MirrorBoard(max_failures=3)
+    plan = FetchPlan(board)
+    plan.add_blob("x", MiB, [f"{A}/x"])
+    now = 0.0
+    for _ in range(3):
+        step = plan.assign(0, now)
+        assert isinstance(step, Assignment), step
+        now += 0.01
+        plan.release(0, now, Failure.CONNECT, detail="refused")
+        now = board.stats(A).backoff_until
+    assert board.stats(A).dead
+    assert isinstance(plan.assign(0, now), Finished)
+    assert plan.blobs["x"].state is BlobState.FAILED
+
+
+def test_a_burst_of_failures_counts_as_one_round():
+    """Sixteen connections opened together and refused together count one failure, not 16."""
+    board = MirrorBoard(max_failures=3)
+    plan = FetchPlan(board, chunk_size=MiB)
+    plan.add_blob("x", 16 * MiB, [f"{A}/x"])
+    for w in range(16):
+        assert isinstance(plan.assign(w, 0.0), Assignment)
+    for w in range(16):
+        plan.release(w, 0.5, Failure.CONNECT)
+    assert board.stats(A).consecutive == 1
+    assert not board.stats(A).dead
+
+
+def test_happy_eyeballs_opens_the_next_mirror_after_a_moment():
+    """All connections go to the first mirror until it keeps one waiting past race_delay."""
+    board = MirrorBoard(race_delay=0.3)
+    plan = FetchPlan(board, chunk_size=MiB)
+    plan.add_blob("x", 32 * MiB, [f"{A}/x", f"{B}/x"])
+    early = [plan.assign(w, 0.1 * w) for w in range(3)]
+    assert [s.mirror for s in early if isinstance(s, Assignment)] == [A, A, A]
+    late = plan.assign(3, 0.35)
+    assert isinstance(late, Assignment) and late.mirror == B
+
+
+def test_the_fastest_proven_mirror_wins():
+    """After rates are measured, new connections go to the faster mirror."""
+    board = MirrorBoard()
+    board.add([A, B])
+    board.started(A, 0.0)
+    board.started(B, 0.0)
+    board.finished(A, 4 * MiB, 4.0)
+    board.finished(B, 4 * MiB, 1.0)
+    assert board.choose([A, B], "x", 5.0) == B
+
+
+def test_an_untried_mirror_gets_one_exploring_connection():
+    """A mirror never tried gets a single connection even when another is already proven."""
+    board = MirrorBoard()
+    board.add([A, B])
+    board.started(A, 0.0)
+    board.finished(A, 4 * MiB, 1.0)
+    assert board.choose([A, B], "x", 1.0) == B
+    board.started(B, 1.0)
+    assert board.choose([A, B], "x", 1.1) == A
+
+
+def test_mismatch_with_one_contributor_bans_it():
+    """The only mirror that served a blob with a wrong digest is banned for it."""
+    plan = plan_with(("x", MiB), mirrors=(A, B))
+    drain(plan, 0)
+    assert plan.mismatch("x") == [A]
+    step = plan.assign(0, 2.0)
+    assert isinstance(step, Assignment) and step.mirror == B and step.start == 0
+
+
+def test_mismatch_when_every_mirror_contributed_isolates_the_culprit():
+    """If all mirrors served parts of a bad blob, it is refetched one mirror at a time."""
+    board = MirrorBoard()
+    plan = FetchPlan(board, chunk_size=MiB)
+    plan.add_blob("x", 2 * MiB, [f"{A}/x", f"{B}/x"])
+    plan.assign(0, 0.0)
+    board.stats(A).explored = True
+    a1 = plan.inflight[0]
+    plan.inflight.pop(0)
+    board.stats(A).active = 0
+    # Hand-build: A served the first half, B the second.
+    plan.blobs["x"].by_mirror = {A: RangeSet([(0, MiB)]), B: RangeSet([(MiB, 2 * MiB)])}
+    plan.blobs["x"].done = RangeSet([(0, 2 * MiB)])
+    plan.blobs["x"].state = BlobState.VERIFYING
+    del a1
+    assert plan.mismatch("x") == []
+    assert plan.blobs["x"].single_source
+    first = plan.assign(0, 1.0)
+    second = plan.assign(1, 1.0)
+    assert isinstance(first, Assignment) and isinstance(second, Assignment)
+    assert first.mirror == second.mirror  # one source at a time
+    culprit = first.mirror
+    for w, s in ((0, first), (1, second)):
+        plan.progress(w, s.stop - s.pos)
+        plan.release(w, 2.0)
+    assert plan.mismatch("x") == [culprit]
+    step = plan.assign(0, 3.0)
+    assert isinstance(step, Assignment) and step.mirror != culprit
+
+
+def test_mismatch_from_every_mirror_fails_the_blob():
+    """When each mirror alone gave wrong bytes, the blob fails rather than looping."""
+    plan = plan_with(("x", MiB), mirrors=(A,))
+    drain(plan, 0)
+    plan.mismatch("x")
+    assert plan.blobs["x"].state is BlobState.FAILED
+    assert plan.finished
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_simulated_download_with_faults_completes_exactly(seed):
+    """Random failures, short bodies and a corrupt mirror still end with every blob verified
+    from honest bytes, and with no failure each byte is fetched exactly once."""
+    rng = random.Random(seed)
+    faulty = seed % 2 == 1
+    board = MirrorBoard(race_delay=0.3, max_failures=50)
+    plan = FetchPlan(board, per_blob=4, max_active_blobs=2)
+    sizes = {f"b{i}": rng.randrange(1, 12 * MiB) for i in range(5)}
+    for key, size in sizes.items():
+        plan.add_blob(key, size, [f"{m}/{key}" for m in (A, B, C)])
+    corrupt = C if faulty else None
+    fetched = 0
+    bad_bytes: dict[str, RangeSet] = {k: RangeSet() for k in sizes}
+    now = 0.0
+    for _ in range(20_000):
+        if plan.finished:
+            break
+        now += 0.05
+        for blob in plan.to_verify():
+            if bad_bytes[blob.key].intersection_size(0, blob.size):
+                plan.mismatch(blob.key)
+                bad_bytes[blob.key] = RangeSet()
+            else:
+                plan.verified(blob.key)
+        for w in range(6):
+            if w in plan.inflight:
+                a = plan.inflight[w]
+                roll = rng.random()
+                if faulty and roll < 0.1:
+                    n = rng.randrange(0, a.remaining + 1)
+                    start = a.pos
+                    plan.progress(w, n)
+                    fetched += plan.inflight[w].pos - start
+                    plan.release(w, now, Failure.SHORT, detail="cut")
+                    continue
+                n = min(a.remaining, rng.randrange(64 * 1024, 2 * MiB))
+                start = a.pos
+                more = plan.progress(w, n)
+                fetched += plan.inflight[w].pos - start
+                if a.mirror == corrupt:
+                    bad_bytes[a.blob].add(start, a.pos)
+                if not more:
+                    plan.release(w, now)
+            else:
+                plan.assign(w, now)
+    assert plan.finished
+    assert all(b.state is BlobState.DONE for b in plan.blobs.values())
+    if not faulty:
+        assert fetched == sum(sizes.values())

@@ -1,0 +1,222 @@
+"""The ``p2pmodel`` command.
+
+Every error a user can cause or meet prints one line on stderr and exits non-zero with a code
+that says whose fault it was (``errors``); a bug of ours prints one line too and leaves the
+traceback in ``$P2PMODEL_HOME/log/``. The fast path of ``get`` imports neither trio nor httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import P2PModelError, UserError
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every other user error
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="p2pmodel",
+        description="Fetch large AI models once per office: mirrors, LAN peers, verified store.",
+    )
+    p.add_argument("--version", action="version", version=f"p2pmodel {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser("get", help="fetch a model and print the path of its directory")
+    g.add_argument("ref", help="name:tag, hf://org/repo[@rev], ms://org/repo[@rev] or https://URL")
+    g.add_argument("--to", type=Path, metavar="DIR", help="also place the files under DIR")
+    g.add_argument("--sha256", metavar="HEX", help="expected digest of a single-file URL")
+    g.add_argument("--refresh", action="store_true", help="resolve the reference again upstream")
+    g.add_argument("--connections", type=int, metavar="N", help="parallel connections (16)")
+    g.add_argument(
+        "--progress",
+        choices=["auto", "rich", "plain", "none"],
+        default="auto",
+        help="progress display (auto: live on a terminal, plain lines otherwise)",
+    )
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ls = sub.add_parser("ls", help="list the models in the store")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        handler = {"get": cmd_get, "ls": cmd_ls}[args.command]
+        return handler(args)
+    except P2PModelError as e:
+        print(f"p2pmodel: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("p2pmodel: interrupted; progress is saved, run it again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except Exception as e:
+        where = _log_traceback()
+        print(
+            f"p2pmodel: internal error: {type(e).__name__}: {e} (details in {where})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _log_traceback() -> str:
+    try:
+        from .store import default_home
+
+        log = default_home() / "log" / "p2pmodel.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {sys.argv!r}\n")
+            f.write(traceback.format_exc())
+        return str(log)
+    except OSError:
+        traceback.print_exc()
+        return "the traceback above"
+
+
+def _home() -> Path:
+    from .store import default_home
+
+    return default_home()
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from .get import GetRequest, fast_get
+    from .refs import parse_ref
+
+    if args.connections is not None and not 1 <= args.connections <= 256:
+        raise UserError("--connections must be from 1 to 256")
+    req = GetRequest(
+        parse_ref(args.ref),
+        to=args.to.expanduser().resolve() if args.to else None,
+        sha256=args.sha256,
+        refresh=args.refresh,
+        progress="none" if args.json and args.progress == "auto" else args.progress,
+    )
+    home = _home()
+    if req.ref.kind == "name":  # an unknown name fails here, before any heavy import
+        from .catalog import load_catalog, lookup_name
+        from .config import load_config
+
+        lookup_name(req.ref, load_config(home), load_catalog())
+    result = fast_get(req, home)
+    if result is None:
+        result = _run_get(req, home, args.connections)
+    for w in result.warnings:
+        print(f"p2pmodel: warning: {w}", file=sys.stderr)
+    if args.json:
+        _print_json(_result_json(req, result))
+    else:
+        print(result.path)
+    return 0
+
+
+def _run_get(req: Any, home: Path, connections: int | None) -> Any:
+    import trio
+
+    from .config import load_config
+    from .downloader import DownloadOptions
+    from .get import get
+
+    config = load_config(home)
+    opts = DownloadOptions(connections=connections or config.connections)
+
+    async def run() -> Any:
+        return await get(req, home, options=opts)
+
+    return trio.run(run)
+
+
+def _result_json(req: Any, result: Any) -> dict[str, Any]:
+    m = result.manifest
+    return {
+        "ref": req.ref.text,
+        "path": str(result.path),
+        "manifest": m.digest,
+        "source": m.source,
+        "commit": m.commit,
+        "size": m.total_size,
+        "fetched": result.fetched,
+        "files": [{"path": f.path, "size": f.size, "digest": f.digest} for f in m.files],
+    }
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.catalog:
+        from .catalog import load_catalog
+        from .config import load_config
+
+        config, catalog = load_config(_home()), load_catalog()
+        names = {**catalog.models, **{k: v.url for k, v in catalog.files.items()}}
+        names.update(config.models)
+        names.update({k: v.url for k, v in config.files.items()})
+        if args.json:
+            _print_json([{"name": k, "source": v} for k, v in sorted(names.items())])
+        else:
+            for k, v in sorted(names.items()):
+                print(f"{k:32} {v}")
+        return 0
+    from .progress import human
+    from .refs import parse_ref
+    from .store import Store
+
+    store = Store(_home())
+    rows: list[dict[str, Any]] = []
+    for ref_text, digest in sorted(store.refs().items()):
+        m = store.load_manifest(digest)
+        if m is None:
+            continue
+        missing = store.missing_blobs(m)
+        rows.append(
+            {
+                "ref": ref_text,
+                "manifest": digest,
+                "source": m.source,
+                "commit": m.commit,
+                "files": len(m.files),
+                "size": m.total_size,
+                "complete": not missing,
+                "missing_bytes": sum(missing.values()),
+                "path": str(store.snapshot_dir(parse_ref(ref_text))),
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no models yet (p2pmodel get NAME:TAG)")
+    for r in rows:
+        state = "complete" if r["complete"] else f"partial, {human(r['missing_bytes'])} missing"
+        print(f"{r['ref']:40} {human(r['size']):>10}  {r['files']:>4} files  {state}")
+    return 0
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

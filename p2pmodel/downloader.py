@@ -1,0 +1,296 @@
+"""Runs a ``FetchPlan`` with real connections (trio + httpx) and the store.
+
+Theory of operation. ``download`` opens every missing blob's partial file, restores its resume
+state into the plan, then runs in one nursery: N workers (each loops ``plan.assign`` -> one
+Range GET streamed into the partial file in 256 KiB writes from a thread -> ``plan.release``), a
+verifier (hashes complete blobs in a thread, commits or reports a mismatch), a saver (persists
+resume state every second and once more on the way out, even when cancelled) and the progress
+renderer. The plan is only touched from the trio thread; any change wakes waiting workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import trio
+
+from .digests import algorithm, digest_file
+from .errors import IntegrityError, SourceError
+from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
+from .http import FetchFailure, Timeouts, make_client, open_range
+from .mirrors import Failure, MirrorBoard
+from .progress import Progress
+from .store import PartialState, Store, disk_errors
+
+WRITE_BLOCK = 256 * 1024
+FLUSH_AGE = 0.2
+
+
+@dataclass
+class BlobJob:
+    """One blob to fetch: ``digest`` is ``sha256:``/``gitsha1:``, or None if unknown (a URL
+    fetched with no published digest: it is hashed with sha256 and stored under that)."""
+
+    key: str
+    digest: str | None
+    size: int
+    urls: list[str]
+    label: str
+
+
+@dataclass
+class DownloadOptions:
+    connections: int = 16
+    max_active_blobs: int = 4
+    chunk_size: int | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    save_interval: float = 0.5
+    render_interval: float = 0.25
+    board: MirrorBoard | None = None
+
+
+class _Changed:
+    """A level-triggered 'something changed' signal for waiting workers."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self, until: float | None) -> None:
+        event = self._event
+        with trio.move_on_at(until if until is not None else math.inf):
+            await event.wait()
+
+
+async def download(
+    store: Store,
+    jobs: list[BlobJob],
+    progress: Progress,
+    options: DownloadOptions | None = None,
+    *,
+    render: Callable[[], None] | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> dict[str, str]:
+    """Fetch and verify every job; returns {job key: final digest}. Raises on what failed,
+    after every other blob was finished and kept."""
+    opts = options or DownloadOptions()
+    board = opts.board or MirrorBoard()
+    plan = FetchPlan(
+        board,
+        per_blob=opts.connections,
+        max_active_blobs=opts.max_active_blobs,
+        chunk_size=opts.chunk_size,
+    )
+    fds: dict[str, int] = {}
+    jobs_by_key = {j.key: j for j in jobs}
+    results: dict[str, str] = {}
+    try:
+        for job in jobs:
+            fds[job.key] = await trio.to_thread.run_sync(store.open_partial, job.key, job.size)
+            state = await trio.to_thread.run_sync(store.load_state, job.key, job.size)
+            plan.add_blob(job.key, job.size, job.urls, done=state.done, by_mirror=state.by_mirror)
+            progress.add(job.key, job.label, job.size, have=state.done.total())
+        owns_client = client is None
+        http = client or make_client(opts.timeouts, connections=opts.connections * 2)
+        try:
+            run = _Run(store, plan, progress, opts, http, fds, jobs_by_key, results)
+            await run.main(render)
+        finally:
+            if owns_client:
+                with trio.CancelScope(shield=True):
+                    await http.aclose()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    _raise_failures(plan, board, jobs_by_key)
+    return results
+
+
+def _raise_failures(plan: FetchPlan, board: MirrorBoard, jobs: dict[str, BlobJob]) -> None:
+    failed = plan.failures()
+    if not failed:
+        return
+    first = failed[0]
+    label = jobs[first.key].label
+    more = f" (and {len(failed) - 1} more files)" if len(failed) > 1 else ""
+    mismatched = [s.key for s in board.all_stats() if "mismatch" in s.bans.get(first.key, "")]
+    if mismatched and all(
+        "mismatch" in board.stats(m).bans.get(first.key, "") or board.stats(m).dead
+        for m in first.urls
+    ):
+        raise IntegrityError(
+            f"{label}: digest mismatch from every mirror ({', '.join(mismatched)}){more}"
+        )
+    causes = []
+    for m in first.urls:
+        s = board.stats(m)
+        why = s.bans.get(first.key) or s.last_error or "no answer"
+        causes.append(f"{m}: {why}")
+    raise SourceError(f"cannot fetch {label}: {'; '.join(causes)}{more}")
+
+
+class _Run:
+    def __init__(
+        self,
+        store: Store,
+        plan: FetchPlan,
+        progress: Progress,
+        opts: DownloadOptions,
+        http: httpx.AsyncClient,
+        fds: dict[str, int],
+        jobs: dict[str, BlobJob],
+        results: dict[str, str],
+    ) -> None:
+        self.store, self.plan, self.progress, self.opts = store, plan, progress, opts
+        self.http, self.fds, self.jobs, self.results = http, fds, jobs, results
+        self.changed = _Changed()
+        self.dirty: set[str] = set()
+
+    async def main(self, render: Callable[[], None] | None) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for w in range(self.opts.connections):
+                    nursery.start_soon(self.worker, w)
+                nursery.start_soon(self.verifier)
+                nursery.start_soon(self.saver)
+                if render is not None:
+                    nursery.start_soon(self.renderer, render)
+                await self.wait_finished()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.save_all()
+
+    async def wait_finished(self) -> None:
+        while not self.plan.finished:
+            await self.changed.wait(None)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def worker(self, w: int) -> None:
+        while True:
+            step = self.plan.assign(w, trio.current_time())
+            if isinstance(step, Finished):
+                return
+            if isinstance(step, Wait):
+                await self.changed.wait(step.until)
+                continue
+            failure: FetchFailure | None = None
+            try:
+                await self.fetch(w, step)
+            except FetchFailure as f:
+                failure = f
+            finally:
+                if w in self.plan.inflight:
+                    now = trio.current_time()
+                    if failure is None and step.pos < step.stop:
+                        failure = FetchFailure(Failure.SHORT, "body ended early")
+                    if failure is None:
+                        self.plan.release(w, now)
+                    else:
+                        self.plan.release(
+                            w,
+                            now,
+                            failure.kind,
+                            retry_after=failure.retry_after,
+                            detail=failure.detail,
+                        )
+                    self.changed.fire()
+
+    async def fetch(self, w: int, a: Assignment) -> None:
+        fd = self.fds[a.blob]
+        size = self.plan.blobs[a.blob].size
+        async with open_range(self.http, a.url, a.start, a.stop, size) as body:
+            buf = bytearray()
+            last = trio.current_time()
+            async for chunk in body:
+                buf += chunk
+                now = trio.current_time()
+                # Write often enough that a crash loses little: by size, or by age on a slow link.
+                if len(buf) >= WRITE_BLOCK or now - last >= FLUSH_AGE:
+                    last = now
+                    if not await self.flush(w, a, fd, buf):
+                        return
+            if buf:
+                await self.flush(w, a, fd, buf)
+
+    async def flush(self, w: int, a: Assignment, fd: int, buf: bytearray) -> bool:
+        """Write what the assignment still wants of ``buf``; False when it wants no more."""
+        n = min(len(buf), a.stop - a.pos)
+        if n > 0:
+            data = bytes(buf[:n])
+            with disk_errors(f"writing {self.jobs[a.blob].label}"):
+                await trio.to_thread.run_sync(os.pwrite, fd, data, a.pos)
+            self.dirty.add(a.blob)
+            self.progress.advance(a.blob, n, a.mirror)
+        more = self.plan.progress(w, n)
+        buf.clear()
+        return more
+
+    # -- verification --------------------------------------------------------------------------
+
+    async def verifier(self) -> None:
+        while not self.plan.finished:
+            ready = self.plan.to_verify()
+            if not ready:
+                await self.changed.wait(None)
+                continue
+            for blob in ready:
+                await self.verify(blob)
+                self.changed.fire()
+
+    async def verify(self, blob: BlobTask) -> None:
+        job = self.jobs[blob.key]
+        self.progress.set_state(blob.key, "verifying")
+        path = self.store.partial_path(blob.key)
+        algo = algorithm(job.digest) if job.digest else "sha256"
+        got = await trio.to_thread.run_sync(digest_file, path, algo, blob.size)
+        if job.digest is None or got == job.digest:
+            fd = self.fds.pop(blob.key)
+            os.close(fd)
+            await trio.to_thread.run_sync(self.store.commit_blob, blob.key, got)
+            self.plan.verified(blob.key)
+            self.results[blob.key] = got
+            self.progress.set_state(blob.key, "done", have=blob.size)
+            return
+        self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")
+        # The bytes on disk are worthless now: forget them so a crash does not resume them.
+        await trio.to_thread.run_sync(
+            self.store.save_state, blob.key, blob.size, PartialState(blob.done, {}), None
+        )
+        self.progress.set_state(
+            blob.key, "failed" if blob.state is BlobState.FAILED else "fetching", have=0
+        )
+
+    # -- persistence and display ---------------------------------------------------------------
+
+    async def saver(self) -> None:
+        while True:
+            await trio.sleep(self.opts.save_interval)
+            await self.save_all()
+
+    async def save_all(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for key in dirty:
+            blob = self.plan.blobs[key]
+            if blob.state is not BlobState.FETCHING and blob.state is not BlobState.VERIFYING:
+                continue
+            snap = PartialState(blob.done.copy(), {m: r.copy() for m, r in blob.by_mirror.items()})
+            fd = self.fds.get(key)
+            try:
+                await trio.to_thread.run_sync(self.store.save_state, key, blob.size, snap, fd)
+            except OSError:
+                self.dirty.add(key)
+                raise
+
+    async def renderer(self, render: Callable[[], None]) -> None:
+        while True:
+            render()
+            await trio.sleep(self.opts.render_interval)

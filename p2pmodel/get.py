@@ -1,0 +1,195 @@
+"""``p2pmodel get``: from a reference to a ready, verified model directory.
+
+``fast_get`` is the synchronous path for a model that is already complete: it touches only the
+store and imports nothing heavy, so a repeated ``get`` answers in milliseconds. ``get`` is the
+full path: resolve the manifest (store, config, catalog, upstream listing through mirrors),
+download what is missing, then link the snapshot and the optional ``--to`` export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from .catalog import NameTarget, load_catalog, lookup_name
+from .config import Config, FileSpec, load_config
+from .errors import UserError
+from .manifest import FileEntry, Manifest
+from .refs import Ref
+from .store import Store
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .downloader import DownloadOptions
+
+
+@dataclass
+class GetRequest:
+    ref: Ref
+    to: Path | None = None
+    sha256: str | None = None
+    refresh: bool = False
+    progress: str = "auto"  # auto | rich | plain | none
+
+
+@dataclass
+class GetResult:
+    path: Path
+    manifest: Manifest
+    fetched: int = 0  # bytes written from the network by this run
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_sha(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    sha = sha256.lower().removeprefix("sha256:")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise UserError(f"--sha256 wants 64 hex digits, not {sha256!r}")
+    return sha
+
+
+def _expected_by_name(target: NameTarget, manifest: Manifest) -> bool:
+    """Does a stored manifest still match what config/catalog say the name stands for?"""
+    if target.file is not None:
+        return manifest.source == target.file.url and [f.digest for f in manifest.files] == [
+            f"sha256:{target.file.sha256}"
+        ]
+    src = target.source
+    assert src is not None
+    if manifest.source != f"{src.kind}://{src.name}":
+        return False
+    return not src.tag or not src.pinned or manifest.commit == src.tag
+
+
+def _finish(store: Store, req: GetRequest, manifest: Manifest) -> Path:
+    path = store.make_snapshot(req.ref, manifest)
+    if req.to is not None:
+        path = store.export(manifest, req.to)
+    return path
+
+
+def fast_get(req: GetRequest, home: Path, config: Config | None = None) -> GetResult | None:
+    """The model is already complete in the store: link it and return, with no network IO."""
+    if req.refresh:
+        return None
+    store = Store(home)
+    manifest = store.lookup(req.ref.text)
+    if manifest is None or store.missing_blobs(manifest):
+        return None
+    sha = _check_sha(req.sha256)
+    if sha and [f.digest for f in manifest.files] != [f"sha256:{sha}"]:
+        return None
+    if req.ref.kind == "name":
+        config = config or load_config(home)
+        if not _expected_by_name(lookup_name(req.ref, config, load_catalog()), manifest):
+            return None
+    return GetResult(_finish(store, req, manifest), manifest)
+
+
+def _url_path(url: str) -> str:
+    name = PurePosixPath(unquote(urlsplit(url).path)).name
+    return name if name and name not in (".", "..") and "\\" not in name else "download"
+
+
+async def get(
+    req: GetRequest,
+    home: Path,
+    *,
+    options: DownloadOptions | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> GetResult:
+    """Resolve, download what is missing, verify, link. Raises ``P2PModelError`` subclasses."""
+    import trio
+
+    from .downloader import BlobJob, DownloadOptions, download
+    from .http import first_success, get_json, make_client, probe_size
+    from .progress import Progress, make_renderer
+    from .upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
+
+    config = load_config(home)
+    store = Store(home)
+    opts = options or DownloadOptions(connections=config.connections)
+    sha = _check_sha(req.sha256)
+    ref = req.ref
+    own_client = client is None
+    http = client or make_client(opts.timeouts, connections=opts.connections * 2)
+    warnings: list[str] = []
+    try:
+        manifest: Manifest | None = None if req.refresh else store.lookup(ref.text)
+        file_spec: FileSpec | None = None
+        source = ref
+        if ref.kind == "name":
+            target = lookup_name(ref, config, load_catalog())
+            if manifest is not None and not _expected_by_name(target, manifest):
+                manifest = None
+            file_spec = target.file
+            source = target.source or ref
+        elif ref.kind == "url":
+            file_spec = FileSpec(ref.name, sha or "", None)
+        if manifest is not None and sha and [f.digest for f in manifest.files] != [f"sha256:{sha}"]:
+            manifest = None
+
+        jobs: list[BlobJob] = []
+        if manifest is None and file_spec is not None:
+            urls = config.candidates(file_spec.url)
+            size = file_spec.size
+            if size is None:
+                size, _ = await first_success(
+                    urls, lambda u: probe_size(http, u), what=file_spec.url
+                )
+            path = _url_path(file_spec.url)
+            if file_spec.sha256:
+                entry = FileEntry(path, size, f"sha256:{file_spec.sha256}")
+                manifest = Manifest(ref.text, file_spec.url, "", (entry,))
+            else:
+                key = "url-" + hashlib.sha256(file_spec.url.encode()).hexdigest()[:40]
+                jobs.append(BlobJob(key, None, size, urls, path))
+                warnings.append(
+                    f"no published digest for {file_spec.url}: stored as fetched "
+                    "(pass --sha256 to verify it)"
+                )
+        elif manifest is None:
+            listing = listing_url(source, config.hf_endpoint, config.ms_endpoint)
+            data, _ = await first_success(
+                config.candidates(listing),
+                lambda u: get_json(http, u),
+                what=source.text,
+            )
+            parse = parse_hf_listing if source.kind == "hf" else parse_ms_listing
+            manifest = parse(source, ref.text, data)
+
+        if manifest is not None:
+            store.save_manifest(manifest)
+            store.set_ref(ref.text, manifest.digest)
+            for digest, size in store.missing_blobs(manifest).items():
+                path = next(f.path for f in manifest.files if f.digest == digest)
+                origin = file_url(manifest, path, config.hf_endpoint, config.ms_endpoint)
+                jobs.append(BlobJob(digest, digest, size, config.candidates(origin), path))
+
+        progress = Progress()
+        renderer = make_renderer(progress, req.progress if jobs else "none")
+        try:
+            results = await download(
+                store, jobs, progress, opts, render=renderer.update, client=http
+            )
+        finally:
+            renderer.close()
+
+        if manifest is None:  # a URL with no published digest: now we know it
+            assert file_spec is not None
+            job = jobs[0]
+            entry = FileEntry(job.label, job.size, results[job.key])
+            manifest = Manifest(ref.text, file_spec.url, "", (entry,))
+            store.save_manifest(manifest)
+            store.set_ref(ref.text, manifest.digest)
+        path_out = await trio.to_thread.run_sync(_finish, store, req, manifest)
+        return GetResult(path_out, manifest, progress.from_mirrors, warnings)
+    finally:
+        if own_client:
+            with trio.CancelScope(shield=True):
+                await http.aclose()

@@ -1,0 +1,196 @@
+"""The one module that speaks HTTP (httpx under trio).
+
+It turns HTTP outcomes into ``FetchFailure(kind)`` with the mirror's own words, so decisions stay
+in ``mirrors``/``fetchplan``. Bodies are asked with ``Accept-Encoding: identity`` so byte ranges
+are ranges of the file, and redirects (hub -> CDN) are followed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from . import __version__
+from .errors import SourceError, UserError
+from .mirrors import Failure, mirror_key
+
+USER_AGENT = f"p2pmodel/{__version__}"
+
+
+class FetchFailure(Exception):
+    def __init__(self, kind: Failure, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 30.0
+
+
+def make_client(timeouts: Timeouts = Timeouts(), connections: int = 64) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        follow_redirects=True,
+        timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        trust_env=False,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - time.time())
+
+
+def classify_status(resp: httpx.Response) -> FetchFailure:
+    code = resp.status_code
+    detail = f"HTTP {code} {resp.reason_phrase}".rstrip()
+    if code in (404, 410, 403, 401):
+        return FetchFailure(Failure.MISSING, detail)
+    if code in (429, 503):
+        return FetchFailure(
+            Failure.BUSY, detail, parse_retry_after(resp.headers.get("retry-after"))
+        )
+    if 500 <= code < 600:
+        return FetchFailure(
+            Failure.SERVER, detail, parse_retry_after(resp.headers.get("retry-after"))
+        )
+    return FetchFailure(Failure.PROTOCOL, f"unexpected {detail}")
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as e:
+        raise FetchFailure(Failure.TIMEOUT, f"timed out ({type(e).__name__})") from None
+    except httpx.RemoteProtocolError as e:
+        raise FetchFailure(Failure.SHORT, f"connection broke: {e}") from None
+    except (httpx.ConnectError, httpx.ReadError, httpx.WriteError) as e:
+        raise FetchFailure(Failure.CONNECT, f"{type(e).__name__}: {e or 'no answer'}") from None
+    except httpx.HTTPError as e:
+        raise FetchFailure(Failure.PROTOCOL, f"{type(e).__name__}: {e}") from None
+
+
+def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
+    # "bytes a-b/size" or "bytes a-b/*"
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        span, _, total = value[6:].partition("/")
+        start = int(span.split("-", 1)[0])
+        return start, (None if total == "*" else int(total))
+    except ValueError:
+        return None
+
+
+@asynccontextmanager
+async def open_range(
+    client: httpx.AsyncClient, url: str, start: int, stop: int, size: int
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """GET ``[start, stop)`` of a ``size``-byte file; yields an iterator of body chunks."""
+    headers = {} if (start == 0 and stop == size) else {"Range": f"bytes={start}-{stop - 1}"}
+    async with translate_errors(), client.stream("GET", url, headers=headers) as resp:
+        if resp.status_code == 206:
+            cr = _content_range_start(resp.headers.get("content-range"))
+            if cr is None or cr[0] != start or (cr[1] is not None and cr[1] != size):
+                raise FetchFailure(
+                    Failure.PROTOCOL,
+                    f"bad Content-Range {resp.headers.get('content-range')!r} "
+                    f"for bytes {start}-{stop - 1} of {size}",
+                )
+        elif resp.status_code == 200:
+            if start != 0:
+                raise FetchFailure(Failure.PROTOCOL, "mirror ignores Range requests")
+            length = resp.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) != size:
+                raise FetchFailure(Failure.PROTOCOL, f"size {length} != expected {size}")
+        else:
+            raise classify_status(resp)
+        yield resp.aiter_raw()
+
+
+async def get_json(client: httpx.AsyncClient, url: str) -> Any:
+    async with translate_errors():
+        resp = await client.get(url, headers={"Accept": "application/json"})
+    if resp.status_code != 200:
+        raise classify_status(resp)
+    try:
+        return json.loads(resp.content)
+    except ValueError:
+        raise FetchFailure(Failure.PROTOCOL, "answer is not JSON") from None
+
+
+async def probe_size(client: httpx.AsyncClient, url: str) -> int:
+    """Size of a remote file: HEAD (``X-Linked-Size`` or ``Content-Length``), else a 1-byte GET."""
+    async with translate_errors():
+        resp = await client.head(url)
+        if resp.status_code == 200:
+            for h in ("x-linked-size", "content-length"):
+                v = resp.headers.get(h)
+                if v and v.isdigit():
+                    return int(v)
+        elif resp.status_code not in (405, 501):
+            raise classify_status(resp)
+        resp = await client.get(url, headers={"Range": "bytes=0-0"})
+    if resp.status_code == 206:
+        cr = _content_range_start(resp.headers.get("content-range"))
+        if cr and cr[1] is not None:
+            return cr[1]
+    if resp.status_code != 200:
+        raise classify_status(resp)
+    raise FetchFailure(Failure.PROTOCOL, "the server does not say the file's size")
+
+
+async def first_success(
+    candidates: list[str],
+    attempt: Any,
+    *,
+    what: str,
+    rounds: int = 3,
+    backoff: float = 0.5,
+) -> tuple[Any, str]:
+    """Try ``attempt(url)`` on each candidate in order, for up to ``rounds`` passes with backoff.
+
+    Returns (result, url). If every candidate answered "missing", raises ``UserError``; otherwise
+    ``SourceError`` naming each mirror's last failure.
+    """
+    last: dict[str, FetchFailure] = {}
+    for round_ in range(rounds):
+        for url in candidates:
+            try:
+                return await attempt(url), url
+            except FetchFailure as f:
+                last[url] = f
+                if f.kind is Failure.PROTOCOL and round_ == 0:
+                    continue
+        if all(f.kind is Failure.MISSING for f in last.values()):
+            break
+        waits = [f.retry_after for f in last.values() if f.retry_after is not None]
+        if round_ + 1 < rounds:
+            await trio.sleep(min(max(waits, default=backoff * 2**round_), 10.0))
+    causes = "; ".join(f"{mirror_key(u)}: {f.detail}" for u, f in last.items())
+    if last and all(f.kind is Failure.MISSING for f in last.values()):
+        raise UserError(f"{what} not found ({causes})")
+    raise SourceError(f"cannot reach {what}: {causes}")

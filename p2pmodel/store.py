@@ -1,0 +1,297 @@
+"""The content-addressed store under ``$P2PMODEL_HOME/store`` (all blocking file IO).
+
+Theory of operation. A verified blob lives at ``blobs/<algo>/<hh>/<hex>``, read-only, and is
+never rewritten. Bytes being fetched live in ``partial/<algo>-<hex>.part`` (allocated to full
+size, filled by ranged writes) beside a ``.state`` file with the ranges that are on disk; the
+state is written atomically after the data is flushed, so a ``kill -9`` loses only what was in
+flight. A blob reaches ``blobs/`` by ``os.replace`` after its digest matched, so a final path
+never holds unverified bytes. Manifests are stored by their own digest; ``refs.msgpack`` maps a
+reference as typed to a manifest digest; snapshots are directories of relative symlinks.
+
+Everything here blocks: async callers use a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from .digests import algorithm, hex_part
+from .errors import LocalError
+from .manifest import Manifest, ManifestError
+from .rangeset import RangeSet
+from .refs import Ref
+
+STATE_VERSION = 1
+
+
+def default_home() -> Path:
+    env = os.environ.get("P2PMODEL_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # only when needed: it is not free to import
+
+    return Path(platformdirs.user_data_dir("p2pmodel", appauthor=False))
+
+
+@contextlib.contextmanager
+def disk_errors(what: str) -> Iterator[None]:
+    """Turn disk-full and permission errors into one-line ``LocalError``s."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LocalError(f"disk full while {what}") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise LocalError(f"cannot write while {what}: {e.strerror} ({e.filename})") from None
+        raise
+
+
+@dataclass
+class PartialState:
+    done: RangeSet
+    by_mirror: dict[str, RangeSet]
+
+
+def _atomic_write(path: Path, data: bytes, *, sync: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Store:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.root = home / "store"
+        self.blobs = self.root / "blobs"
+        self.partial = self.root / "partial"
+        self.manifests = self.root / "manifests"
+        self.snapshots = self.root / "snapshots"
+        self.refs_file = self.root / "refs.msgpack"
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        h = hex_part(digest)
+        return self.blobs / algorithm(digest) / h[:2] / h
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        try:
+            return self.blob_path(digest).stat().st_size == size
+        except OSError:
+            return False
+
+    def partial_path(self, key: str) -> Path:
+        return self.partial / (key.replace(":", "-") + ".part")
+
+    def state_path(self, key: str) -> Path:
+        return self.partial / (key.replace(":", "-") + ".state")
+
+    def open_partial(self, key: str, size: int) -> int:
+        """Open (creating and allocating if needed) the partial file; returns a raw fd."""
+        path = self.partial_path(key)
+        with disk_errors(f"allocating {size} bytes for {key}"):
+            self.partial.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+                if size:
+                    try:
+                        os.posix_fallocate(fd, 0, size)
+                    except OSError as e:  # unsupported is fine (sparse file); full is not
+                        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise LocalError(
+                                f"disk full: {key} needs {size} bytes in {self.partial}"
+                            ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def load_state(self, key: str, size: int) -> PartialState:
+        """Resume state of a partial blob; empty if absent, stale or unreadable."""
+        empty = PartialState(RangeSet(), {})
+        try:
+            if self.partial_path(key).stat().st_size != size:
+                return empty
+            raw = msgpack.unpackb(self.state_path(key).read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return empty
+        try:
+            if raw["v"] != STATE_VERSION or raw["size"] != size:
+                return empty
+            done = RangeSet((int(a), int(b)) for a, b in raw["done"] if 0 <= a < b <= size)
+            by = {
+                str(m): RangeSet((int(a), int(b)) for a, b in rs if 0 <= a < b <= size)
+                for m, rs in raw["by"].items()
+            }
+        except (KeyError, TypeError, ValueError):
+            return empty
+        return PartialState(done, by)
+
+    def save_state(self, key: str, size: int, state: PartialState, fd: int | None) -> None:
+        """Persist resume state; data is flushed first so the state never overstates it."""
+        if fd is not None:
+            os.fdatasync(fd)
+        obj = {
+            "v": STATE_VERSION,
+            "size": size,
+            "done": state.done.to_list(),
+            "by": {m: r.to_list() for m, r in state.by_mirror.items()},
+        }
+        with disk_errors(f"saving resume state of {key}"):
+            _atomic_write(self.state_path(key), msgpack.packb(obj))
+
+    def discard_partial(self, key: str) -> None:
+        for p in (self.partial_path(key), self.state_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def commit_blob(self, key: str, digest: str) -> Path:
+        """Move a verified partial file to its final, read-only place."""
+        src, dst = self.partial_path(key), self.blob_path(digest)
+        with disk_errors(f"storing {digest}"):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(src, 0o444)
+            os.replace(src, dst)
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path(key).unlink()
+            dfd = os.open(dst.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return dst
+
+    def put_blob_bytes(self, digest: str, data: bytes) -> Path:
+        """Store small verified content directly (used by tests and tiny files)."""
+        dst = self.blob_path(digest)
+        with disk_errors(f"storing {digest}"):
+            _atomic_write(dst, data, sync=True)
+            os.chmod(dst, 0o444)
+        return dst
+
+    # -- manifests and refs --------------------------------------------------------------------
+
+    def save_manifest(self, manifest: Manifest) -> str:
+        digest = manifest.digest
+        path = self.manifests / f"{hex_part(digest)}.msgpack"
+        if not path.exists():
+            with disk_errors("saving a manifest"):
+                _atomic_write(path, manifest.to_bytes(), sync=True)
+        return digest
+
+    def load_manifest(self, digest: str) -> Manifest | None:
+        path = self.manifests / f"{hex_part(digest)}.msgpack"
+        try:
+            m = Manifest.from_bytes(path.read_bytes())
+        except (OSError, ManifestError):
+            return None
+        return m if m.digest == digest else None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def refs(self) -> dict[str, str]:
+        try:
+            raw = msgpack.unpackb(self.refs_file.read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def set_ref(self, ref: str, manifest_digest: str) -> None:
+        with self._lock(), disk_errors("recording a reference"):
+            refs = self.refs()
+            refs[ref] = manifest_digest
+            _atomic_write(self.refs_file, msgpack.packb(dict(sorted(refs.items()))))
+
+    def lookup(self, ref: str) -> Manifest | None:
+        digest = self.refs().get(ref)
+        return self.load_manifest(digest) if digest else None
+
+    def missing_blobs(self, manifest: Manifest) -> dict[str, int]:
+        return {d: s for d, s in manifest.blobs().items() if not self.has_blob(d, s)}
+
+    # -- snapshots and exports -----------------------------------------------------------------
+
+    def snapshot_dir(self, ref: Ref) -> Path:
+        return self.snapshots.joinpath(*ref.snapshot_parts())
+
+    def make_snapshot(self, ref: Ref, manifest: Manifest) -> Path:
+        """A directory of relative symlinks to blobs, at the files' repo paths (idempotent)."""
+        top = self.snapshot_dir(ref)
+        with disk_errors(f"making the snapshot {top}"):
+            wanted = set()
+            for f in manifest.files:
+                link = top / f.path
+                wanted.add(link)
+                target = os.path.relpath(self.blob_path(f.digest), link.parent)
+                if link.is_symlink() and os.readlink(link) == target:
+                    continue
+                link.parent.mkdir(parents=True, exist_ok=True)
+                tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.symlink(target, tmp)
+                os.replace(tmp, link)
+            for path in sorted(top.rglob("*"), reverse=True):  # drop files of an older version
+                if (path.is_symlink() or path.is_file()) and path not in wanted:
+                    path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        return top
+
+    def export(self, manifest: Manifest, dest: Path) -> Path:
+        """Place the files at their repo paths under ``dest``: hardlinks, or copies across
+        filesystems. Existing files with the right content (same inode or size) are kept."""
+        with disk_errors(f"exporting to {dest}"):
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in manifest.files:
+                blob, out = self.blob_path(f.digest), dest / f.path
+                try:
+                    st_out, st_blob = out.stat(), blob.stat()
+                    if (st_out.st_ino, st_out.st_dev) == (st_blob.st_ino, st_blob.st_dev):
+                        continue
+                except FileNotFoundError:
+                    pass
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_name(f".{out.name}.p2pmodel-tmp")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                try:
+                    os.link(blob, tmp)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copyfile(blob, tmp)
+                os.replace(tmp, out)
+        return dest

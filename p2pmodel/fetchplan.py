@@ -12,8 +12,9 @@ in-flight range (endgame), so a slow connection cannot hold the tail of a blob.
 When every byte of a blob is done the plan says so (``Verify``); the IO layer hashes the file
 and answers ``verified`` or ``mismatch``. On a mismatch the mirrors that served bytes are banned
 for that blob if some other candidate is left; if every candidate contributed, the blob is
-refetched one mirror at a time (``single_source``), which isolates the culprit. Nothing here
-does IO or reads a clock.
+refetched one mirror at a time (``single_source``), which isolates the culprit. A blob resumed
+from an earlier run is refetched once before anyone is blamed: resume state is not fsynced, so
+after a power cut it may name bytes the disk lost. Nothing here does IO or reads a clock.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class BlobTask:
     source_lock: str | None = None  # in single-source mode, the mirror in use
     error: str = ""
     attempts: int = 0  # completed verifications that failed
+    restored: bool = False  # holds bytes from an earlier run (maybe lost by a power cut)
 
     @property
     def complete(self) -> bool:
@@ -112,6 +114,7 @@ class FetchPlan:
         by_key = {mirror_key(u): u for u in urls}
         self.board.add(by_key)
         task = BlobTask(key, size, by_key, done or RangeSet(), by_mirror or {})
+        task.restored = bool(task.done)
         if task.complete:
             task.state = BlobState.VERIFYING
         self.blobs[key] = task
@@ -277,7 +280,11 @@ class FetchPlan:
         contributors = [m for m, r in blob.by_mirror.items() if r.total() > 0]
         others = [m for m in blob.urls if m not in contributors and self.board.usable_for(m, key)]
         banned: list[str] = []
-        if len(contributors) == 1 or others:
+        if blob.restored:
+            # Bytes from an earlier run may have been lost by the disk, not by a mirror:
+            # refetch once before blaming anyone.
+            blob.restored = False
+        elif len(contributors) == 1 or others:
             banned = contributors
         else:
             blob.single_source = True  # every usable mirror contributed: isolate the culprit

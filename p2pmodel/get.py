@@ -178,7 +178,7 @@ async def get(
                 store, jobs, progress, opts, render=renderer.update, client=http
             )
         finally:
-            renderer.close()
+            renderer.close()  # the last state, also on failure (what was kept is visible)
 
         if manifest is None:  # a URL with no published digest: now we know it
             assert file_spec is not None

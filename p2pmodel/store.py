@@ -106,10 +106,11 @@ class Store:
     def state_path(self, key: str) -> Path:
         return self.partial / (key.replace(":", "-") + ".state")
 
-    def open_partial(self, key: str, size: int) -> int:
+    def open_partial(self, key: str, size: int, label: str = "") -> int:
         """Open (creating and allocating if needed) the partial file; returns a raw fd."""
         path = self.partial_path(key)
-        with disk_errors(f"allocating {size} bytes for {key}"):
+        label = label or key
+        with disk_errors(f"allocating {size} bytes for {label}"):
             self.partial.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -121,7 +122,7 @@ class Store:
                     except OSError as e:  # unsupported is fine (sparse file); full is not
                         if e.errno in (errno.ENOSPC, errno.EDQUOT):
                             raise LocalError(
-                                f"disk full: {key} needs {size} bytes in {self.partial}"
+                                f"disk full: no room for {label} ({size} bytes) in {self.partial}"
                             ) from None
             except BaseException:
                 os.close(fd)
@@ -149,10 +150,10 @@ class Store:
             return empty
         return PartialState(done, by)
 
-    def save_state(self, key: str, size: int, state: PartialState, fd: int | None) -> None:
-        """Persist resume state; data is flushed first so the state never overstates it."""
-        if fd is not None:
-            os.fdatasync(fd)
+    def save_state(self, key: str, size: int, state: PartialState) -> None:
+        """Persist resume state (atomic rename; the ranges were written before, so a killed
+        process loses nothing they name). It is not fsynced: after a power cut the state may
+        name bytes the disk lost, which the digest check catches (see ``FetchPlan.mismatch``)."""
         obj = {
             "v": STATE_VERSION,
             "size": size,
@@ -168,9 +169,14 @@ class Store:
                 p.unlink()
 
     def commit_blob(self, key: str, digest: str) -> Path:
-        """Move a verified partial file to its final, read-only place."""
+        """Move a verified partial file to its final, read-only place, durably."""
         src, dst = self.partial_path(key), self.blob_path(digest)
         with disk_errors(f"storing {digest}"):
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(src, 0o444)
             os.replace(src, dst)

@@ -297,3 +297,18 @@ def test_simulated_download_with_faults_completes_exactly(seed):
     assert all(b.state is BlobState.DONE for b in plan.blobs.values())
     if not faulty:
         assert fetched == sum(sizes.values())
+
+
+def test_mismatch_of_resumed_bytes_blames_nobody_the_first_time():
+    """Bytes restored from an earlier run may be a disk's fault: refetch once, ban nobody."""
+    plan = FetchPlan(MirrorBoard())
+    plan.add_blob(
+        "x", MiB, [f"{A}/x"], done=RangeSet([(0, MiB)]), by_mirror={A: RangeSet([(0, MiB)])}
+    )
+    assert plan.mismatch("x") == []
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment) and step.mirror == A and (step.start, step.stop) == (0, MiB)
+    plan.progress(0, MiB)
+    plan.release(0, 1.0)
+    assert plan.mismatch("x") == [A]
+    assert plan.blobs["x"].state is BlobState.FAILED

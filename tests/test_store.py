@@ -31,7 +31,7 @@ def test_partial_state_round_trip(tmp_path):
     fd = store.open_partial("sha256:" + "1" * 64, 1000)
     try:
         state = PartialState(RangeSet([(0, 100), (500, 700)]), {"http://a": RangeSet([(0, 100)])})
-        store.save_state("sha256:" + "1" * 64, 1000, state, fd)
+        store.save_state("sha256:" + "1" * 64, 1000, state)
     finally:
         os.close(fd)
     back = store.load_state("sha256:" + "1" * 64, 1000)
@@ -44,7 +44,7 @@ def test_state_for_another_size_is_ignored(tmp_path):
     store = Store(tmp_path)
     key = "sha256:" + "2" * 64
     os.close(store.open_partial(key, 1000))
-    store.save_state(key, 1000, PartialState(RangeSet([(0, 1000)]), {}), None)
+    store.save_state(key, 1000, PartialState(RangeSet([(0, 1000)]), {}))
     assert store.load_state(key, 999).done.total() == 0
 
 
@@ -64,7 +64,7 @@ def test_commit_moves_the_blob_read_only(tmp_path):
     digest = digest_bytes("sha256", data)
     fd = store.open_partial(digest, len(data))
     os.pwrite(fd, data, 0)
-    store.save_state(digest, len(data), PartialState(RangeSet([(0, len(data))]), {}), fd)
+    store.save_state(digest, len(data), PartialState(RangeSet([(0, len(data))]), {}))
     os.close(fd)
     path = store.commit_blob(digest, digest)
     assert path.read_bytes() == data

@@ -62,6 +62,25 @@ def served(hub: str) -> int:
         return int(json.load(r)["bytes_served"])
 
 
+def get(cli: list[str], env: dict[str, str], *args: str) -> tuple[int, float, str]:
+    t = time.monotonic()
+    r = subprocess.run(
+        [*cli, "get", *args], env=env, check=False, stdout=subprocess.PIPE, text=True
+    )
+    return r.returncode, time.monotonic() - t, r.stdout.strip()
+
+
+def new_home(work: Path, name: str, mirrors: list[str], commit: str) -> dict[str, str]:
+    home = work / name
+    home.mkdir()
+    use = ", ".join(f'"{m}/"' for m in mirrors)
+    (home / "config.toml").write_text(
+        f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = [{use}]\n\n'
+        f'[models]\n"tiny-image:v1" = "hf://demo/tiny-image@{commit}"\n'
+    )
+    return {**os.environ, "P2PMODEL_HOME": str(home)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mib", type=int, default=192, help="model size (default 192 MiB)")
@@ -69,75 +88,70 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="p2pmodel-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
+    cli = [sys.executable, "-m", "p2pmodel"]
+    rows: list[tuple[str, str]] = []
     try:
-        shards = 4
         repo = make_model(
-            work / "upstream",
-            "demo/tiny-image",
-            shards=shards,
-            shard_size=args.size_mib * MiB // shards,
+            work / "upstream", "demo/tiny-image", shards=4, shard_size=args.size_mib * MiB // 4
         )
         total = sum(f.size for f in repo.files)
         repo_json = work / "repo.json"
         repo_json.write_text(repo.to_json())
+
+        def exact(root: Path) -> bool:
+            return all((root / f.path).read_bytes() == f.data_path.read_bytes() for f in repo.files)
+
+        print(f"demo: a generated model of {total / MiB:.0f} MiB in {len(repo.files)} files")
+
+        # 1. A fast mirror that flips bytes, and a throttled one that fails 5% of requests.
         bad, bad_url = start_mirror(repo_json, work, "tampering", "--corrupt")
-        good, good_url = start_mirror(
-            repo_json, work, "throttled", "--per-conn-rate", str(4 * MiB), "--fail-rate", "0.05"
+        flaky, flaky_url = start_mirror(
+            repo_json, work, "flaky", "--per-conn-rate", str(4 * MiB), "--fail-rate", "0.05"
         )
-        procs += [bad, good]
-        home = work / "home"
-        home.mkdir()
-        (home / "config.toml").write_text(
-            '[[mirror]]\nfor = "https://huggingface.co/"\n'
-            f'use = ["{bad_url}/", "{good_url}/"]\n\n'
-            f'[models]\n"tiny-image:v1" = "hf://demo/tiny-image@{repo.commit}"\n'
-        )
-        env = {**os.environ, "P2PMODEL_HOME": str(home)}
-        cli = [sys.executable, "-m", "p2pmodel"]
-        print(
-            f"demo: model of {total / MiB:.0f} MiB; mirror 1 ({bad_url}) flips bytes, "
-            f"mirror 2 ({good_url}) gives 4 MiB/s per connection and fails 5% of requests"
+        procs += [bad, flaky]
+        print("\ndemo: 1. mirrors: one flips bytes, one gives 4 MiB/s per connection and fails 5%")
+        env = new_home(work, "home1", [bad_url, flaky_url], repo.commit)
+        code, secs, path = get(cli, env, "tiny-image:v1", "--progress", "plain")
+        ok = code == 0 and exact(Path(path))
+        rows.append(
+            ("tampering + flaky mirrors", f"{'exact files' if ok else 'FAILED'} in {secs:.1f} s")
         )
 
-        print("demo: p2pmodel get tiny-image:v1   (killed with SIGKILL at ~40%)")
-        t0 = time.monotonic()
-        first = subprocess.Popen([*cli, "get", "tiny-image:v1", "--progress", "plain"], env=env)
-        while served(good_url) + served(bad_url) < 0.4 * total and first.poll() is None:
-            time.sleep(0.05)
+        # 2. kill -9 at 40%, then run again: it resumes.
+        slow, slow_url = start_mirror(repo_json, work, "throttled", "--total-rate", str(32 * MiB))
+        procs.append(slow)
+        print("\ndemo: 2. a 32 MiB/s mirror; get killed with SIGKILL at 40%, then run again")
+        env = new_home(work, "home2", [slow_url], repo.commit)
+        first = subprocess.Popen([*cli, "get", "tiny-image:v1", "--progress", "none"], env=env)
+        deadline = time.monotonic() + 120
+        while (
+            served(slow_url) < 0.4 * total and first.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        print(f"demo: killed after {time.monotonic() - t0:.1f} s; running it again")
         out = work / "model"
-        t1 = time.monotonic()
-        done = subprocess.run(
-            [*cli, "get", "tiny-image:v1", "--to", str(out), "--progress", "plain"],
-            env=env,
-            check=False,
-            stdout=subprocess.PIPE,
-            text=True,
+        code, secs, path = get(cli, env, "tiny-image:v1", "--to", str(out), "--progress", "plain")
+        ok = code == 0 and exact(out)
+        pulled = served(slow_url)
+        rows.append(
+            (
+                "kill -9 at 40%, rerun",
+                f"{'exact files' if ok else 'FAILED'}; "
+                f"pulled {pulled / total:.3f}x the model in total",
+            )
         )
-        if done.returncode != 0:
-            print(f"demo: FAILED (exit {done.returncode})")
-            return 1
-        print(
-            f"demo: resumed run finished in {time.monotonic() - t1:.1f} s -> {done.stdout.strip()}"
-        )
-        exact = all((out / f.path).read_bytes() == f.data_path.read_bytes() for f in repo.files)
-        pulled = served(good_url) + served(bad_url)
-        t2 = time.monotonic()
-        subprocess.run(
-            [*cli, "get", "tiny-image:v1"], env=env, check=True, stdout=subprocess.DEVNULL
-        )
-        again = time.monotonic() - t2
+
+        # 3. The model is complete: no network.
+        code, secs, path = get(cli, env, "tiny-image:v1")
+        rows.append(("second get (complete)", f"{secs * 1000:.0f} ms, exit {code}, no network"))
+
+        print("\n| step | result |\n| --- | --- |")
+        for step, result in rows:
+            print(f"| {step} | {result} |")
         print()
-        print(f"  files exact                 {'yes' if exact else 'NO'} ({len(repo.files)} files)")
-        print(
-            f"  pulled from mirrors         {pulled / MiB:.1f} MiB = {pulled / total:.2f}x the model "
-            "(includes bytes refetched after the tampering mirror was caught)"
-        )
-        print(f"  second get (complete)       {again * 1000:.0f} ms, no network")
         subprocess.run([*cli, "ls"], env=env, check=False)
-        return 0 if exact else 1
+        return 0 if all("FAILED" not in r for _, r in rows) else 1
     finally:
         for p in procs:
             p.terminate()

@@ -1,0 +1,217 @@
+"""The ``p2pmodel`` command as a user runs it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pmodel.testing.models import Repo, make_model
+
+MiB = 1024 * 1024
+
+
+def run_cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "P2PMODEL_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "p2pmodel", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class MirrorProcess:
+    def __init__(self, repo: Repo, workdir: Path, *flags: str) -> None:
+        repo_json = workdir / f"{repo.repo_id.replace('/', '_')}.json"
+        repo_json.write_text(repo.to_json())
+        ready = workdir / "mirror.ready"
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "p2pmodel.testing.mirror", "--repo-json", str(repo_json),
+                "--host", "127.0.0.1", "--port", "0", "--cdn-port", "0",
+                "--ready-file", str(ready), *flags,
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert self.proc.poll() is None, "mirror exited"
+            assert time.monotonic() < deadline, "mirror did not start"
+            time.sleep(0.02)
+        self.hub_url = json.loads(ready.read_text())["hub_url"]
+
+    def served(self) -> int:
+        with urllib.request.urlopen(f"{self.hub_url}/_stats", timeout=5) as r:
+            return int(json.load(r)["bytes_served"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def mirror_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[MirrorProcess] = []
+
+    def start(repo: Repo, *flags: str) -> MirrorProcess:
+        m = MirrorProcess(repo, tmp_path, *flags)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+def configure(home: Path, mirror_url: str, repo: Repo) -> None:
+    (home / "config.toml").write_text(
+        f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{mirror_url}/"]\n\n'
+        f'[models]\n"tiny:v1" = "hf://{repo.repo_id}@{repo.commit}"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["get", "qwen-imag:v1.0"], 2, "did you mean qwen-image:v1.0"),
+        (["get", "Bad Name"], 2, "bad model name"),
+        (["get", "hf://only-org"], 2, "bad repository"),
+        (["get", "ftp://x/y"], 2, "unknown scheme"),
+        (["get"], 2, "required"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["get", "https://example.invalid/f.bin", "--sha256", "xyz"], 2, "--sha256"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(cli_home, args, code, needle):
+    """Bad input prints exactly one line on stderr, no traceback, and a user-error exit code."""
+    r = run_cli(cli_home, *args)
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_config_is_one_line(cli_home):
+    """A broken config.toml is reported with its path on one line."""
+    (cli_home / "config.toml").write_text("[[mirror]]\nfor = 3\n")
+    r = run_cli(cli_home, "get", "hf://acme/tiny")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "config.toml" in r.stderr
+
+
+def test_unreachable_mirrors_exit_3_naming_them(cli_home):
+    """With every mirror refusing connections, get exits 3 and names the mirror."""
+    (cli_home / "config.toml").write_text(
+        '[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["http://127.0.0.1:9/"]\n'
+    )
+    r = run_cli(cli_home, "get", "hf://acme/tiny")
+    assert r.returncode == 3, r.stderr
+    assert "127.0.0.1:9" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_get_json_and_ls(cli_home, tmp_path, mirror_factory):
+    """get --json describes the model; ls --json lists it as complete."""
+    repo = make_model(tmp_path / "r", "acme/tiny", shards=2, shard_size=MiB)
+    mirror = mirror_factory(repo)
+    configure(cli_home, mirror.hub_url, repo)
+    r = run_cli(cli_home, "get", "tiny:v1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["commit"] == repo.commit
+    assert {f["path"] for f in out["files"]} == {f.path for f in repo.files}
+    for f in repo.files:
+        assert (Path(out["path"]) / f.path).read_bytes() == f.data_path.read_bytes()
+    listing = json.loads(run_cli(cli_home, "ls", "--json").stdout)
+    assert [(x["ref"], x["complete"]) for x in listing] == [("tiny:v1", True)]
+
+
+def test_kill_9_at_40_percent_then_rerun_pulls_at_most_1_1x(cli_home, tmp_path, mirror_factory):
+    """A get killed with SIGKILL at ~40% and run again ends exact, pulling <= 1.1x the model."""
+    repo = make_model(tmp_path / "r", "acme/tiny", shards=4, shard_size=12 * MiB)
+    total = sum(f.size for f in repo.files)
+    # Slow enough that a run takes seconds: what a crash loses is ~0.15 s of traffic.
+    mirror = mirror_factory(repo, "--per-conn-rate", str(2 * MiB), "--total-rate", str(16 * MiB))
+    configure(cli_home, mirror.hub_url, repo)
+    env = {**os.environ, "P2PMODEL_HOME": str(cli_home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pmodel", "get", "tiny:v1", "--progress", "none"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while mirror.served() < 0.4 * total:
+            assert proc.poll() is None, "get ended before 40%"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    out = tmp_path / "out"
+    r = run_cli(cli_home, "get", "tiny:v1", "--to", str(out), "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    for f in repo.files:
+        assert (out / f.path).read_bytes() == f.data_path.read_bytes()
+    pulled = mirror.served()
+    assert pulled <= 1.1 * total, f"pulled {pulled / total:.3f}x"
+
+
+def test_plain_progress_when_not_a_tty(cli_home, tmp_path, mirror_factory):
+    """Without a terminal, progress is plain lines, one per finished file."""
+    repo = make_model(tmp_path / "r", "acme/tiny", shards=2, shard_size=MiB)
+    mirror = mirror_factory(repo)
+    configure(cli_home, mirror.hub_url, repo)
+    r = run_cli(cli_home, "get", "tiny:v1")
+    assert r.returncode == 0, r.stderr
+    done = [line for line in r.stderr.splitlines() if line.startswith("done: ")]
+    assert len(done) == len(repo.files)
+    assert "\x1b[" not in r.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs"
+)
+def test_disk_full_is_exit_5(tmp_path, mirror_factory):
+    """When the store's filesystem is full, get exits 5 with one line naming disk space."""
+    repo = make_model(tmp_path / "r", "acme/tiny", shards=2, shard_size=4 * MiB)
+    mirror = mirror_factory(repo)
+    home = tmp_path / "small"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(home)], check=True)
+    try:
+        configure(home, mirror.hub_url, repo)
+        r = run_cli(home, "get", "tiny:v1", "--progress", "none")
+        assert r.returncode == 5, r.stderr
+        assert "disk full" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)

@@ -121,8 +121,12 @@ def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
     models = raw.get("models", {})
     if not isinstance(models, dict):
         raise _Bad("[models] must be a table")
+    canonical: set[str] = set()
     for key, value in models.items():
         ref = _parse_ref_or_bad(key, "model name")
+        if ref.text in canonical:
+            raise _Bad(f"[models] {key!r}: {ref.text!r} is listed twice")
+        canonical.add(ref.text)
         if ref.kind != "name" or not isinstance(value, str):
             raise _Bad(f"[models] {key!r}: keys are name:tag, values reference strings")
         if _parse_ref_or_bad(value, f"[models] {key!r}").kind == "name":
@@ -131,8 +135,12 @@ def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
     peers = raw.get("peers", [])
     if not (isinstance(peers, list) and all(isinstance(p, str) for p in peers)):
         raise _Bad("peers must be a list of 'host:port' strings")
+    for peer in peers:
+        host, _, port = peer.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _Bad(f"peer {peer!r} is not 'host:port'")
     conns = raw.get("connections", DEFAULT_CONNECTIONS)
-    if not isinstance(conns, int) or not 1 <= conns <= 256:
+    if not isinstance(conns, int) or isinstance(conns, bool) or not 1 <= conns <= 256:
         raise _Bad("connections must be an integer from 1 to 256")
     return Config(
         mirrors=tuple(rules),
@@ -162,6 +170,9 @@ def _parse_files(raw: Any, where: str) -> dict[str, FileSpec]:
         ref = _parse_ref_or_bad(key, f"{where} name")
         if ref.kind != "name" or not isinstance(spec, dict):
             raise _Bad(f"{where} {key!r}: expected name:tag = {{url, sha256[, size]}}")
+        extra = sorted(set(spec) - {"url", "sha256", "size"})
+        if extra:
+            raise _Bad(f"{where} {key!r}: unknown key {extra[0]!r} (known: url, sha256, size)")
         url, sha, size = spec.get("url"), spec.get("sha256"), spec.get("size")
         if not isinstance(url, str) or _parse_ref_or_bad(url, f"{where} {key!r}").kind != "url":
             raise _Bad(f"{where} {key!r}: url must be an https URL")
@@ -171,7 +182,7 @@ def _parse_files(raw: Any, where: str) -> dict[str, FileSpec]:
             or not all(c in "0123456789abcdef" for c in sha)
         ):
             raise _Bad(f"{where} {key!r}: sha256 must be 64 lowercase hex digits")
-        if size is not None and (not isinstance(size, int) or size < 0):
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise _Bad(f"{where} {key!r}: size must be a non-negative integer")
         out[ref.text] = FileSpec(url, sha, size)
     return out

@@ -21,7 +21,8 @@ from .errors import ProtocolError
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 100_000
-DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|gitsha1:[0-9a-f]{40})$")
+MAX_FILE_SIZE = 1 << 50  # 1 PiB: far beyond any model file, far within msgpack's integers
+DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|gitsha1:[0-9a-f]{40})\Z")
 
 
 class ManifestError(ProtocolError):
@@ -57,7 +58,8 @@ class FileEntry:
     def __post_init__(self) -> None:
         check_path(self.path)
         check_digest(self.digest)
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+        size = self.size
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
             raise ManifestError(f"bad size {self.size!r} for {self.path!r}")
 
 
@@ -75,10 +77,13 @@ class Manifest:
         if len(files) > MAX_FILES:
             raise ManifestError(f"too many files ({len(files)})")
         seen: set[str] = set()
+        sizes: dict[str, int] = {}
         for f in files:
             if f.path in seen:
                 raise ManifestError(f"duplicate file path {f.path!r}")
             seen.add(f.path)
+            if sizes.setdefault(f.digest, f.size) != f.size:
+                raise ManifestError(f"{f.digest} listed with two sizes ({f.path!r})")
         # A file cannot also be a directory of another file ("a" and "a/b").
         dirs = {
             "/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)
@@ -127,7 +132,8 @@ class Manifest:
             )
         except (ValueError, msgpack.UnpackException) as e:
             raise ManifestError(f"undecodable manifest: {e}") from None
-        if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
+        version = obj.get("v") if isinstance(obj, dict) else None
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ManifestError("not a version-1 manifest")
         name, source, commit, files = (obj.get(k) for k in ("name", "source", "commit", "files"))
         if not all(isinstance(x, str) for x in (name, source, commit)) or not isinstance(

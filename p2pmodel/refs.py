@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from .errors import UserError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
-REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}\Z")
+REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 
 Kind = Literal["name", "hf", "ms", "url"]
 
@@ -50,9 +50,11 @@ class Ref:
             return (self.name, self.tag)
         if self.kind in ("hf", "ms"):
             org, repo = self.name.split("/")
-            return (self.kind, org, repo, self.tag or "main")
+            # One path component per ref: a revision like "v1/fix" must not nest directories.
+            default = "main" if self.kind == "hf" else "master"
+            return (self.kind, org, repo, (self.tag or default).replace("/", "%2F"))
         parts = urlsplit(self.name)
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{parts.netloc}{parts.path}").strip("_")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{parts.netloc}{parts.path}").strip("_.")
         return ("url", safe[:200] or "file")
 
 

@@ -79,7 +79,9 @@ def parse_ms_listing(ref: Ref, name: str, data: Any) -> Manifest:
         raise ManifestError(f"{where}: {data.get('Message') or data.get('Code')}")
     files, revisions = [], set()
     for item in _get(_get(data, "Data", dict, where), "Files", list, where):
-        if not isinstance(item, dict) or item.get("Type") == "tree":
+        if not isinstance(item, dict):
+            raise ManifestError(f"{where}: a file entry is not an object")
+        if item.get("Type") == "tree":
             continue
         path = _get(item, "Path", str, where)
         size = _get(item, "Size", int, f"{where}: {path}")

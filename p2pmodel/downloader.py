@@ -86,7 +86,7 @@ async def download(
     board = opts.board or MirrorBoard()
     plan = FetchPlan(
         board,
-        per_blob=opts.connections,
+        per_blob=max(1, min(opts.connections, max(8, opts.connections // 2))),
         max_active_blobs=opts.max_active_blobs,
         chunk_size=opts.chunk_size,
     )

@@ -5,9 +5,10 @@ ranges already on disk (``done``, restored from resume state), the ranges each m
 (``by_mirror``, so a digest mismatch can be blamed), and the assignments in flight. Workers ask
 ``assign(worker, now)`` and get an ``Assignment`` (a byte range and a URL), a ``Wait`` (nothing
 to do before some time, or before the plan changes) or ``Finished``. Blobs are served in order,
-at most ``per_blob`` connections each, so several files progress at once while the first
-finishes first. When nothing unassigned is left, an idle worker splits the largest remaining
-in-flight range (endgame), so a slow connection cannot hold the tail of a blob.
+at most ``per_blob`` connections each while others have work, so several files progress at
+once while the first finishes first. When nothing unassigned is left, an idle worker splits
+the largest remaining in-flight range (endgame), so a slow connection cannot hold the tail of
+a blob.
 
 When every byte of a blob is done the plan says so (``Verify``); the IO layer hashes the file
 and answers ``verified`` or ``mismatch``. On a mismatch the mirrors that served bytes are banned
@@ -153,22 +154,25 @@ class FetchPlan:
     def assign(self, worker: int, now: float) -> Assignment | Wait | Finished:
         assert worker not in self.inflight, "worker already holds an assignment"
         wake: list[float] = []
-        active = 0
-        for blob in [b for b in self.blobs.values() if b.state is BlobState.FETCHING]:
-            if active >= self.max_active_blobs:
-                break
-            active += 1
-            conns = sum(1 for a in self.inflight.values() if a.blob == blob.key)
-            if conns >= self.per_blob:
-                continue
-            gap = next(self._reserved(blob).gaps(0, blob.size), None)
-            if gap is None:
-                continue
-            mirror = self._choose(blob, now, wake)
-            if mirror is None:
-                continue
-            start, stop = gap[0], min(gap[1], gap[0] + self._chunk(blob))
-            return self._start(worker, blob, mirror, start, stop, now)
+        fetching = [b for b in self.blobs.values() if b.state is BlobState.FETCHING]
+        fetching = fetching[: self.max_active_blobs]
+        # First respect the per-blob cap so several files move at once; if that leaves this
+        # worker idle (one big file, or the others fully assigned), lift it.
+        for cap in (self.per_blob, None):
+            for blob in fetching:
+                if blob.state is not BlobState.FETCHING:
+                    continue  # failed during this call
+                conns = sum(1 for a in self.inflight.values() if a.blob == blob.key)
+                if cap is not None and conns >= cap:
+                    continue
+                gap = next(self._reserved(blob).gaps(0, blob.size), None)
+                if gap is None:
+                    continue
+                mirror = self._choose(blob, now, wake)
+                if mirror is None:
+                    continue
+                start, stop = gap[0], min(gap[1], gap[0] + self._chunk(blob))
+                return self._start(worker, blob, mirror, start, stop, now)
         steal = self._endgame(worker, now, wake)
         if steal is not None:
             return steal

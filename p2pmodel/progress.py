@@ -140,7 +140,7 @@ class RichRenderer:
         shown = [f for f in self.p.files.values() if f.state in ("fetching", "verifying")]
         for f in shown[:12]:
             t.add_row(
-                f.label[-48:],
+                f.label if len(f.label) <= 48 else "…" + f.label[-47:],
                 ProgressBar(total=max(f.size, 1), completed=f.have, width=30),
                 f"{human(f.have)}/{human(f.size)}",
                 f.state,

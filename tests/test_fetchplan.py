@@ -67,13 +67,20 @@ def test_complete_resume_goes_straight_to_verification():
 
 
 def test_several_blobs_progress_at_once_up_to_the_cap():
-    """Connections spread over at most max_active_blobs blobs, at most per_blob each."""
+    """Connections spread over max_active_blobs blobs, per_blob each, before piling onto one."""
     blobs = [(f"b{i}", 4 * MiB) for i in range(6)]
     plan = plan_with(*blobs, per_blob=2, max_active_blobs=3, chunk_size=MiB)
     got = [plan.assign(w, 0.0) for w in range(10)]
     keys = [s.blob for s in got if isinstance(s, Assignment)]
-    assert sorted(set(keys)) == ["b0", "b1", "b2"]
-    assert all(keys.count(k) == 2 for k in set(keys))
+    assert sorted(keys[:6]) == ["b0", "b0", "b1", "b1", "b2", "b2"]
+    assert len(keys) == 10  # nobody idles: the cap is lifted once every active blob has its share
+    assert set(keys) == {"b0", "b1", "b2"}
+
+
+def test_one_big_file_gets_every_connection():
+    """With a single file, all connections work on it despite the per-blob cap."""
+    plan = plan_with(("x", 64 * MiB), per_blob=8, chunk_size=MiB)
+    assert all(isinstance(plan.assign(w, 0.0), Assignment) for w in range(16))
 
 
 def test_failed_connection_returns_its_unfinished_bytes():

@@ -23,7 +23,7 @@ import trio
 from .digests import algorithm, digest_file
 from .errors import IntegrityError, SourceError
 from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
-from .http import FetchFailure, Timeouts, make_client, open_range
+from .http import FetchFailure, RangeBody, Timeouts, make_client, open_range
 from .mirrors import Failure, MirrorBoard
 from .progress import Progress
 from .store import PartialState, Store, disk_errors
@@ -156,6 +156,7 @@ class _Run:
         self.http, self.fds, self.jobs, self.results = http, fds, jobs, results
         self.changed = _Changed()
         self.dirty: set[str] = set()
+        self.redirects: dict[str, str] = {}
 
     async def main(self, render: Callable[[], None] | None) -> None:
         try:
@@ -211,27 +212,44 @@ class _Run:
     async def fetch(self, w: int, a: Assignment) -> None:
         fd = self.fds[a.blob]
         size = self.plan.blobs[a.blob].size
-        async with open_range(self.http, a.url, a.start, a.stop, size) as body:
-            buf = bytearray()
-            last = trio.current_time()
-            async for chunk in body:
-                buf += chunk
-                now = trio.current_time()
-                # Write often enough that a crash loses little: by size, or by age on a slow link.
-                if len(buf) >= WRITE_BLOCK or now - last >= FLUSH_AGE:
-                    last = now
-                    if not await self.flush(w, a, fd, buf):
-                        return
-            if buf:
-                await self.flush(w, a, fd, buf)
+        # A hub answers each file with a redirect to its CDN: ask the hub once per blob and
+        # mirror, then go to the CDN directly until it stops answering (signed URLs expire).
+        cached = self.redirects.get(a.url)
+        try:
+            async with open_range(self.http, cached or a.url, a.pos, a.stop, size) as body:
+                if body.url != (cached or a.url):
+                    self.redirects[a.url] = body.url
+                await self.stream(w, a, fd, body)
+        except FetchFailure as f:
+            if cached is None:
+                raise
+            del self.redirects[a.url]
+            if f.kind in (Failure.MISSING, Failure.PROTOCOL):
+                raise FetchFailure(
+                    Failure.SERVER, f"redirect target went stale: {f.detail}"
+                ) from None
+            raise
+
+    async def stream(self, w: int, a: Assignment, fd: int, body: RangeBody) -> None:
+        buf = bytearray()
+        last = trio.current_time()
+        async for chunk in body.chunks:
+            buf += chunk
+            now = trio.current_time()
+            # Write often enough that a crash loses little: by size, or by age on a slow link.
+            if len(buf) >= WRITE_BLOCK or now - last >= FLUSH_AGE:
+                last = now
+                if not await self.flush(w, a, fd, buf):
+                    return
+        if buf:
+            await self.flush(w, a, fd, buf)
 
     async def flush(self, w: int, a: Assignment, fd: int, buf: bytearray) -> bool:
         """Write what the assignment still wants of ``buf``; False when it wants no more."""
         n = min(len(buf), a.stop - a.pos)
         if n > 0:
-            data = bytes(buf[:n])
-            with disk_errors(f"writing {self.jobs[a.blob].label}"):
-                await trio.to_thread.run_sync(os.pwrite, fd, data, a.pos)
+            with memoryview(buf) as view, disk_errors(f"writing {self.jobs[a.blob].label}"):
+                await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
             self.dirty.add(a.blob)
             self.progress.advance(a.blob, n, a.mirror)
         more = self.plan.progress(w, n)
@@ -255,11 +273,20 @@ class _Run:
         self.progress.set_state(blob.key, "verifying")
         path = self.store.partial_path(blob.key)
         algo = algorithm(job.digest) if job.digest else "sha256"
-        got = await trio.to_thread.run_sync(digest_file, path, algo, blob.size)
+        fd = self.fds[blob.key]
+        got = ""
+
+        async def hash_it() -> None:
+            nonlocal got
+            got = await trio.to_thread.run_sync(digest_file, path, algo, blob.size)
+
+        # Flushing to disk and hashing overlap: both are needed before the commit.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hash_it)
+            nursery.start_soon(trio.to_thread.run_sync, os.fdatasync, fd)
         if job.digest is None or got == job.digest:
-            fd = self.fds.pop(blob.key)
-            os.close(fd)
-            await trio.to_thread.run_sync(self.store.commit_blob, blob.key, got)
+            os.close(self.fds.pop(blob.key))
+            await trio.to_thread.run_sync(self.store.commit_blob, blob.key, got, True)
             self.plan.verified(blob.key)
             self.results[blob.key] = got
             self.progress.set_state(blob.key, "done", have=blob.size)

@@ -105,11 +105,17 @@ def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
         return None
 
 
+@dataclass(frozen=True)
+class RangeBody:
+    url: str  # where the bytes came from after redirects (a CDN URL, worth reusing)
+    chunks: AsyncIterator[bytes]
+
+
 @asynccontextmanager
 async def open_range(
     client: httpx.AsyncClient, url: str, start: int, stop: int, size: int
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """GET ``[start, stop)`` of a ``size``-byte file; yields an iterator of body chunks."""
+) -> AsyncIterator[RangeBody]:
+    """GET ``[start, stop)`` of a ``size``-byte file; yields the body's chunks."""
     headers = {} if (start == 0 and stop == size) else {"Range": f"bytes={start}-{stop - 1}"}
     async with translate_errors(), client.stream("GET", url, headers=headers) as resp:
         if resp.status_code == 206:
@@ -128,7 +134,7 @@ async def open_range(
                 raise FetchFailure(Failure.PROTOCOL, f"size {length} != expected {size}")
         else:
             raise classify_status(resp)
-        yield resp.aiter_raw()
+        yield RangeBody(str(resp.url), resp.aiter_raw())
 
 
 async def get_json(client: httpx.AsyncClient, url: str) -> Any:

@@ -168,15 +168,17 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
-    def commit_blob(self, key: str, digest: str) -> Path:
-        """Move a verified partial file to its final, read-only place, durably."""
+    def commit_blob(self, key: str, digest: str, synced: bool = False) -> Path:
+        """Move a verified partial file to its final, read-only place, durably (``synced``:
+        the caller already flushed the file's data)."""
         src, dst = self.partial_path(key), self.blob_path(digest)
         with disk_errors(f"storing {digest}"):
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            if not synced:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(src, 0o444)
             os.replace(src, dst)

@@ -209,3 +209,17 @@ async def test_export_to_directory_hardlinks(home, small_repo, start_mirror, tmp
     assert_exact(out, small_repo)
     f = next(f for f in result.manifest.files if f.size > MiB)
     assert os.stat(out / f.path).st_ino == Store(home).blob_path(f.digest).stat().st_ino
+
+
+async def test_cdn_redirect_is_reused_across_ranges(home, small_repo, start_mirror):
+    """Ranges of one file go straight to the CDN after the hub's first redirect."""
+    mirror = await start_mirror([small_repo])
+    write_config(home, [mirror.hub_url])
+    with trio.fail_after(30):
+        await get(request("hf://acme/tiny"), home, options=fast_options(connections=2))
+    chunks = sum(-(-f.size // MiB) for f in small_repo.files if f.lfs)
+    small = sum(1 for f in small_repo.files if not f.lfs)
+    lfs_files = sum(1 for f in small_repo.files if f.lfs)
+    # listing + small files + one CDN request per chunk + at most one hub redirect per
+    # connection and file (without reuse it would be a redirect per chunk).
+    assert mirror.stats.requests <= 1 + small + chunks + 2 * lfs_files

@@ -223,3 +223,14 @@ async def test_cdn_redirect_is_reused_across_ranges(home, small_repo, start_mirr
     # listing + small files + one CDN request per chunk + at most one hub redirect per
     # connection and file (without reuse it would be a redirect per chunk).
     assert mirror.stats.requests <= 1 + small + chunks + 2 * lfs_files
+
+
+async def test_a_mirror_slow_to_answer_loses_the_race(home, small_repo, start_mirror):
+    """When the first mirror keeps connections waiting, the next one is started and wins."""
+    slow = await start_mirror([small_repo], faults=Faults(first_byte_delay=5.0))
+    fast = await start_mirror([small_repo])
+    write_config(home, [slow.hub_url, fast.hub_url])
+    with trio.fail_after(30):
+        result = await get(request("hf://acme/tiny"), home, options=fast_options())
+    assert_exact(result.path, small_repo)
+    assert fast.stats.bytes_served > 0.9 * sum(f.size for f in small_repo.files)

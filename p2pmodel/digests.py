@@ -57,3 +57,33 @@ def digest_file(path: Path, algo: str, size: int | None = None) -> str:
                 break
             h.update(view[:n])
     return f"{algo}:{h.hexdigest()}"
+
+
+def hash_blob(path: Path, algo: str, size: int, piece: int) -> tuple[str, bytes]:
+    """One read of a blob: its upstream digest and the SHA-1 of each ``piece``-byte piece
+    (the v1 torrent piece hashes). Blocking."""
+    h = new_hasher(algo, size)
+    pieces = bytearray()
+    ph = hashlib.sha1(usedforsecurity=False)
+    in_piece = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(min(BUFFER, max(size, 1)))
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            pos = 0
+            while pos < n:
+                take = min(n - pos, piece - in_piece)
+                ph.update(view[pos : pos + take])
+                in_piece += take
+                pos += take
+                if in_piece == piece:
+                    pieces += ph.digest()
+                    ph = hashlib.sha1(usedforsecurity=False)
+                    in_piece = 0
+    if in_piece:
+        pieces += ph.digest()
+    return f"{algo}:{h.hexdigest()}", bytes(pieces)

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from .digests import algorithm, digest_file
+from .digests import algorithm, hash_blob
 from .errors import IntegrityError, SourceError
 from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
 from .http import FetchFailure, RangeBody, Timeouts, make_client, open_range
 from .mirrors import Failure, MirrorBoard
 from .progress import Progress
 from .store import PartialState, Store, disk_errors
+from .torrents import info_bytes, piece_size
 
 WRITE_BLOCK = 1024 * 1024
 FLUSH_AGE = 0.05
@@ -276,9 +277,12 @@ class _Run:
         fd = self.fds[blob.key]
         got = ""
 
+        pieces = b""
+        piece = piece_size(blob.size)
+
         async def hash_it() -> None:
-            nonlocal got
-            got = await trio.to_thread.run_sync(digest_file, path, algo, blob.size)
+            nonlocal got, pieces
+            got, pieces = await trio.to_thread.run_sync(hash_blob, path, algo, blob.size, piece)
 
         # Flushing to disk and hashing overlap: both are needed before the commit.
         async with trio.open_nursery() as nursery:
@@ -287,6 +291,9 @@ class _Run:
         if job.digest is None or got == job.digest:
             os.close(self.fds.pop(blob.key))
             await trio.to_thread.run_sync(self.store.commit_blob, blob.key, got, True)
+            if blob.size:
+                info = info_bytes(got, blob.size, pieces)
+                await trio.to_thread.run_sync(self.store.save_torrent_info, got, info)
             self.plan.verified(blob.key)
             self.results[blob.key] = got
             self.progress.set_state(blob.key, "done", have=blob.size)

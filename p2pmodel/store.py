@@ -87,6 +87,7 @@ class Store:
         self.manifests = self.root / "manifests"
         self.snapshots = self.root / "snapshots"
         self.refs_file = self.root / "refs.msgpack"
+        self.torrents = self.root / "torrents"
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -190,6 +191,27 @@ class Store:
             finally:
                 os.close(dfd)
         return dst
+
+    def torrent_info_path(self, digest: str) -> Path:
+        return self.torrents / (digest.replace(":", "-") + ".info")
+
+    def save_torrent_info(self, digest: str, info: bytes) -> None:
+        """Keep a verified blob's torrent info so seeding after a restart needs no re-hash."""
+        with disk_errors(f"saving the torrent of {digest}"):
+            _atomic_write(self.torrent_info_path(digest), info)
+
+    def torrent_info(self, digest: str) -> bytes | None:
+        try:
+            return self.torrent_info_path(digest).read_bytes()
+        except OSError:
+            return None
+
+    def verified_blobs(self) -> Iterator[tuple[str, int]]:
+        """Every blob in the store as (digest, size)."""
+        for algo_dir in sorted(self.blobs.glob("*")):
+            for path in sorted(algo_dir.glob("*/*")):
+                if not path.name.startswith("."):
+                    yield f"{algo_dir.name}:{path.name}", path.stat().st_size
 
     def put_blob_bytes(self, digest: str, data: bytes) -> Path:
         """Store small verified content directly (used by tests and tiny files)."""

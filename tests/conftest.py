@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
@@ -12,6 +13,28 @@ from p2pmodel.testing.mirror import Faults, Mirror
 from p2pmodel.testing.models import Repo, RepoFile, make_model
 
 MiB = 1024 * 1024
+
+
+def in_own_netns() -> str | None:
+    """None when this process runs inside the network namespace that scripts/test made for it
+    (named in P2PMODEL_TEST_NETNS); otherwise why ``lan`` tests must not run here."""
+    name = os.environ.get("P2PMODEL_TEST_NETNS")
+    if not name:
+        return "lan tests run only inside the network namespace scripts/test makes"
+    try:
+        same = os.stat("/proc/self/ns/net").st_ino == os.stat(f"/run/netns/{name}").st_ino
+    except OSError as e:
+        return f"cannot check the network namespace {name}: {e}"
+    return None if same else f"not inside network namespace {name}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = in_own_netns()
+    if reason is None:
+        return
+    for item in items:
+        if "lan" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,286 @@
+"""The one module that drives libtorrent: a session that seeds verified blobs and fetches
+blobs from LAN peers.
+
+Theory of operation. One ``lt.session`` listens on the agent's interfaces with DHT, LSD, UPnP,
+NAT-PMP and uTP off: peers are only ever added by ``connect_peer`` with addresses that
+discovery found. Every verified blob is a torrent whose info dictionary is derived from the blob
+(``torrents``), so all agents agree on its info-hash; seeding a blob after a restart reads the
+stored info and trusts the read-only file (``seed_mode``), no re-hash. A fetched blob lands in
+``partial/swarm/`` under its hex name; when libtorrent has every piece, the whole file is checked
+against the upstream digest (in a thread) and only then moved into ``blobs/`` with
+``move_storage``, where it keeps seeding. The alert pump wakes on ``set_alert_fd`` and turns
+alerts into plain events at once (alerts die at the next ``pop_alerts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import libtorrent as lt
+import trio
+
+from .digests import algorithm, digest_file, hex_part
+from .store import Store
+from .torrents import expected_shape, info_hash
+
+
+def _torrent_info(info: bytes) -> Any:
+    return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
+
+
+def session_settings(listen: Sequence[str], port: int) -> dict[str, Any]:
+    interfaces = ",".join(f"{ip}:{port}" for ip in listen)
+    return {
+        "listen_interfaces": interfaces,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "user_agent": "p2pmodel",
+        "peer_fingerprint": b"-PM0100-",
+        "alert_mask": (
+            lt.alert_category.error
+            | lt.alert_category.status
+            | lt.alert_category.storage
+            | lt.alert_category.peer
+        ),
+        # LAN transfers: bigger buffers than libtorrent's internet-minded defaults.
+        "send_buffer_watermark": 4 * 1024 * 1024,
+        "send_buffer_low_watermark": 1024 * 1024,
+        "max_queued_disk_bytes": 16 * 1024 * 1024,
+        "connections_limit": 400,
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "close_redundant_connections": False,
+    }
+
+
+@dataclass
+class _Torrent:
+    digest: str
+    size: int
+    handle: Any
+    seeding: bool
+    finished: trio.Event = field(default_factory=trio.Event)
+    moved: trio.Event = field(default_factory=trio.Event)
+    hash_failures: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SwarmFetch:
+    ok: bool
+    why: str = ""
+    downloaded: int = 0  # payload bytes received from peers
+
+
+class Swarm:
+    def __init__(self, store: Store, listen: Sequence[str], port: int = 0) -> None:
+        self.store = store
+        self.listen = list(listen)
+        self.session = lt.session(session_settings(self.listen, port))  # type: ignore[call-overload]
+        self._by_hash: dict[str, _Torrent] = {}
+        self._by_digest: dict[str, _Torrent] = {}
+        self.swarm_dir = store.partial / "swarm"
+
+    @property
+    def port(self) -> int:
+        return int(self.session.listen_port())
+
+    # -- the alert pump ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self.session.set_alert_fd(w)
+        try:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(r)
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(r, 4096):
+                        pass
+                self._dispatch(self.session.pop_alerts())
+        finally:
+            self.session.set_alert_fd(-1)
+            os.close(r)
+            os.close(w)
+
+    def _dispatch(self, alerts: list[Any]) -> None:
+        for a in alerts:
+            t = self._torrent_of(a)
+            if t is None:
+                continue
+            if isinstance(a, lt.torrent_finished_alert):
+                t.finished.set()
+            elif isinstance(a, lt.storage_moved_alert | lt.storage_moved_failed_alert):
+                if isinstance(a, lt.storage_moved_failed_alert):
+                    t.error = a.message()
+                t.moved.set()
+            elif isinstance(a, lt.hash_failed_alert):
+                t.hash_failures += 1
+            elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
+                t.error = a.message()
+                t.finished.set()
+
+    def _torrent_of(self, alert: Any) -> _Torrent | None:
+        handle = getattr(alert, "handle", None)
+        if handle is None or not handle.is_valid():
+            return None
+        return self._by_hash.get(str(handle.info_hashes().v1))
+
+    # -- seeding -------------------------------------------------------------------------------
+
+    def seeding(self, digest: str) -> bool:
+        t = self._by_digest.get(digest)
+        return t is not None and t.seeding
+
+    def holds_partial(self, digest: str) -> bool:
+        t = self._by_digest.get(digest)
+        return t is not None and not t.seeding
+
+    def info(self, digest: str) -> bytes | None:
+        """The info dictionary of a blob we seed or fetch (for peers' metadata queries)."""
+        if digest in self._by_digest:
+            return self.store.torrent_info(digest)
+        return None
+
+    def seed(self, digest: str, size: int) -> bool:
+        """Seed a verified blob of the store (no re-hash). False if its torrent is unknown."""
+        if digest in self._by_digest or size == 0:
+            return digest in self._by_digest
+        info = self.store.torrent_info(digest)
+        if info is None:
+            return False
+        params = lt.add_torrent_params()
+        params.ti = _torrent_info(info)
+        params.save_path = str(self.store.blob_path(digest).parent)
+        params.flags |= lt.torrent_flags.seed_mode
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        handle = self.session.add_torrent(params)
+        self._track(digest, size, handle, info, seeding=True)
+        return True
+
+    def _track(
+        self, digest: str, size: int, handle: Any, info: bytes, *, seeding: bool
+    ) -> _Torrent:
+        t = _Torrent(digest, size, handle, seeding)
+        self._by_hash[info_hash(info)] = t
+        self._by_digest[digest] = t
+        return t
+
+    def _forget(self, t: _Torrent, *, delete_files: bool) -> None:
+        self._by_digest.pop(t.digest, None)
+        self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
+        flags = lt.session.delete_files if delete_files else 0
+        with contextlib.suppress(RuntimeError):
+            self.session.remove_torrent(t.handle, flags)
+
+    def connect(self, digest: str, peers: Sequence[tuple[str, int]]) -> None:
+        t = self._by_digest.get(digest)
+        if t is None:
+            return
+        for peer in peers:
+            with contextlib.suppress(RuntimeError):
+                t.handle.connect_peer(peer)
+
+    # -- fetching from peers -------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        digest: str,
+        size: int,
+        info: bytes,
+        peers: Sequence[tuple[str, int]],
+        *,
+        stall_timeout: float = 10.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SwarmFetch:
+        """Fetch a blob from peers, check its digest and move it into the store, seeding.
+
+        Gives up (``ok=False``) when the info has the wrong shape, nothing arrives for
+        ``stall_timeout`` seconds, or the bytes fail the digest; the caller then uses mirrors.
+        """
+        if not expected_shape(info, digest, size):
+            return SwarmFetch(False, "peer sent torrent info of the wrong shape")
+        if digest in self._by_digest:
+            return SwarmFetch(False, "already in the swarm")
+        self.swarm_dir.mkdir(parents=True, exist_ok=True)
+        params = lt.add_torrent_params()
+        params.ti = _torrent_info(info)
+        params.save_path = str(self.swarm_dir)
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        handle = self.session.add_torrent(params)
+        t = self._track(digest, size, handle, info, seeding=False)
+        self.connect(digest, peers)
+        got, last_change = 0, trio.current_time()
+        try:
+            while not t.finished.is_set():
+                with trio.move_on_after(0.25):
+                    await t.finished.wait()
+                st = handle.status()
+                if st.total_wanted_done != got:
+                    if on_progress is not None:
+                        on_progress(st.total_wanted_done - got)
+                    got, last_change = st.total_wanted_done, trio.current_time()
+                    if st.total_wanted_done >= size:
+                        break
+                elif trio.current_time() - last_change > stall_timeout:
+                    self._forget(t, delete_files=True)
+                    return SwarmFetch(
+                        False, f"no progress from peers for {stall_timeout:.0f} s", got
+                    )
+            if t.error:
+                self._forget(t, delete_files=True)
+                return SwarmFetch(False, t.error, got)
+            path = self.swarm_dir / hex_part(digest)
+            handle.flush_cache()
+            actual = await trio.to_thread.run_sync(digest_file, path, algorithm(digest), size)
+            if actual != digest:
+                self._forget(t, delete_files=True)
+                return SwarmFetch(False, "bytes from peers failed the digest", got)
+            # Verified: into the store, where it keeps seeding.
+            await trio.to_thread.run_sync(self.store.save_torrent_info, digest, info)
+            dest = self.store.blob_path(digest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            handle.move_storage(str(dest.parent), lt.move_flags_t.dont_replace)
+            with trio.fail_after(60):
+                await t.moved.wait()
+            if t.error or not dest.exists():
+                self._forget(t, delete_files=True)
+                return SwarmFetch(False, f"could not move into the store: {t.error}", got)
+            os.chmod(dest, 0o444)
+            t.seeding = True
+            return SwarmFetch(True, "", got)
+        except BaseException:
+            if not t.seeding:
+                self._forget(t, delete_files=True)
+            raise
+
+    def statistics(self) -> dict[str, Any]:
+        seeding = [t for t in self._by_digest.values() if t.seeding]
+        uploaded = sum(t.handle.status().total_payload_upload for t in seeding)
+        return {
+            "port": self.port,
+            "seeding": len(seeding),
+            "fetching": len(self._by_digest) - len(seeding),
+            "uploaded": uploaded,
+        }
+
+    def close(self) -> None:
+        for t in list(self._by_digest.values()):
+            with contextlib.suppress(RuntimeError):
+                self.session.remove_torrent(t.handle)
+        self._by_digest.clear()
+        self._by_hash.clear()

@@ -1,0 +1,125 @@
+"""The libtorrent adapter: deterministic blob torrents seeded and fetched between two agents.
+
+These run libtorrent in-process, so they are marked ``lan``: scripts/test runs them inside a
+loopback-only network namespace, and they skip anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pmodel.digests import hash_blob
+from p2pmodel.store import Store
+from p2pmodel.swarm import Swarm
+from p2pmodel.torrents import info_bytes, piece_size
+
+pytestmark = pytest.mark.lan
+MiB = 1024 * 1024
+
+
+def put_verified(store: Store, data: bytes) -> tuple[str, bytes]:
+    """Store ``data`` as a verified blob with its torrent info, as the downloader does."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = store.put_blob_bytes(digest, data)
+    got, pieces = hash_blob(path, "sha256", len(data), piece_size(len(data)))
+    assert got == digest
+    info = info_bytes(digest, len(data), pieces)
+    store.save_torrent_info(digest, info)
+    return digest, info
+
+
+async def test_a_blob_seeded_by_one_agent_is_fetched_by_another(tmp_path: Path, nursery):
+    """A fetched blob arrives exact, lands read-only in the store and is seeded on at once."""
+    data = os.urandom(6 * MiB + 123)
+    a, b, c = (Store(tmp_path / n) for n in "abc")
+    digest, info = put_verified(a, data)
+    sa, sb, sc = (Swarm(s, ["127.0.0.1"]) for s in (a, b, c))
+    for s in (sa, sb, sc):
+        await nursery.start(s.run)
+    assert sa.seed(digest, len(data))
+    with trio.fail_after(30):
+        got = await sb.fetch(digest, len(data), info, [("127.0.0.1", sa.port)])
+    assert got.ok, got.why
+    path = b.blob_path(digest)
+    assert path.read_bytes() == data
+    assert not stat.S_IMODE(path.stat().st_mode) & 0o222
+    assert sb.seeding(digest)
+    assert b.torrent_info(digest) == info
+    # The second agent now serves a third one on its own.
+    sa.close()
+    with trio.fail_after(30):
+        again = await sc.fetch(digest, len(data), info, [("127.0.0.1", sb.port)])
+    assert again.ok, again.why
+    assert c.blob_path(digest).read_bytes() == data
+
+
+async def test_restart_seeds_without_rehashing(tmp_path: Path, nursery):
+    """Seeding a stored blob uses its saved torrent info, so no piece is re-hashed."""
+    data = os.urandom(2 * MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sa = Swarm(a, ["127.0.0.1"])
+    await nursery.start(sa.run)
+    assert sa.seed(digest, len(data))
+    st = sa._by_digest[digest].handle.status()
+    assert st.is_seeding
+    assert st.state != st.checking_files
+    sb = Swarm(b, ["127.0.0.1"])
+    await nursery.start(sb.run)
+    with trio.fail_after(30):
+        assert (await sb.fetch(digest, len(data), info, [("127.0.0.1", sa.port)])).ok
+
+
+async def test_wrong_torrent_info_from_a_peer_is_refused(tmp_path: Path, nursery):
+    """Torrent info that does not have our rule's shape for the blob is refused outright."""
+    data = os.urandom(MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sb = Swarm(b, ["127.0.0.1"])
+    await nursery.start(sb.run)
+    bad = info.replace(b"i1e", b"i0e")  # not private
+    got = await sb.fetch(digest, len(data), bad, [])
+    assert not got.ok and "shape" in got.why
+
+
+async def test_bytes_that_fail_the_digest_never_enter_the_store(tmp_path: Path, nursery):
+    """A peer seeding other bytes under a well-shaped torrent is caught by the digest check."""
+    good = os.urandom(MiB)
+    evil = os.urandom(MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    # The liar stores other bytes under the honest digest's name, with matching piece hashes.
+    path = a.blob_path(digest)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(evil)
+    _, pieces = hash_blob(path, "sha256", MiB, piece_size(MiB))
+    lie = info_bytes(digest, MiB, pieces)
+    a.save_torrent_info(digest, lie)
+    sa, sb = Swarm(a, ["127.0.0.1"]), Swarm(b, ["127.0.0.1"])
+    for s in (sa, sb):
+        await nursery.start(s.run)
+    assert sa.seed(digest, MiB)
+    with trio.fail_after(30):
+        got = await sb.fetch(digest, MiB, lie, [("127.0.0.1", sa.port)])
+    assert not got.ok and "digest" in got.why
+    assert not b.blob_path(digest).exists()
+    assert not sb.seeding(digest)
+
+
+async def test_a_silent_swarm_gives_up_after_the_stall_timeout(
+    tmp_path: Path, nursery, autojump_clock
+):
+    """With no peer sending anything, fetch returns instead of waiting forever."""
+    data = os.urandom(MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sb = Swarm(b, ["127.0.0.1"])
+    await nursery.start(sb.run)
+    got = await sb.fetch(digest, MiB, info, [], stall_timeout=5)
+    assert not got.ok and "no progress" in got.why

@@ -1,0 +1,237 @@
+"""Peer RPC messages and framing (pure: bytes in, typed messages out).
+
+Theory of operation. A connection carries frames: a 4-byte big-endian length, then one msgpack
+array ``[kind, request_id, body]``. ``FrameDecoder`` buffers received bytes and yields complete
+frames, refusing any frame over ``MAX_FRAME`` before buffering it. ``decode`` turns a frame into
+one of the message dataclasses below, checking every field's type at the edge; anything else is
+a ``PeerProtocolError`` (the peer's fault: drop it). Requests carry a positive id that the answer
+repeats, so one connection can carry several requests at once.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 * 1024 * 1024
+MAX_DIGESTS = 10_000
+_HEADER = struct.Struct(">I")
+_DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|gitsha1:[0-9a-f]{40})\Z")
+_AGENT_ID = re.compile(r"[0-9a-f]{8,64}\Z")
+
+
+class PeerProtocolError(ProtocolError):
+    """A peer sent something that breaks the protocol: drop the connection."""
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message each way: who I am and where my torrent port listens."""
+
+    kind: ClassVar[str] = "hello"
+    agent: str
+    proto: int
+    torrent_port: int
+    rpc_port: int
+
+
+@dataclass(frozen=True)
+class HaveQuery(Message):
+    """Which of these digests do you hold?"""
+
+    kind: ClassVar[str] = "have?"
+    digests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Have(Message):
+    """Answer to ``HaveQuery``: complete (verified) and partial (torrent known) digests."""
+
+    kind: ClassVar[str] = "have"
+    complete: tuple[str, ...] = ()
+    partial: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetadataQuery(Message):
+    """Send me the torrent info dictionary of this digest."""
+
+    kind: ClassVar[str] = "meta?"
+    digest: str
+
+
+@dataclass(frozen=True)
+class Metadata(Message):
+    """The bencoded info dictionary (``b""`` when unknown). Checked against the info-hash
+    the receiver derives, and the blob itself against its digest, so it needs no trust."""
+
+    kind: ClassVar[str] = "meta"
+    digest: str
+    info: bytes = b""
+
+
+@dataclass(frozen=True)
+class ResolveQuery(Message):
+    kind: ClassVar[str] = "resolve?"
+    ref: str
+
+
+@dataclass(frozen=True)
+class Resolved(Message):
+    """A canonical manifest (``b""``: unknown). Believed only as the trust rules allow."""
+
+    kind: ClassVar[str] = "resolved"
+    ref: str
+    manifest: bytes = b""
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    kind: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    kind: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    kind: ClassVar[str] = "error"
+    message: str = ""
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.kind: m
+    for m in (
+        Hello,
+        HaveQuery,
+        Have,
+        MetadataQuery,
+        Metadata,
+        ResolveQuery,
+        Resolved,
+        Ping,
+        Pong,
+        Error,
+    )
+}
+
+
+def _check_field(cls: type[Message], name: str, value: Any) -> Any:
+    where = f"{cls.kind}.{name}"
+    if name in ("digests", "complete", "partial"):
+        if not isinstance(value, list) or len(value) > MAX_DIGESTS:
+            raise PeerProtocolError(f"{where}: not a list of at most {MAX_DIGESTS} digests")
+        for d in value:
+            if not isinstance(d, str) or not _DIGEST.match(d):
+                raise PeerProtocolError(f"{where}: bad digest")
+        return tuple(value)
+    if name == "digest":
+        if not isinstance(value, str) or not _DIGEST.match(value):
+            raise PeerProtocolError(f"{where}: bad digest")
+        return value
+    if name == "agent":
+        if not isinstance(value, str) or not _AGENT_ID.match(value):
+            raise PeerProtocolError(f"{where}: bad agent id")
+        return value
+    if name in ("proto", "torrent_port", "rpc_port"):
+        if type(value) is not int or not 0 <= value < 65536:
+            raise PeerProtocolError(f"{where}: not a small integer")
+        return value
+    if name in ("info", "manifest"):
+        if not isinstance(value, bytes):
+            raise PeerProtocolError(f"{where}: not bytes")
+        return value
+    if name in ("ref", "message"):
+        if not isinstance(value, str) or len(value) > 4096:
+            raise PeerProtocolError(f"{where}: not a short string")
+        return value
+    raise AssertionError(f"no rule for field {where}")  # pragma: no cover - our bug
+
+
+def encode(msg: Message, request_id: int) -> bytes:
+    """One frame (header included) carrying ``msg``."""
+    body = {f.name: _plain(getattr(msg, f.name)) for f in fields(msg)}
+    payload = msgpack.packb([msg.kind, request_id, body], use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"{msg.kind} frame of {len(payload)} bytes is over the limit")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def decode(payload: bytes) -> tuple[Message, int]:
+    """A frame's payload -> (message, request id); ``PeerProtocolError`` if malformed."""
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_FRAME,
+            max_bin_len=MAX_FRAME,
+            max_array_len=MAX_DIGESTS,
+            max_map_len=32,
+            max_ext_len=0,
+        )
+    except (ValueError, msgpack.UnpackException) as e:
+        raise PeerProtocolError(f"undecodable frame: {e}") from None
+    if not (isinstance(obj, list) and len(obj) == 3):
+        raise PeerProtocolError("frame is not [kind, id, body]")
+    kind, request_id, body = obj
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise PeerProtocolError(f"unknown message kind {kind!r}")
+    if type(request_id) is not int or not 0 <= request_id < 2**32:
+        raise PeerProtocolError("bad request id")
+    if not isinstance(body, dict):
+        raise PeerProtocolError(f"{kind}: body is not a map")
+    names = {f.name for f in fields(cls)}
+    if set(body) - names:
+        raise PeerProtocolError(f"{kind}: unexpected fields {sorted(set(body) - names)}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in body:
+            kwargs[f.name] = _check_field(cls, f.name, body[f.name])
+        elif f.default is MISSING:
+            raise PeerProtocolError(f"{kind}: missing field {f.name!r}")
+    return cls(**kwargs), request_id
+
+
+@dataclass
+class FrameDecoder:
+    """Feed received bytes; take complete frame payloads out. Pure and incremental."""
+
+    max_frame: int = MAX_FRAME
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buf)
+            if length > self.max_frame:
+                raise PeerProtocolError(f"frame of {length} bytes is over the limit")
+            if len(self._buf) < _HEADER.size + length:
+                break
+            out.append(bytes(self._buf[_HEADER.size : _HEADER.size + length]))
+            del self._buf[: _HEADER.size + length]
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,220 @@
+"""What this agent knows of its peers: addresses, liveness and what they hold.
+
+Theory of operation. Peers enter the table through ``seen``: an mDNS announcement or a static
+config entry. From then on liveness is ours to judge, not mDNS's: a peer killed with SIGKILL sends
+no goodbye and its mDNS records live on for their TTL (minutes), so the agent pings every live
+peer it has not heard from for ``ping_interval`` (``due_pings``), and any successful RPC counts
+as hearing from it (``heard``, ``inventory``). A peer is marked dead when mDNS says goodbye
+(``gone``), after ``max_failures`` failed pings in a row (a refused connection shows up at once),
+or when it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
+without refusing). A dead peer's inventory is dropped; a later announcement or a successful RPC
+brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id is never a peer.
+Time is always an argument; the table never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PeerSource = Literal["mdns", "static"]
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    """Where a peer's RPC server listens."""
+
+    host: str
+    rpc_port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.rpc_port}"
+
+
+@dataclass
+class Peer:
+    """One peer as this agent sees it (owned by ``PeerTable``: read, do not mutate)."""
+
+    agent: str
+    addrs: list[PeerAddr]
+    torrent_port: int | None
+    source: PeerSource
+    first_seen: float
+    last_heard: float
+    alive: bool = True
+    holds: set[str] = field(default_factory=set)  # digests the peer holds complete
+    partial: set[str] = field(default_factory=set)  # digests the peer holds in part
+    failures: int = 0  # failed pings since we last heard from it
+    last_pinged: float | None = None  # when the last ping was handed out, until heard
+    died: float | None = None  # when it was last marked dead
+
+
+class PeerTable:
+    """The peers of one agent, driven by events and a ``now`` argument."""
+
+    def __init__(
+        self,
+        self_agent: str,
+        *,
+        ping_interval: float = 2.0,
+        dead_after: float = 8.0,
+        max_failures: int = 2,
+        forget_after: float = 600.0,
+    ) -> None:
+        self.self_agent = self_agent
+        self.ping_interval = ping_interval
+        self.dead_after = dead_after
+        self.max_failures = max_failures
+        self.forget_after = forget_after
+        self._peers: dict[str, Peer] = {}
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def seen(
+        self,
+        agent: str,
+        addrs: Iterable[PeerAddr],
+        torrent_port: int | None,
+        source: PeerSource,
+        now: float,
+    ) -> Peer | None:
+        """A peer announced itself (mDNS) or was configured (static); returns it, or None for us.
+
+        The latest announcement replaces the addresses, torrent port and source, and counts as
+        hearing from the peer: a dead peer comes back to life.
+        """
+        if agent == self.self_agent:
+            return None
+        addr_list = list(dict.fromkeys(addrs))  # dedupe, keep order
+        peer = self._peers.get(agent)
+        if peer is None:
+            peer = Peer(agent, addr_list, torrent_port, source, first_seen=now, last_heard=now)
+            self._peers[agent] = peer
+            return peer
+        peer.addrs = addr_list
+        peer.torrent_port = torrent_port
+        peer.source = source
+        self._revive(peer, now)
+        return peer
+
+    def gone(self, agent: str, now: float) -> bool:
+        """mDNS said goodbye: the peer is dead at once. True if it was alive."""
+        peer = self._peers.get(agent)
+        if peer is None or not peer.alive:
+            return False
+        self._kill(peer, now)
+        return True
+
+    def heard(self, agent: str, now: float) -> bool:
+        """An RPC to or from the peer succeeded. False for an unknown agent (ignored)."""
+        peer = self._peers.get(agent)
+        if peer is None:
+            return False
+        self._revive(peer, now)
+        return True
+
+    def ping_failed(self, agent: str, now: float) -> bool:
+        """A ping got no answer. True if this failure made the peer dead."""
+        peer = self._peers.get(agent)
+        if peer is None or not peer.alive:
+            return False
+        peer.failures += 1
+        if peer.failures >= self.max_failures:
+            self._kill(peer, now)
+            return True
+        return False
+
+    def inventory(
+        self, agent: str, complete: Iterable[str], partial: Iterable[str], now: float
+    ) -> bool:
+        """The peer answered an inventory query (which also counts as hearing from it)."""
+        peer = self._peers.get(agent)
+        if peer is None:
+            return False
+        self._revive(peer, now)
+        peer.holds = set(complete)
+        peer.partial = set(partial) - peer.holds
+        return True
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def due_pings(self, now: float) -> list[Peer]:
+        """Live peers not heard from for ``ping_interval``, each handed out once per interval."""
+        due: list[Peer] = []
+        for peer in self._sorted():
+            if not peer.alive or now - peer.last_heard < self.ping_interval:
+                continue
+            if peer.last_pinged is not None and now - peer.last_pinged < self.ping_interval:
+                continue
+            peer.last_pinged = now
+            due.append(peer)
+        return due
+
+    def expire(self, now: float) -> list[str]:
+        """Mark dead the live peers silent for ``dead_after``; return their ids.
+
+        Peers dead for ``forget_after`` are dropped from the table.
+        """
+        died: list[str] = []
+        for peer in self._sorted():
+            if peer.alive and now - peer.last_heard >= self.dead_after:
+                self._kill(peer, now)
+                died.append(peer.agent)
+            elif not peer.alive and peer.died is not None and now - peer.died >= self.forget_after:
+                del self._peers[peer.agent]
+        return died
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def get(self, agent: str) -> Peer | None:
+        return self._peers.get(agent)
+
+    def alive(self) -> list[Peer]:
+        """Live peers, by agent id."""
+        return [p for p in self._sorted() if p.alive]
+
+    def holders(self, digest: str) -> list[Peer]:
+        """Live peers holding ``digest`` complete, by agent id."""
+        return [p for p in self._sorted() if p.alive and digest in p.holds]
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Plain data for ``status --json``, by agent id."""
+        return [
+            {
+                "agent": p.agent,
+                "addresses": [str(a) for a in p.addrs],
+                "torrent_port": p.torrent_port,
+                "source": p.source,
+                "last_heard_age": round(max(0.0, now - p.last_heard), 3),
+                "alive": p.alive,
+                "holds": len(p.holds),
+                "partial": len(p.partial),
+            }
+            for p in self._sorted()
+        ]
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _sorted(self) -> list[Peer]:
+        return [self._peers[k] for k in sorted(self._peers)]
+
+    def _revive(self, peer: Peer, now: float) -> None:
+        peer.alive = True
+        peer.last_heard = max(peer.last_heard, now)
+        peer.failures = 0
+        peer.last_pinged = None
+        peer.died = None
+
+    def _kill(self, peer: Peer, now: float) -> None:
+        peer.alive = False
+        peer.died = now
+        peer.failures = 0
+        peer.last_pinged = None
+        # What a dead peer held may be gone when it comes back; it will be asked again.
+        peer.holds = set()
+        peer.partial = set()

@@ -9,14 +9,15 @@ download what is missing, then link the snapshot and the optional ``--to`` expor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .catalog import NameTarget, load_catalog, lookup_name
 from .config import Config, FileSpec, load_config
-from .errors import UserError
+from .errors import P2PModelError, UserError
 from .manifest import FileEntry, Manifest
 from .refs import Ref
 from .store import Store
@@ -24,7 +25,8 @@ from .store import Store
 if TYPE_CHECKING:
     import httpx
 
-    from .downloader import DownloadOptions
+    from .downloader import BlobJob, DownloadOptions
+    from .progress import Progress
 
 
 @dataclass
@@ -40,8 +42,9 @@ class GetRequest:
 class GetResult:
     path: Path
     manifest: Manifest
-    fetched: int = 0  # bytes written from the network by this run
+    fetched: int = 0  # bytes this run took from mirrors
     warnings: list[str] = field(default_factory=list)
+    from_peers: int = 0  # bytes this run took from LAN peers
 
 
 def _check_sha(sha256: str | None) -> str | None:
@@ -96,17 +99,36 @@ def _url_path(url: str) -> str:
     return name if name and name not in (".", "..") and "\\" not in name else "download"
 
 
+class LanSource(Protocol):
+    """What the office agent offers ``get``: blobs from LAN peers, and seeding what arrives."""
+
+    async def locate(self, digests: list[str]) -> set[str]:
+        """The digests some live peer holds complete (asked now, bounded in time)."""
+        ...
+
+    async def fetch(self, job: BlobJob, progress: Progress) -> bool:
+        """Fetch one blob from peers into the store (verified). False: use mirrors."""
+        ...
+
+    def stored(self, digest: str, size: int) -> None:
+        """A blob was verified into the store: seed it."""
+        ...
+
+
 async def get(
     req: GetRequest,
     home: Path,
     *,
     options: DownloadOptions | None = None,
     client: httpx.AsyncClient | None = None,
+    lan: LanSource | None = None,
+    progress: Progress | None = None,
 ) -> GetResult:
-    """Resolve, download what is missing, verify, link. Raises ``P2PModelError`` subclasses."""
+    """Resolve, download what is missing (LAN peers first, then mirrors), verify, link.
+    Raises ``P2PModelError`` subclasses."""
     import trio
 
-    from .downloader import BlobJob, DownloadOptions, download
+    from .downloader import BlobJob, DownloadOptions
     from .http import first_success, get_json, make_client, probe_size
     from .progress import Progress, make_renderer
     from .upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
@@ -171,12 +193,10 @@ async def get(
                 origin = file_url(manifest, path, config.hf_endpoint, config.ms_endpoint)
                 jobs.append(BlobJob(digest, digest, size, config.candidates(origin), path))
 
-        progress = Progress()
+        progress = progress or Progress()
         renderer = make_renderer(progress, req.progress if jobs else "none")
         try:
-            results = await download(
-                store, jobs, progress, opts, render=renderer.update, client=http
-            )
+            results = await _fetch_all(store, jobs, progress, opts, http, lan, renderer.update)
         finally:
             renderer.close()  # the last state, also on failure (what was kept is visible)
 
@@ -188,8 +208,60 @@ async def get(
             store.save_manifest(manifest)
             store.set_ref(ref.text, manifest.digest)
         path_out = await trio.to_thread.run_sync(_finish, store, req, manifest)
-        return GetResult(path_out, manifest, progress.from_mirrors, warnings)
+        return GetResult(path_out, manifest, progress.from_mirrors, warnings, progress.from_peers)
     finally:
         if own_client:
             with trio.CancelScope(shield=True):
                 await http.aclose()
+
+
+async def _fetch_all(
+    store: Store,
+    jobs: list[BlobJob],
+    progress: Progress,
+    opts: DownloadOptions,
+    http: httpx.AsyncClient,
+    lan: LanSource | None,
+    render: Callable[[], None],
+) -> dict[str, str]:
+    """Blobs some peer holds come over the LAN while the rest come from mirrors at the same
+    time; a blob the LAN could not deliver goes to mirrors afterwards. Every stored blob is
+    handed to ``lan.stored`` so it is seeded at once."""
+    import trio
+
+    from .downloader import download
+
+    held = await lan.locate([j.key for j in jobs if j.digest]) if lan and jobs else set()
+    lan_jobs = [j for j in jobs if j.key in held]
+    results: dict[str, str] = {}
+    retry: list[BlobJob] = []
+    error: list[BaseException] = []
+
+    async def from_lan(job: BlobJob, limit: trio.Semaphore) -> None:
+        assert lan is not None
+        async with limit:
+            if await lan.fetch(job, progress):
+                results[job.key] = job.key
+            else:
+                retry.append(job)
+
+    async def from_mirrors(batch: list[BlobJob]) -> None:
+        try:
+            results.update(await download(store, batch, progress, opts, render=render, client=http))
+        except P2PModelError as e:
+            error.append(e)
+
+    async with trio.open_nursery() as nursery:
+        limit = trio.Semaphore(4)
+        for job in lan_jobs:
+            nursery.start_soon(from_lan, job, limit)
+        nursery.start_soon(from_mirrors, [j for j in jobs if j.key not in held])
+    if retry and not error:
+        await from_mirrors(retry)
+    if lan is not None:
+        for job in jobs:
+            if job.key in results:
+                lan.stored(results[job.key], job.size)
+    if error:
+        raise error[0]
+    return results

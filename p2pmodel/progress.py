@@ -27,18 +27,22 @@ class FileProgress:
 class Progress:
     files: dict[str, FileProgress] = field(default_factory=dict)
     from_mirrors: int = 0
+    from_peers: int = 0
     started: float = field(default_factory=time.monotonic)
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
 
     def add(self, key: str, label: str, size: int, have: int = 0, state: str = "waiting") -> None:
         self.files[key] = FileProgress(label, size, have, state=state)
 
-    def advance(self, key: str, nbytes: int, source: str) -> None:
+    def advance(self, key: str, nbytes: int, source: str, *, lan: bool = False) -> None:
         f = self.files[key]
         f.have += nbytes
         f.source = source
         f.state = "fetching"
-        self.from_mirrors += nbytes
+        if lan:
+            self.from_peers += nbytes
+        else:
+            self.from_mirrors += nbytes
 
     def set_state(self, key: str, state: str, have: int | None = None) -> None:
         f = self.files[key]
@@ -55,13 +59,14 @@ class Progress:
         return sum(f.have for f in self.files.values())
 
     def rate(self, now: float | None = None) -> float:
-        """Recent bytes/s from mirrors (over the last few seconds of samples)."""
+        """Recent bytes/s from mirrors and peers (over the last few seconds of samples)."""
         now = time.monotonic() if now is None else now
-        self._samples.append((now, self.from_mirrors))
+        total = self.from_mirrors + self.from_peers
+        self._samples.append((now, total))
         while len(self._samples) > 2 and now - self._samples[0][0] > 5.0:
             self._samples.popleft()
         t0, b0 = self._samples[0]
-        return (self.from_mirrors - b0) / (now - t0) if now > t0 else 0.0
+        return (total - b0) / (now - t0) if now > t0 else 0.0
 
 
 def human(n: float) -> str:

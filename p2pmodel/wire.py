@@ -219,7 +219,7 @@ class FrameDecoder:
     max_frame: int = MAX_FRAME
     _buf: bytearray = field(default_factory=bytearray)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         self._buf += data
         out = []
         while len(self._buf) >= _HEADER.size:

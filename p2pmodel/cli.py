@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -49,6 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress display (auto: live on a terminal, plain lines otherwise)",
     )
     g.add_argument("--json", action="store_true", help="print the result as JSON")
+    g.add_argument(
+        "--no-lan",
+        action="store_true",
+        help="without a running agent, fetch from mirrors only (also: P2PMODEL_LAN=off)",
+    )
+
+    sv = sub.add_parser("serve", help="run the office agent (foreground)")
+    sv.add_argument(
+        "--interface",
+        action="append",
+        metavar="IP",
+        help="IPv4 address to listen and announce on (repeatable; default: all of this host's)",
+    )
+    sv.add_argument("--port", type=int, default=7420, help="peer RPC port (7420)")
+    sv.add_argument("--torrent-port", type=int, default=0, help="libtorrent port (0: any)")
+    sv.add_argument("--no-discovery", action="store_true", help="no mDNS; static peers only")
+
+    st = sub.add_parser("status", help="this agent, its peers and transfers")
+    st.add_argument("--json", action="store_true", help="print JSON")
 
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -62,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        handler = {"get": cmd_get, "ls": cmd_ls}[args.command]
+        handler = {"get": cmd_get, "ls": cmd_ls, "serve": cmd_serve, "status": cmd_status}[
+            args.command
+        ]
         return handler(args)
     except P2PModelError as e:
         print(f"p2pmodel: error: {e}", file=sys.stderr)
@@ -123,7 +145,13 @@ def cmd_get(args: argparse.Namespace) -> int:
         lookup_name(req.ref, load_config(home), load_catalog())
     result = fast_get(req, home)
     if result is None:
-        result = _run_get(req, home, args.connections)
+        from . import control
+
+        try:
+            return _get_via_agent(req, home, args.json)
+        except control.NoAgent:
+            lan = not args.no_lan and os.environ.get("P2PMODEL_LAN", "on").lower() != "off"
+            result = _run_get(req, home, args.connections, lan)
     for w in result.warnings:
         print(f"p2pmodel: warning: {w}", file=sys.stderr)
     if args.json:
@@ -133,7 +161,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_get(req: Any, home: Path, connections: int | None) -> Any:
+def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
+    """No agent runs: fetch in this process, with an embedded agent for its duration."""
     import trio
 
     from .config import load_config
@@ -144,9 +173,162 @@ def _run_get(req: Any, home: Path, connections: int | None) -> Any:
     opts = DownloadOptions(connections=connections or config.connections)
 
     async def run() -> Any:
-        return await get(req, home, options=opts)
+        if not lan:
+            return await get(req, home, options=opts)
+        from .agent import Agent, AgentOptions
+
+        async with trio.open_nursery() as nursery:
+            agent = Agent(home, config, AgentOptions(rpc_port=0, wait_for_peers=2.0))
+            await nursery.start(agent.run)
+            result = await get(req, home, options=opts, lan=agent)
+            nursery.cancel_scope.cancel()
+        return result
 
     return trio.run(run)
+
+
+def _get_via_agent(req: Any, home: Path, as_json: bool) -> int:
+    """Hand the get to the running agent and show its progress here."""
+    from . import control
+    from .progress import Progress, make_renderer
+
+    progress = Progress()
+    renderer: Any = None  # made once the agent answers (no output if there is none)
+    msg: dict[str, Any] = {}
+    try:
+        for msg in control.request(
+            home,
+            {
+                "op": "get",
+                "ref": req.ref.text,
+                "to": str(req.to) if req.to else None,
+                "sha256": req.sha256,
+                "refresh": req.refresh,
+            },
+        ):
+            if msg.get("event") == "progress":
+                _apply_progress(progress, msg)
+                if renderer is None and not as_json:
+                    renderer = make_renderer(progress, req.progress)
+                if renderer is not None:
+                    renderer.update()
+    finally:
+        if renderer is not None:
+            renderer.close()
+    if msg.get("event") == "error":
+        print(f"p2pmodel: error: {msg.get('message')}", file=sys.stderr)
+        return int(msg.get("code") or 1)
+    for w in msg.get("warnings") or []:
+        print(f"p2pmodel: warning: {w}", file=sys.stderr)
+    if as_json:
+        files = [{"path": p, "size": s, "digest": d} for p, s, d in msg.get("files") or []]
+        _print_json(
+            {
+                "ref": req.ref.text,
+                "path": msg.get("path"),
+                "manifest": msg.get("manifest"),
+                "source": msg.get("source"),
+                "commit": msg.get("commit"),
+                "size": msg.get("size"),
+                "fetched": msg.get("fetched"),
+                "from_peers": msg.get("from_peers"),
+                "files": files,
+            }
+        )
+    else:
+        print(msg.get("path"))
+    return 0
+
+
+def _apply_progress(progress: Any, msg: dict[str, Any]) -> None:
+    progress.from_mirrors = int(msg.get("from_mirrors") or 0)
+    progress.from_peers = int(msg.get("from_peers") or 0)
+    for key, label, size, have, source, state in msg.get("files") or []:
+        if key not in progress.files:
+            progress.add(key, label, size)
+        f = progress.files[key]
+        f.have, f.source, f.state = have, source, state
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    import trio
+
+    from .agent import Agent, AgentOptions
+    from .config import load_config
+    from .control import ControlServer, NoAgent, request
+
+    home = _home()
+    config = load_config(home)
+    try:
+        for _ in request(home, {"op": "status"}, timeout=2.0):
+            pass
+        raise UserError(f"an agent already runs for {home}")
+    except NoAgent:
+        pass
+    opts = AgentOptions(
+        interfaces=args.interface or [],
+        rpc_port=args.port,
+        torrent_port=args.torrent_port,
+        discovery=not args.no_discovery,
+    )
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                agent = Agent(home, config, opts)
+                try:
+                    await nursery.start(agent.run)
+                except OSError as e:
+                    raise UserError(f"cannot listen on {agent.interfaces}: {e.strerror}") from None
+                await nursery.start(ControlServer(agent).run)
+                print(
+                    f"p2pmodel: agent {agent.id} serving on {', '.join(agent.interfaces)} "
+                    f"(rpc {agent.rpc_port}, torrent {agent.swarm.port if agent.swarm else 0})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    print("p2pmodel: agent stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .control import NoAgent, request
+    from .progress import human
+
+    home = _home()
+    try:
+        status = next(iter(request(home, {"op": "status"}, timeout=10.0)))
+    except NoAgent:
+        raise P2PModelError(f"no agent is running for {home} (start one: p2pmodel serve)") from None
+    status.pop("event", None)
+    if args.json:
+        _print_json(status)
+        return 0
+    print(
+        f"agent {status['agent']} on {', '.join(status['interfaces'])} (rpc {status['rpc_port']})"
+    )
+    print(
+        f"seeding {status['seeding']} blobs; from LAN {human(status['from_peers'])}, "
+        f"from mirrors {human(status['from_mirrors'])}"
+    )
+    alive = [p for p in status["peers"] if p["alive"]]
+    print(f"peers: {len(alive)} alive")
+    for p in status["peers"]:
+        state = "alive" if p["alive"] else "gone"
+        print(
+            f"  {p['agent']:18} {', '.join(p['addresses']):24} {state:5} "
+            f"heard {p['last_heard_age']:.1f} s ago, holds {p['holds']}"
+        )
+    for t in status["transfers"]:
+        print(f"  {t['label']}: {human(t['have'])}/{human(t['size'])} {t['state']} {t['source']}")
+    return 0
 
 
 def _result_json(req: Any, result: Any) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def new_home(work: Path, name: str, mirrors: list[str], commit: str) -> dict[str
         f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = [{use}]\n\n'
         f'[models]\n"tiny-image:v1" = "hf://demo/tiny-image@{commit}"\n'
     )
-    return {**os.environ, "P2PMODEL_HOME": str(home)}
+    # On loopback in the host's namespace: mirrors only (no embedded LAN agent).
+    return {**os.environ, "P2PMODEL_HOME": str(home), "P2PMODEL_LAN": "off"}
 
 
 def main() -> int:

@@ -14,6 +14,11 @@ from p2pmodel.testing.models import Repo, RepoFile, make_model
 
 MiB = 1024 * 1024
 
+# A `p2pmodel get` with no agent running starts an embedded agent (libtorrent, mDNS). Tests in
+# the host's network namespace must never do that: they fetch from mirrors only.
+if not os.environ.get("P2PMODEL_TEST_NETNS"):
+    os.environ["P2PMODEL_LAN"] = "off"
+
 
 def in_own_netns() -> str | None:
     """None when this process runs inside the network namespace that scripts/test made for it

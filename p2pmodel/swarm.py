@@ -237,12 +237,14 @@ class Swarm:
                     if st.total_wanted_done >= size:
                         break
                 elif trio.current_time() - last_change > stall_timeout:
-                    self._forget(t, delete_files=True)
+                    await self._salvage(t)
                     return SwarmFetch(
                         False, f"no progress from peers for {stall_timeout:.0f} s", got
                     )
+            with trio.move_on_after(5):
+                await t.finished.wait()  # written out, not only hashed
             if t.error:
-                self._forget(t, delete_files=True)
+                await self._salvage(t)
                 return SwarmFetch(False, t.error, got)
             path = self.swarm_dir / hex_part(digest)
             handle.flush_cache()
@@ -267,6 +269,35 @@ class Swarm:
             if not t.seeding:
                 self._forget(t, delete_files=True)
             raise
+
+    async def _salvage(self, t: _Torrent) -> None:
+        """Peers stopped before the end: keep the pieces that passed their hash as resume
+        state of the mirror fetcher, so nothing received is fetched again."""
+        from .rangeset import RangeSet
+        from .store import PartialState
+
+        try:
+            have = list(t.handle.status(lt.status_flags_t.query_pieces).pieces)
+            piece = t.handle.torrent_file().piece_length()
+        except RuntimeError:
+            have, piece = [], 0
+        self._forget(t, delete_files=False)
+        src = self.swarm_dir / hex_part(t.digest)
+        done = RangeSet(
+            (i * piece, min((i + 1) * piece, t.size)) for i, ok in enumerate(have) if ok
+        )
+        if not done or not src.exists():
+            with contextlib.suppress(OSError):
+                src.unlink()
+            return
+        part = self.store.partial_path(t.digest)
+
+        def move() -> None:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, part)
+            self.store.save_state(t.digest, t.size, PartialState(done, {}))
+
+        await trio.to_thread.run_sync(move)
 
     def statistics(self) -> dict[str, Any]:
         seeding = [t for t in self._by_digest.values() if t.seeding]

@@ -123,3 +123,36 @@ async def test_a_silent_swarm_gives_up_after_the_stall_timeout(
     await nursery.start(sb.run)
     got = await sb.fetch(digest, MiB, info, [], stall_timeout=5)
     assert not got.ok and "no progress" in got.why
+
+
+async def test_pieces_from_a_seeder_that_vanished_are_kept_for_the_mirrors(tmp_path: Path, nursery):
+    """When peers stop mid-blob, the pieces that passed their hash become resume state, so
+    the mirror fetcher only fetches the rest."""
+    data = os.urandom(8 * MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sa, sb = Swarm(a, ["127.0.0.1"]), Swarm(b, ["127.0.0.1"])
+    for s in (sa, sb):
+        await nursery.start(s.run)
+    sa.session.apply_settings(
+        {"upload_rate_limit": 2 * MiB, "ignore_limits_on_local_network": False}
+    )
+    assert sa.seed(digest, len(data))
+
+    async def pull_the_plug() -> None:
+        for _ in range(400):  # until a few pieces are in (bounded: 20 s)
+            t = sb._by_digest.get(digest)
+            if t is not None and t.handle.status().total_wanted_done >= 2 * MiB:
+                break
+            await trio.sleep(0.05)
+        sa.close()
+
+    nursery.start_soon(pull_the_plug)
+    with trio.fail_after(30):
+        got = await sb.fetch(digest, len(data), info, [("127.0.0.1", sa.port)], stall_timeout=2)
+    assert not got.ok
+    state = b.load_state(digest, len(data))
+    assert 0 < state.done.total() < len(data)
+    part = b.partial_path(digest).read_bytes()
+    for start, stop in state.done:
+        assert part[start:stop] == data[start:stop]

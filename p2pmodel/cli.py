@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--torrent-port", type=int, default=0, help="libtorrent port (0: any)")
     sv.add_argument("--no-discovery", action="store_true", help="no mDNS; static peers only")
 
+    vf = sub.add_parser("verify", help="re-check stored blobs against their digests (scrub)")
+    vf.add_argument("ref", nargs="?", help="only this model's blobs (default: the whole store)")
+    vf.add_argument("--json", action="store_true", help="print JSON")
+
     st = sub.add_parser("status", help="this agent, its peers and transfers")
     st.add_argument("--json", action="store_true", help="print JSON")
 
@@ -82,9 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        handler = {"get": cmd_get, "ls": cmd_ls, "serve": cmd_serve, "status": cmd_status}[
-            args.command
-        ]
+        handler = {
+            "get": cmd_get,
+            "ls": cmd_ls,
+            "serve": cmd_serve,
+            "status": cmd_status,
+            "verify": cmd_verify,
+        }[args.command]
         return handler(args)
     except P2PModelError as e:
         print(f"p2pmodel: error: {e}", file=sys.stderr)
@@ -295,6 +303,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(run)
     print("p2pmodel: agent stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Hash every blob again; a blob that no longer matches its digest is removed (the next
+    get fetches it again) and reported. Exit 4 if any was bad."""
+    from .digests import algorithm, digest_file
+    from .errors import IntegrityError
+    from .refs import parse_ref
+    from .store import Store
+
+    store = Store(_home())
+    if args.ref:
+        ref = parse_ref(args.ref)
+        m = store.lookup(ref.text)
+        if m is None:
+            raise UserError(f"{ref.text} is not in the store")
+        blobs = sorted(m.blobs().items())
+    else:
+        blobs = list(store.verified_blobs())
+    bad = []
+    for digest, size in blobs:
+        path = store.blob_path(digest)
+        if not path.exists():
+            continue
+        if digest_file(path, algorithm(digest)) != digest or path.stat().st_size != size:
+            bad.append(digest)
+            store.remove_blob(digest)
+    if args.json:
+        _print_json({"checked": len(blobs), "bad": bad})
+    else:
+        print(f"checked {len(blobs)} blobs: {len(bad)} bad")
+        for d in bad:
+            print(f"removed {d} (did not match its digest; the next get fetches it again)")
+    if bad:
+        raise IntegrityError(
+            f"{len(bad)} stored blob(s) did not match their digest and were removed"
+        )
     return 0
 
 

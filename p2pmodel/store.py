@@ -213,6 +213,12 @@ class Store:
                 if not path.name.startswith("."):
                     yield f"{algo_dir.name}:{path.name}", path.stat().st_size
 
+    def remove_blob(self, digest: str) -> None:
+        """Drop a blob (found corrupt by a scrub) and its torrent info."""
+        for path in (self.blob_path(digest), self.torrent_info_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def put_blob_bytes(self, digest: str, data: bytes) -> Path:
         """Store small verified content directly (used by tests and tiny files)."""
         dst = self.blob_path(digest)

@@ -215,3 +215,28 @@ def test_disk_full_is_exit_5(tmp_path, mirror_factory):
         assert len(r.stderr.strip().splitlines()) == 1
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_verify_finds_and_removes_a_rotten_blob(cli_home, tmp_path, mirror_factory):
+    """verify re-hashes the store, removes a blob whose bytes changed, and a get restores it."""
+    repo = make_model(tmp_path / "r", "acme/tiny", shards=2, shard_size=MiB)
+    mirror = mirror_factory(repo)
+    configure(cli_home, mirror.hub_url, repo)
+    assert run_cli(cli_home, "get", "tiny:v1").returncode == 0
+    r = run_cli(cli_home, "verify", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"checked": len({f.sha256 for f in repo.files}), "bad": []}
+    victim = next(f for f in repo.files if f.lfs)
+    blob = cli_home / "store" / "blobs" / "sha256" / victim.sha256[:2] / victim.sha256
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as fh:
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0xFF]))
+    r = run_cli(cli_home, "verify", "tiny:v1")
+    assert r.returncode == 4
+    assert f"sha256:{victim.sha256}" in r.stdout
+    assert not blob.exists()
+    out = tmp_path / "again"
+    assert run_cli(cli_home, "get", "tiny:v1", "--to", str(out)).returncode == 0
+    assert (out / victim.path).read_bytes() == victim.data_path.read_bytes()

@@ -266,8 +266,9 @@ class Swarm:
             t.seeding = True
             return SwarmFetch(True, "", got)
         except BaseException:
-            if not t.seeding:
-                self._forget(t, delete_files=True)
+            if not t.seeding:  # cancelled (shutdown, Ctrl-C): keep what passed its hash
+                with trio.CancelScope(shield=True):
+                    await self._salvage(t)
             raise
 
     async def _salvage(self, t: _Torrent) -> None:

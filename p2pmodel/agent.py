@@ -6,12 +6,15 @@ alert pump, the peer RPC server on the agent's interfaces, mDNS discovery, a liv
 says hello to configured static peers, and, for ``serve``, the control socket that ``get``,
 ``ls`` and ``status`` talk to. On start every verified blob in the store is seeded from its
 saved torrent info (no re-hash). Decisions about peers live in ``PeerTable``; this module only
-wires events and answers to it.
+wires events and answers to it. A blob comes from the LAN at most once at a time (a second get
+wanting it waits for the first), and a LAN fetch gives up as soon as liveness says all its
+holders are gone; whatever the reason it fails, the get goes on with mirrors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ from .wire import (
     ResolveQuery,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
 LIVENESS_TICK = 1.0
 
@@ -98,6 +102,7 @@ class Agent:
         self.from_peers = 0
         self.transfers: dict[str, Progress] = {}
         self.ready = trio.Event()
+        self._lan_fetches: dict[str, trio.Event] = {}  # digest -> set when its LAN fetch ends
         self._peer_seen = trio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -234,7 +239,13 @@ class Agent:
                 self.peers.ping_failed(agent, trio.current_time())
                 return
             if isinstance(reply, Have):
-                self.peers.inventory(agent, reply.complete, reply.partial, trio.current_time())
+                # The answer is about these digests only: what the peer said of others (another
+                # get's, running at the same time) still stands.
+                peer = self.peers.get(agent)
+                asked = set(digests)
+                complete = (peer.holds - asked if peer else set()) | set(reply.complete)
+                partial = (peer.partial - asked if peer else set()) | set(reply.partial)
+                self.peers.inventory(agent, complete, partial, trio.current_time())
 
         with trio.move_on_after(self.opts.locate_timeout):
             async with trio.open_nursery() as nursery:
@@ -243,6 +254,27 @@ class Agent:
         return {d for d in digests if self.peers.holders(d)}
 
     async def fetch(self, job: BlobJob, progress: Progress) -> bool:
+        assert job.digest is not None
+        # Another get (of a model sharing this blob) may be fetching it, or have fetched it since
+        # this get looked: use that rather than fetch it twice (the swarm refuses a second
+        # torrent for it, and the fallback would be the mirrors).
+        running = self._lan_fetches.get(job.digest)
+        if running is not None:
+            progress.add(job.key, job.label, job.size, state="waiting")
+            await running.wait()
+        if self.store.has_blob(job.digest, job.size):
+            progress.add(job.key, job.label, job.size, have=job.size, state="done")
+            return True
+        if running is not None:
+            return False
+        done = self._lan_fetches[job.digest] = trio.Event()
+        try:
+            return await self._fetch(job, progress)
+        finally:
+            del self._lan_fetches[job.digest]
+            done.set()
+
+    async def _fetch(self, job: BlobJob, progress: Progress) -> bool:
         assert self.swarm is not None and job.digest is not None
         holders = self.peers.holders(job.digest)
         info = b""
@@ -260,23 +292,55 @@ class Agent:
         progress.add(job.key, job.label, job.size, state="fetching")
         source = f"LAN ({len(endpoints)} peer{'s' if len(endpoints) != 1 else ''})"
 
+        received, last_progress = 0, trio.current_time()
+
         def advance(n: int) -> None:
+            nonlocal received, last_progress
+            received, last_progress = received + n, trio.current_time()
             progress.advance(job.key, n, source, lan=True)
             self.from_peers += n
 
-        got = await self.swarm.fetch(
-            job.digest,
-            job.size,
-            info,
-            endpoints,
-            stall_timeout=self.opts.stall_timeout,
-            on_progress=advance,
-        )
-        if got.ok:
+        async def give_up_when_holders_die(scope: trio.CancelScope) -> None:
+            # Pings tell within seconds that every holder died (kill -9, power cut); the swarm
+            # alone would wait out its stall timeout. Cancelled, it keeps the verified pieces.
+            while True:
+                await trio.sleep(LIVENESS_TICK)
+                if (
+                    received < job.size
+                    and trio.current_time() - last_progress >= LIVENESS_TICK
+                    and not any(self._alive(p.agent) for p in holders)
+                ):
+                    scope.cancel()
+                    return
+
+        ok = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(give_up_when_holders_die, nursery.cancel_scope)
+                got = await self.swarm.fetch(
+                    job.digest,
+                    job.size,
+                    info,
+                    endpoints,
+                    stall_timeout=self.opts.stall_timeout,
+                    on_progress=advance,
+                )
+                ok = got.ok
+                if not ok:
+                    log.warning("fetching %s from peers failed: %s", job.digest, got.why)
+                nursery.cancel_scope.cancel()
+        except Exception:  # the LAN is only a shortcut: whatever went wrong, mirrors remain
+            log.exception("fetching %s from peers failed", job.digest)
+            ok = False
+        if ok:
             progress.set_state(job.key, "done", have=job.size)
         else:
             progress.set_state(job.key, "waiting", have=0)
-        return got.ok
+        return ok
+
+    def _alive(self, agent: str) -> bool:
+        peer = self.peers.get(agent)
+        return peer is not None and peer.alive
 
     def stored(self, digest: str, size: int) -> None:
         if self.swarm is not None:

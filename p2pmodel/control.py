@@ -128,8 +128,13 @@ class ControlServer:
                 await stream.send_all(
                     _pack({"event": "error", "message": f"bad op {op!r}", "code": 2})
                 )
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+        # except*: a get's errors come out of its nursery wrapped in an ExceptionGroup. A client
+        # that goes away (Ctrl-C on `get`) or sends garbage ends its own connection, never the
+        # agent; a bug in answering one request is logged, and the agent serves on.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             pass
+        except* Exception:
+            log.exception("control request failed")
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -11,6 +11,7 @@ Clients here send one request at a time per connection, which is all agents need
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -27,10 +28,12 @@ from .wire import (
     encode,
 )
 
+log = logging.getLogger(__name__)
 Handler = Callable[[Message, Hello], Awaitable[Message]]
 RECEIVE = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
+HELLO_TIMEOUT = 10.0
 
 
 class RpcError(Exception):
@@ -75,19 +78,27 @@ class RpcServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         ch = Channel(stream)
         try:
-            with trio.move_on_after(10):
+            with trio.fail_after(HELLO_TIMEOUT):
                 first, rid = await ch.receive()
-                if not isinstance(first, Hello) or first.proto != PROTOCOL_VERSION:
-                    await ch.send(Error(f"expected hello, protocol {PROTOCOL_VERSION}"), rid)
-                    return
-                await ch.send(self.hello(), rid)
-                peer = first
+            if not isinstance(first, Hello) or first.proto != PROTOCOL_VERSION:
+                await ch.send(Error(f"expected hello, protocol {PROTOCOL_VERSION}"), rid)
+                return
+            await ch.send(self.hello(), rid)
             while True:
                 msg, rid = await ch.receive()
-                reply = await self.handler(msg, peer)
+                reply = await self.handler(msg, first)
                 await ch.send(reply, rid)
-        except (PeerProtocolError, RpcError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer broke the protocol or went away: drop this connection only
+        except (
+            PeerProtocolError,
+            RpcError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            pass  # the peer broke the protocol, was too slow or went away: drop it
+        except Exception:
+            # A bug of ours while answering: log it and drop this connection, never the agent.
+            log.exception("answering a peer failed")
         finally:
             await trio.aclose_forcefully(stream)
 

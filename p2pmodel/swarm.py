@@ -71,6 +71,7 @@ class _Torrent:
     seeding: bool
     finished: trio.Event = field(default_factory=trio.Event)
     moved: trio.Event = field(default_factory=trio.Event)
+    flushed: trio.Event = field(default_factory=trio.Event)
     hash_failures: int = 0
     error: str = ""
 
@@ -126,6 +127,8 @@ class Swarm:
                 if isinstance(a, lt.storage_moved_failed_alert):
                     t.error = a.message()
                 t.moved.set()
+            elif isinstance(a, lt.cache_flushed_alert):
+                t.flushed.set()
             elif isinstance(a, lt.hash_failed_alert):
                 t.hash_failures += 1
             elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
@@ -230,11 +233,12 @@ class Swarm:
                 with trio.move_on_after(0.25):
                     await t.finished.wait()
                 st = handle.status()
-                if st.total_wanted_done != got:
+                done = min(st.total_wanted_done, size)
+                if done != got:
                     if on_progress is not None:
-                        on_progress(st.total_wanted_done - got)
-                    got, last_change = st.total_wanted_done, trio.current_time()
-                    if st.total_wanted_done >= size:
+                        on_progress(done - got)
+                    got, last_change = done, trio.current_time()
+                    if done >= size:
                         break
                 elif trio.current_time() - last_change > stall_timeout:
                     await self._salvage(t)
@@ -247,7 +251,9 @@ class Swarm:
                 await self._salvage(t)
                 return SwarmFetch(False, t.error, got)
             path = self.swarm_dir / hex_part(digest)
-            handle.flush_cache()
+            handle.flush_cache()  # asynchronous: hash only once libtorrent says it is written
+            with trio.move_on_after(30):
+                await t.flushed.wait()
             actual = await trio.to_thread.run_sync(digest_file, path, algorithm(digest), size)
             if actual != digest:
                 self._forget(t, delete_files=True)

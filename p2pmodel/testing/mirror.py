@@ -535,8 +535,10 @@ class Mirror:
                     chunk = corrupt_block(chunk, offset, size)
                 await pacer.wait(len(chunk), faults.per_conn_rate)
                 await self._total_pacer.wait(len(chunk), faults.total_rate)
-                await _send(stream, conn, h11.Data(data=chunk))
+                # Counted before the send: a transfer cut mid-chunk counts the whole chunk, so
+                # the counter errs high (against p2pmodel), never low.
                 self.stats.count(path, len(chunk))
+                await _send(stream, conn, h11.Data(data=chunk))
                 offset += len(chunk)
         return reply.cut_at is None
 

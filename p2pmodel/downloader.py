@@ -84,6 +84,51 @@ async def download(
     """Fetch and verify every job; returns {job key: final digest}. Raises on what failed,
     after every other blob was finished and kept."""
     opts = options or DownloadOptions()
+    locks: dict[str, int] = {}
+    busy: list[BlobJob] = []
+    try:
+        for job in jobs:
+            lock = await trio.to_thread.run_sync(store.lock_partial, job.key)
+            if lock is None:
+                busy.append(job)  # another get is fetching it right now: see below
+            else:
+                locks[job.key] = lock
+        free = [j for j in jobs if j.key in locks]
+        results = await _download(store, free, progress, opts, render, client) if free else {}
+    finally:
+        for lock in locks.values():
+            os.close(lock)
+    if busy:
+        # Wait for the other download to finish or give up, then take what it stored and
+        # fetch whatever it did not.
+        while True:
+            for job in list(busy):
+                lock = await trio.to_thread.run_sync(store.lock_partial, job.key)
+                if lock is None:
+                    continue
+                busy.remove(job)
+                os.close(lock)
+                if job.digest and store.has_blob(job.digest, job.size):
+                    progress.add(job.key, job.label, job.size, have=job.size, state="done")
+                    results[job.key] = job.digest
+                else:
+                    results.update(
+                        await download(store, [job], progress, opts, render=render, client=client)
+                    )
+            if not busy:
+                break
+            await trio.sleep(0.25)
+    return results
+
+
+async def _download(
+    store: Store,
+    jobs: list[BlobJob],
+    progress: Progress,
+    opts: DownloadOptions,
+    render: Callable[[], None] | None,
+    client: httpx.AsyncClient | None,
+) -> dict[str, str]:
     board = opts.board or MirrorBoard()
     plan = FetchPlan(
         board,

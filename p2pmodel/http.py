@@ -117,7 +117,9 @@ async def open_range(
 ) -> AsyncIterator[RangeBody]:
     """GET ``[start, stop)`` of a ``size``-byte file; yields the body's chunks."""
     headers = {} if (start == 0 and stop == size) else {"Range": f"bytes={start}-{stop - 1}"}
-    async with translate_errors(), client.stream("GET", url, headers=headers) as resp:
+    async with translate_errors():
+        resp = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+    try:
         if resp.status_code == 206:
             cr = _content_range_start(resp.headers.get("content-range"))
             if cr is None or cr[0] != start or (cr[1] is not None and cr[1] != size):
@@ -134,7 +136,13 @@ async def open_range(
                 raise FetchFailure(Failure.PROTOCOL, f"size {length} != expected {size}")
         else:
             raise classify_status(resp)
-        yield RangeBody(str(resp.url), resp.aiter_raw())
+        async with translate_errors():
+            yield RangeBody(str(resp.url), resp.aiter_raw())
+    finally:
+        # Even when cancelled: an unfinished body must close its connection now, or the
+        # mirror keeps sending into a socket nobody reads.
+        with trio.CancelScope(shield=True):
+            await resp.aclose()
 
 
 async def get_json(client: httpx.AsyncClient, url: str) -> Any:

@@ -107,6 +107,20 @@ class Store:
     def state_path(self, key: str) -> Path:
         return self.partial / (key.replace(":", "-") + ".state")
 
+    def lock_partial(self, key: str) -> int | None:
+        """Take the exclusive lock on one blob's partial files (a lock fd), or None when another
+        download (this process or another) holds it. Closing the fd releases it."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            self.partial / (key.replace(":", "-") + ".lock"), os.O_RDWR | os.O_CREAT, 0o644
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
     def open_partial(self, key: str, size: int, label: str = "") -> int:
         """Open (creating and allocating if needed) the partial file; returns a raw fd."""
         path = self.partial_path(key)

@@ -300,9 +300,15 @@ class Swarm:
         part = self.store.partial_path(t.digest)
 
         def move() -> None:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, part)
-            self.store.save_state(t.digest, t.size, PartialState(done, {}))
+            lock = self.store.lock_partial(t.digest)
+            if lock is None:  # a mirror download of it runs: it has its own partial file
+                src.unlink(missing_ok=True)
+                return
+            try:
+                os.replace(src, part)
+                self.store.save_state(t.digest, t.size, PartialState(done, {}))
+            finally:
+                os.close(lock)
 
         await trio.to_thread.run_sync(move)
 

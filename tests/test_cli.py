@@ -182,6 +182,7 @@ def test_kill_9_at_40_percent_then_rerun_pulls_at_most_1_1x(cli_home, tmp_path, 
     for f in repo.files:
         assert (out / f.path).read_bytes() == f.data_path.read_bytes()
     pulled = mirror.served()
+    print(f"kill -9 at 40%, rerun: pulled {pulled / total:.3f}x the model")
     assert pulled <= 1.1 * total, f"pulled {pulled / total:.3f}x"
 
 

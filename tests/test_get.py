@@ -97,6 +97,9 @@ async def test_interrupted_get_resumes_without_refetching(home, tmp_path, start_
                 await trio.sleep(0.02)
             n.cancel_scope.cancel()
     assert not scope.cancelled_caught
+    # Let the mirror notice the closed connections while it is still throttled: unthrottled,
+    # its count-before-send would book a whole 1 MiB block per dead connection.
+    await trio.sleep(0.5)
     mirror.faults.per_conn_rate = None
     with trio.fail_after(30):
         result = await get(request("hf://acme/big"), home, options=fast_options(connections=4))
@@ -234,3 +237,27 @@ async def test_a_mirror_slow_to_answer_loses_the_race(home, small_repo, start_mi
         result = await get(request("hf://acme/tiny"), home, options=fast_options())
     assert_exact(result.path, small_repo)
     assert fast.stats.bytes_served > 0.9 * sum(f.size for f in small_repo.files)
+
+
+async def test_two_gets_of_one_model_at_once_fetch_it_once(home, small_repo, start_mirror):
+    """Concurrent gets sharing a home never write one partial file twice: the second waits
+    for the first's blobs and then uses them."""
+    mirror = await start_mirror([small_repo], faults=Faults(per_conn_rate=8 * MiB))
+    write_config(home, [mirror.hub_url])
+    results = []
+
+    async def one() -> None:
+        results.append(await get(request("hf://acme/tiny"), home, options=fast_options()))
+
+    # The listing is resolved once before: what is measured here is the blob fetching.
+    listing_bytes = mirror.stats.by_path.get("/api/models/acme/tiny/revision/main", 0)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            nursery.start_soon(one)
+    for r in results:
+        assert_exact(r.path, small_repo)
+    total = sum(f.size for f in small_repo.files)
+    listings = mirror.stats.by_path["/api/models/acme/tiny/revision/main"] - listing_bytes
+    assert mirror.stats.bytes_served - listings <= total

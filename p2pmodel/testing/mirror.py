@@ -535,10 +535,10 @@ class Mirror:
                     chunk = corrupt_block(chunk, offset, size)
                 await pacer.wait(len(chunk), faults.per_conn_rate)
                 await self._total_pacer.wait(len(chunk), faults.total_rate)
-                # Counted before the send: a transfer cut mid-chunk counts the whole chunk, so
-                # the counter errs high (against p2pmodel), never low.
-                self.stats.count(path, len(chunk))
+                # Counted once the kernel took it: what left this process. A block cut mid-send
+                # is not counted (at most one block per broken connection).
                 await _send(stream, conn, h11.Data(data=chunk))
+                self.stats.count(path, len(chunk))
                 offset += len(chunk)
         return reply.cut_at is None
 

@@ -49,6 +49,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
 LIVENESS_TICK = 1.0
+TRIM_EVERY = 30.0
 
 
 def agent_id(home: Path) -> str:
@@ -62,6 +63,15 @@ def agent_id(home: Path) -> str:
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(new + "\n")
     return new
+
+
+def trim_memory() -> None:
+    """Hand freed heap back to the OS. glibc keeps what a transfer freed (tens of MB after a
+    fast LAN upload or a many-file get); an idle agent should be small (measured: 111 -> 33 MB)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def local_ipv4() -> list[str]:
@@ -159,12 +169,16 @@ class Agent:
             self.peers.gone(event.agent, now)
 
     async def liveness(self) -> None:
+        last_trim = trio.current_time()
         async with trio.open_nursery() as nursery:
             while True:
                 now = trio.current_time()
                 for peer in self.peers.due_pings(now):
                     nursery.start_soon(self.ping, peer.agent)
                 self.peers.expire(now)
+                if now - last_trim >= TRIM_EVERY:
+                    last_trim = now
+                    trim_memory()
                 await trio.sleep(LIVENESS_TICK)
 
     async def ping(self, agent: str) -> None:

@@ -209,6 +209,9 @@ class ControlServer:
                 await stream.send_all(_pack(outcome))
         finally:
             self.agent.transfers.pop(key, None)
+            from .agent import trim_memory
+
+            trim_memory()
 
 
 def _progress_frame(p: Any) -> dict[str, Any]:

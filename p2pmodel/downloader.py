@@ -269,7 +269,7 @@ class _Run:
         except FetchFailure as f:
             if cached is None:
                 raise
-            del self.redirects[a.url]
+            self.redirects.pop(a.url, None)  # other workers may have dropped it already
             if f.kind in (Failure.MISSING, Failure.PROTOCOL):
                 raise FetchFailure(
                     Failure.SERVER, f"redirect target went stale: {f.detail}"

@@ -261,3 +261,27 @@ async def test_two_gets_of_one_model_at_once_fetch_it_once(home, small_repo, sta
     total = sum(f.size for f in small_repo.files)
     listings = mirror.stats.by_path["/api/models/acme/tiny/revision/main"] - listing_bytes
     assert mirror.stats.bytes_served - listings <= total
+
+
+async def test_mirror_dying_mid_get_is_a_source_error(home, small_repo, start_mirror):
+    """When the mirror (and the CDN its redirects point to) dies mid-download, every worker
+    fails at once and get ends with a SourceError, not an internal error."""
+    mirror = await start_mirror([small_repo], faults=Faults(per_conn_rate=2 * MiB))
+    write_config(home, [mirror.hub_url])
+    total = sum(f.size for f in small_repo.files)
+
+    async def kill_it() -> None:
+        while mirror.stats.bytes_served < total * 0.3:  # noqa: ASYNC110 (bounded by fail_after)
+            await trio.sleep(0.02)
+        mirror.faults.down = True
+
+    caught: list[Exception] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_it)
+            try:
+                await get(request("hf://acme/tiny"), home, options=fast_options(max_failures=2))
+            except Exception as e:
+                caught.append(e)
+            nursery.cancel_scope.cancel()
+    assert [type(e) for e in caught] == [SourceError], caught

@@ -74,6 +74,18 @@ def trim_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def tune_malloc() -> None:
+    """For a long-lived agent: big buffers (1 MiB writes, 8 MiB hash reads) straight from
+    mmap, so freeing them returns the memory; few arenas for the worker threads. Measured
+    with scripts/bench-lan: idle RSS after a many-file get stays far lower."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
 def local_ipv4() -> list[str]:
     """This host's IPv4 addresses other than loopback (for the default interfaces)."""
     import ifaddr
@@ -118,6 +130,7 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        tune_malloc()
         self.swarm = Swarm(self.store, self.interfaces, self.opts.torrent_port)
         try:
             async with trio.open_nursery() as nursery:

@@ -186,7 +186,7 @@ def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
         from .agent import Agent, AgentOptions
 
         async with trio.open_nursery() as nursery:
-            agent = Agent(home, config, AgentOptions(rpc_port=0, wait_for_peers=2.0))
+            agent = Agent(home, config, AgentOptions(rpc_port=0, wait_for_peers=1.5))
             await nursery.start(agent.run)
             result = await get(req, home, options=opts, lan=agent)
             nursery.cancel_scope.cancel()

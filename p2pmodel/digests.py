@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -43,19 +44,22 @@ def digest_bytes(algo: str, data: bytes) -> str:
     return f"{algo}:{h.hexdigest()}"
 
 
-def digest_file(path: Path, algo: str, size: int | None = None) -> str:
-    """Digest of a file's content (blocking). ``size`` defaults to the file's size."""
+def _blocks(path: Path, size: int) -> Iterator[memoryview]:
+    """The file's bytes in views of one reused buffer (valid until the next one)."""
     with open(path, "rb", buffering=0) as f:
-        if size is None:
-            size = os.fstat(f.fileno()).st_size
-        h = new_hasher(algo, size)
         buf = bytearray(min(BUFFER, max(size, 1)))
         view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
+        while n := f.readinto(buf):
+            yield view[:n]
+
+
+def digest_file(path: Path, algo: str, size: int | None = None) -> str:
+    """Digest of a file's content (blocking). ``size`` defaults to the file's size."""
+    if size is None:
+        size = os.stat(path).st_size
+    h = new_hasher(algo, size)
+    for block in _blocks(path, size):
+        h.update(block)
     return f"{algo}:{h.hexdigest()}"
 
 
@@ -66,24 +70,18 @@ def hash_blob(path: Path, algo: str, size: int, piece: int) -> tuple[str, bytes]
     pieces = bytearray()
     ph = hashlib.sha1(usedforsecurity=False)
     in_piece = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(min(BUFFER, max(size, 1)))
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            pos = 0
-            while pos < n:
-                take = min(n - pos, piece - in_piece)
-                ph.update(view[pos : pos + take])
-                in_piece += take
-                pos += take
-                if in_piece == piece:
-                    pieces += ph.digest()
-                    ph = hashlib.sha1(usedforsecurity=False)
-                    in_piece = 0
+    for block in _blocks(path, size):
+        h.update(block)
+        pos, n = 0, len(block)
+        while pos < n:
+            take = min(n - pos, piece - in_piece)
+            ph.update(block[pos : pos + take])
+            in_piece += take
+            pos += take
+            if in_piece == piece:
+                pieces += ph.digest()
+                ph = hashlib.sha1(usedforsecurity=False)
+                in_piece = 0
     if in_piece:
         pieces += ph.digest()
     return f"{algo}:{h.hexdigest()}", bytes(pieces)

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from p2pmodel.digests import digest_file
+from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import RepoFile, make_model
 
 MiB = 1 << 20
@@ -146,40 +147,16 @@ class MirrorControl:
 
 
 def start_mirror(work: Path, repo_json: Path, per_conn_rate: int) -> MirrorControl:
-    ready = work / "mirror.ready"
     log = (work / "mirror.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "p2pmodel.testing.mirror",
-            "--repo-json",
-            str(repo_json),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--cdn-port",
-            "0",
-            "--per-conn-rate",
-            str(per_conn_rate),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env=clean_env(),
-    )
-    log.close()
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            tail = (work / "mirror.log").read_text(errors="replace")[-2000:]
-            raise SystemExit(f"bench-mirror: the mirror did not start:\n{tail}")
-        time.sleep(0.05)
-    urls = json.loads(ready.read_text())
+    try:
+        proc, urls = spawn(
+            repo_json, work, "--per-conn-rate", str(per_conn_rate), stderr=log, env=clean_env()
+        )
+    except RuntimeError as e:
+        tail = (work / "mirror.log").read_text(errors="replace")[-2000:]
+        raise SystemExit(f"bench-mirror: {e}:\n{tail}") from None
+    finally:
+        log.close()
     return MirrorControl(proc, urls["hub_url"], urls["cdn_url"], per_conn_rate)
 
 
@@ -199,6 +176,9 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
     env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost"
+    # Mirror-only, in the host's namespace: never start the embedded LAN agent (libtorrent,
+    # mDNS) here. LAN runs belong in namespaces (scripts/bench-lan).
+    env["P2PMODEL_LAN"] = "off"
     env.update(extra)
     return env
 

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import make_model
 
 MiB = 1024 * 1024
@@ -29,32 +30,11 @@ MiB = 1024 * 1024
 def start_mirror(
     repo_json: Path, workdir: Path, name: str, *flags: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    ready = workdir / f"{name}.ready"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "p2pmodel.testing.mirror",
-            "--repo-json",
-            str(repo_json),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--cdn-port",
-            "0",
-            "--ready-file",
-            str(ready),
-            *flags,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"demo: mirror {name} did not start")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())["hub_url"]
+    try:
+        proc, urls = spawn(repo_json, workdir, *flags, name=name)
+    except RuntimeError as e:
+        raise SystemExit(f"demo: {e}") from None
+    return proc, urls["hub_url"]
 
 
 def served(hub: str) -> int:

@@ -27,7 +27,9 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -656,3 +658,35 @@ def _write_atomically(path: Path, text: str) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def spawn(
+    repo_json: Path,
+    workdir: Path,
+    *flags: str,
+    name: str = "mirror",
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """Start this mirror as a process (for scripts and tests) and wait until it listens.
+
+    Returns the process and its ready-file JSON (``hub_url``, ``cdn_url``); raises
+    ``RuntimeError`` if it exits or does not start within ``timeout`` seconds."""
+    ready = workdir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    argv = [
+        sys.executable, "-m", "p2pmodel.testing.mirror", "--repo-json", str(repo_json),
+        "--host", host, "--port", "0", "--cdn-port", "0", "--ready-file", str(ready), *flags,
+    ]  # fmt: skip
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **popen)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"mirror {name} did not start (exit {proc.returncode})")
+        time.sleep(0.05)
+    urls: dict[str, str] = json.loads(ready.read_text())
+    return proc, urls

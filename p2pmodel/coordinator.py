@@ -1,0 +1,247 @@
+"""WAN coordination (pure): agents that want the same blobs split the mirror work by leases.
+
+Theory of operation. Work is cut into units: a small blob is one unit, a large one is cut
+into fixed-size segments (``SEGMENT``), so a single 20 GB file is shared out like a sharded
+model. Each agent runs one ``Coordinator``. It claims a unit nobody holds or leases by sending
+a ``Claim`` (with an expiry) to its peers, fetches it from a mirror, renews the lease while it
+works, and announces ``Done`` when the unit is verified; peers then take that unit from it over
+the LAN instead of the mirror. A lease not renewed in time (the agent died) lapses and the unit
+is taken over; a peer gone (goodbye, failed pings) loses its leases at once.
+
+Two agents may claim the same unit at the same moment. The rule is deterministic: the claim
+of the lower agent id stands and the other agent drops its own (``Abort``), losing at most
+what it fetched of that unit; the winner repeats its claim when it hears a rival's, since
+the rival may have joined after the first one went out. A joining agent first learns the
+leases and holdings of its peers (hello), so clashes are between truly simultaneous claims.
+To make those rare, each unit has an owner among the live agents (rendezvous hashing over
+``set_peers``): an agent fetches its own units first and takes others' only when its own are
+all claimed (work stealing at the tail). A unit some peer announces ``Done`` is taken from it
+over the LAN, and a mirror fetch of it still running is aborted.
+
+Events in: ``want``, ``peer_claim``, ``peer_done``, ``peer_release``, ``peer_gone``,
+``fetched``, ``failed``. ``poll(now)`` returns the actions to take now. Nothing here does IO
+or reads a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+SEGMENT = 64 * 1024 * 1024
+LEASE = 10.0  # seconds a claim holds without renewal
+RENEW_AT = 0.5  # renew when this fraction of the lease has passed
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    blob: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.blob, self.index)
+
+
+def units_of(blob: str, size: int, segment: int = SEGMENT) -> list[Unit]:
+    if size <= segment:
+        return [Unit(blob, 0, 0, size)]
+    return [
+        Unit(blob, i, start, min(start + segment, size))
+        for i, start in enumerate(range(0, size, segment))
+    ]
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    unit: Unit
+    expires: float
+
+
+@dataclass(frozen=True)
+class Renew:
+    unit: Unit
+    expires: float
+
+
+@dataclass(frozen=True)
+class FetchFromMirror:
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class FetchFromPeer:
+    unit: Unit
+    agent: str
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Stop fetching this unit from the mirror: a peer's claim wins."""
+
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class Release:
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class Done:
+    unit: Unit
+
+
+Action = Claim | Renew | FetchFromMirror | FetchFromPeer | Abort | Release | Done
+
+
+@dataclass
+class _Lease:
+    agent: str
+    expires: float
+
+
+@dataclass
+class Coordinator:
+    agent: str
+    max_active: int = 2  # units fetched from mirrors at once by this agent
+    lease: float = LEASE
+    segment: int = SEGMENT
+    _units: list[Unit] = field(default_factory=list)
+    _leases: dict[tuple[str, int], _Lease] = field(default_factory=dict)
+    _holders: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    _mine: dict[tuple[str, int], float] = field(default_factory=dict)  # unit -> my lease expiry
+    _fetching_from_peer: set[tuple[str, int]] = field(default_factory=set)
+    _have: set[tuple[str, int]] = field(default_factory=set)
+    _peers: set[str] = field(default_factory=set)
+    _out: list[Action] = field(default_factory=list)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def want(self, blobs: dict[str, int]) -> None:
+        """This agent needs these blobs (digest -> size); units it already has are skipped."""
+        known = {u.key for u in self._units}
+        for blob, size in sorted(blobs.items()):
+            for u in units_of(blob, size, self.segment):
+                if u.key not in known:
+                    self._units.append(u)
+        salt = hashlib.sha256(self.agent.encode()).digest()
+        # Each agent its own order: sort by a per-agent hash of the unit.
+        self._units.sort(key=lambda u: hashlib.sha256(salt + repr(u.key).encode()).digest())
+
+    def set_peers(self, agents: set[str]) -> None:
+        """The live peers: each unit has an owner among us (rendezvous hashing), who fetches
+        it first; others take it only once their own units are all claimed."""
+        self._peers = set(agents) - {self.agent}
+
+    def _owner(self, unit: Unit) -> str:
+        return max(
+            self._peers | {self.agent},
+            key=lambda a: hashlib.sha256(f"{a}/{unit.blob}/{unit.index}".encode()).digest(),
+        )
+
+    def have(self, unit: Unit) -> None:
+        """This agent holds the unit already (resumed from disk, or the blob was in the store)."""
+        self._have.add(unit.key)
+
+    def peer_claim(self, agent: str, unit: Unit, expires: float) -> None:
+        key = unit.key
+        if key in self._have:
+            self._out.append(Done(unit))  # the claimer missed that we have it: say it again
+            return
+        if key in self._mine:
+            if agent < self.agent:  # the lower id's claim stands
+                del self._mine[key]
+                self._out.append(Abort(unit))
+            else:
+                # Ours stands. Say so again: the peer may have joined after our claim went
+                # out, and it aborts when it sees it.
+                self._out.append(Claim(unit, self._mine[key]))
+                return
+        current = self._leases.get(key)
+        if current is None or current.agent == agent or agent < current.agent:
+            self._leases[key] = _Lease(agent, expires)
+
+    def peer_done(self, agent: str, unit: Unit) -> None:
+        self._holders.setdefault(unit.key, set()).add(agent)
+        if self._mine.pop(unit.key, None) is not None:
+            self._out.append(Abort(unit))  # a copy exists on the LAN: stop the mirror fetch
+        lease = self._leases.get(unit.key)
+        if lease is not None and lease.agent == agent:
+            del self._leases[unit.key]
+
+    def peer_release(self, agent: str, unit: Unit) -> None:
+        lease = self._leases.get(unit.key)
+        if lease is not None and lease.agent == agent:
+            del self._leases[unit.key]
+
+    def peer_gone(self, agent: str) -> None:
+        """A peer died or left: its leases lapse now and it no longer serves what it had."""
+        for key in [k for k, lease in self._leases.items() if lease.agent == agent]:
+            del self._leases[key]
+        for holders in self._holders.values():
+            holders.discard(agent)
+        self._fetching_from_peer = {k for k in self._fetching_from_peer if self._holders.get(k)}
+
+    def fetched(self, unit: Unit) -> None:
+        """We have the unit (verified): tell the peers, so they take it from us."""
+        key = unit.key
+        self._mine.pop(key, None)
+        self._fetching_from_peer.discard(key)
+        if key not in self._have:
+            self._have.add(key)
+            self._out.append(Done(unit))
+
+    def failed(self, unit: Unit) -> None:
+        """Our fetch of the unit failed (mirror or peer): give it back to the office."""
+        key = unit.key
+        if self._mine.pop(key, None) is not None:
+            self._out.append(Release(unit))
+        self._fetching_from_peer.discard(key)
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return all(u.key in self._have for u in self._units)
+
+    def poll(self, now: float) -> list[Action]:
+        out, self._out = self._out, []
+        for key, lease in list(self._leases.items()):
+            if lease.expires <= now:
+                del self._leases[key]  # not renewed: its agent is gone or stuck
+        units = {u.key: u for u in self._units}
+        for key, expires in list(self._mine.items()):
+            if now >= expires - self.lease * (1 - RENEW_AT):
+                self._mine[key] = now + self.lease
+                out.append(Renew(units[key], now + self.lease))
+        for u in self._units:
+            key = u.key
+            if key in self._have or key in self._mine or key in self._fetching_from_peer:
+                continue
+            holders = self._holders.get(key)
+            if holders:
+                self._fetching_from_peer.add(key)
+                out.append(FetchFromPeer(u, min(holders)))
+        # Mirror work: our own units first, then (work stealing) anyone's that nobody leases.
+        free = [
+            u
+            for u in self._units
+            if u.key not in self._have
+            and u.key not in self._mine
+            and u.key not in self._fetching_from_peer
+            and u.key not in self._leases
+            and not self._holders.get(u.key)
+        ]
+        own = [u for u in free if self._owner(u) == self.agent]
+        for u in own + [u for u in free if u not in own]:
+            if len(self._mine) >= self.max_active:
+                break
+            self._mine[u.key] = now + self.lease
+            out += [Claim(u, now + self.lease), FetchFromMirror(u)]
+        return out

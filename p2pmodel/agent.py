@@ -116,7 +116,7 @@ class Agent:
         self.opts = options or AgentOptions()
         self.store = Store(home)
         self.id = agent_id(home)
-        self.interfaces = self.opts.interfaces or local_ipv4()
+        self.interfaces = self.opts.interfaces or list(config.interfaces) or local_ipv4()
         self.peers = PeerTable(self.id)
         self.swarm: Swarm | None = None
         self.rpc_port = 0

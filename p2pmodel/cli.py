@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--interface",
         action="append",
         metavar="IP",
-        help="IPv4 address to listen and announce on (repeatable; default: all of this host's)",
+        help="IPv4 address to listen and announce on (repeatable; default: config "
+        "'interfaces', else all of this host's)",
     )
     sv.add_argument("--port", type=int, default=7420, help="peer RPC port (7420)")
     sv.add_argument("--torrent-port", type=int, default=0, help="libtorrent port (0: any)")

@@ -43,6 +43,7 @@ class Config:
     models: dict[str, str] = field(default_factory=dict)  # "name:tag" -> source ref text
     files: dict[str, FileSpec] = field(default_factory=dict)
     peers: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()  # IPv4 addresses the agent listens and announces on
     connections: int = DEFAULT_CONNECTIONS
     hf_endpoint: str = HF_ORIGIN
     ms_endpoint: str = MS_ORIGIN
@@ -96,7 +97,7 @@ class _Bad(Exception):
 
 
 def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
-    known = {"mirror", "models", "files", "peers", "connections"}
+    known = {"mirror", "models", "files", "peers", "interfaces", "connections"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _Bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -139,6 +140,13 @@ def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
         host, _, port = peer.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise _Bad(f"peer {peer!r} is not 'host:port'")
+    interfaces = raw.get("interfaces", [])
+    if not (isinstance(interfaces, list) and all(isinstance(i, str) for i in interfaces)):
+        raise _Bad("interfaces must be a list of IPv4 addresses")
+    for ip in interfaces:
+        parts = ip.split(".")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+            raise _Bad(f"interface {ip!r} is not an IPv4 address")
     conns = raw.get("connections", DEFAULT_CONNECTIONS)
     if not isinstance(conns, int) or isinstance(conns, bool) or not 1 <= conns <= 256:
         raise _Bad("connections must be an integer from 1 to 256")
@@ -147,6 +155,7 @@ def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
         models={parse_ref(k).text: v for k, v in models.items()},
         files=files,
         peers=tuple(peers),
+        interfaces=tuple(interfaces),
         connections=conns,
         hf_endpoint=(env.get("HF_ENDPOINT") or HF_ORIGIN).rstrip("/"),
         ms_endpoint=(env.get("MODELSCOPE_ENDPOINT") or MS_ORIGIN).rstrip("/"),

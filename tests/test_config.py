@@ -381,3 +381,12 @@ def test_ambiguous_models_and_bad_peers_are_rejected(tmp_path, text, needle):
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(UserError, match=needle):
         load_config(tmp_path, env={})
+
+
+def test_interfaces_are_ipv4_addresses(tmp_path):
+    """`interfaces` lists the addresses the agent uses; anything else is a config error."""
+    (tmp_path / "config.toml").write_text('interfaces = ["10.0.0.5", "192.168.1.2"]\n')
+    assert load_config(tmp_path, env={}).interfaces == ("10.0.0.5", "192.168.1.2")
+    (tmp_path / "config.toml").write_text('interfaces = ["eth0"]\n')
+    with pytest.raises(UserError, match="IPv4"):
+        load_config(tmp_path, env={})

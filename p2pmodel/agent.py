@@ -123,7 +123,6 @@ class Agent:
         self.from_mirrors = 0
         self.from_peers = 0
         self.transfers: dict[str, Progress] = {}
-        self.ready = trio.Event()
         self._lan_fetches: dict[str, trio.Event] = {}  # digest -> set when its LAN fetch ends
         self._peer_seen = trio.Event()
 
@@ -155,7 +154,6 @@ class Agent:
                 nursery.start_soon(self.liveness)
                 if self.config.peers:
                     nursery.start_soon(self.static_peers)
-                self.ready.set()
                 task_status.started(self)
         finally:
             self.swarm.close()

@@ -164,7 +164,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"p2pmodel: warning: {w}", file=sys.stderr)
     if args.json:
-        _print_json(_result_json(req, result))
+        _print_json(result.describe(req.ref.text))
     else:
         print(result.path)
     return 0
@@ -230,20 +230,7 @@ def _get_via_agent(req: Any, home: Path, as_json: bool) -> int:
     for w in msg.get("warnings") or []:
         print(f"p2pmodel: warning: {w}", file=sys.stderr)
     if as_json:
-        files = [{"path": p, "size": s, "digest": d} for p, s, d in msg.get("files") or []]
-        _print_json(
-            {
-                "ref": req.ref.text,
-                "path": msg.get("path"),
-                "manifest": msg.get("manifest"),
-                "source": msg.get("source"),
-                "commit": msg.get("commit"),
-                "size": msg.get("size"),
-                "fetched": msg.get("fetched"),
-                "from_peers": msg.get("from_peers"),
-                "files": files,
-            }
-        )
+        _print_json({k: v for k, v in msg.items() if k not in ("event", "warnings")})
     else:
         print(msg.get("path"))
     return 0
@@ -376,20 +363,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in status["transfers"]:
         print(f"  {t['label']}: {human(t['have'])}/{human(t['size'])} {t['state']} {t['source']}")
     return 0
-
-
-def _result_json(req: Any, result: Any) -> dict[str, Any]:
-    m = result.manifest
-    return {
-        "ref": req.ref.text,
-        "path": str(result.path),
-        "manifest": m.digest,
-        "source": m.source,
-        "commit": m.commit,
-        "size": m.total_size,
-        "fetched": result.fetched,
-        "files": [{"path": f.path, "size": f.size, "digest": f.digest} for f in m.files],
-    }
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .errors import P2PModelError, SourceError
+from .errors import P2PModelError, ProtocolError, SourceError
+from .wire import FrameDecoder
 
 if TYPE_CHECKING:
     import trio
@@ -70,19 +71,16 @@ def request(
             raise NoAgent(str(e)) from None
         sock.settimeout(timeout)
         sock.sendall(_pack(req))
-        buf = bytearray()
+        decoder = FrameDecoder(MAX_FRAME)
         while True:
-            while len(buf) < _HEADER.size or len(buf) < _HEADER.size + _HEADER.unpack_from(buf)[0]:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    raise SourceError("the local agent closed the connection")
-                buf += chunk
-            (n,) = _HEADER.unpack_from(buf)
-            msg = _unpack(bytes(buf[_HEADER.size : _HEADER.size + n]))
-            del buf[: _HEADER.size + n]
-            yield msg
-            if msg.get("event") in ("result", "error", "status"):
-                return
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise SourceError("the local agent closed the connection")
+            for frame in decoder.feed(chunk):
+                msg = _unpack(frame)
+                yield msg
+                if msg.get("event") in ("result", "error", "status"):
+                    return
     finally:
         sock.close()
 
@@ -131,7 +129,7 @@ class ControlServer:
         # except*: a get's errors come out of its nursery wrapped in an ExceptionGroup. A client
         # that goes away (Ctrl-C on `get`) or sends garbage ends its own connection, never the
         # agent; a bug in answering one request is logged, and the agent serves on.
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ValueError, ProtocolError):
             pass
         except* Exception:
             log.exception("control request failed")
@@ -139,16 +137,14 @@ class ControlServer:
             await trio.aclose_forcefully(stream)
 
     async def _receive(self, stream: trio.SocketStream) -> dict[str, Any]:
-        buf = bytearray()
-        while len(buf) < _HEADER.size or len(buf) < _HEADER.size + _HEADER.unpack_from(buf)[0]:
-            if len(buf) >= _HEADER.size and _HEADER.unpack_from(buf)[0] > MAX_FRAME:
-                raise ValueError("control frame too large")
+        decoder = FrameDecoder(MAX_FRAME)
+        while True:
             chunk = await stream.receive_some(1 << 16)
             if not chunk:
                 raise ValueError("closed before a request")
-            buf += chunk
-        (n,) = _HEADER.unpack_from(buf)
-        return _unpack(bytes(buf[_HEADER.size : _HEADER.size + n]))
+            frames = decoder.feed(chunk)
+            if frames:
+                return _unpack(frames[0])
 
     async def _get(self, stream: trio.SocketStream, req: dict[str, Any]) -> None:
         import trio
@@ -175,18 +171,8 @@ class ControlServer:
                 )
                 result = await get(greq, self.agent.home, lan=self.agent, progress=progress)
                 self.agent.from_mirrors += result.fetched
-                m = result.manifest
                 outcome.update(
-                    event="result",
-                    path=str(result.path),
-                    manifest=m.digest,
-                    source=m.source,
-                    commit=m.commit,
-                    size=m.total_size,
-                    fetched=result.fetched,
-                    from_peers=result.from_peers,
-                    warnings=result.warnings,
-                    files=[[f.path, f.size, f.digest] for f in m.files],
+                    event="result", warnings=result.warnings, **result.describe(greq.ref.text)
                 )
             except P2PModelError as e:
                 outcome.update(event="error", message=str(e), code=e.exit_code)

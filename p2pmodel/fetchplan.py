@@ -75,7 +75,6 @@ class BlobTask:
     single_source: bool = False
     source_lock: str | None = None  # in single-source mode, the mirror in use
     error: str = ""
-    attempts: int = 0  # completed verifications that failed
     restored: bool = False  # holds bytes from an earlier run (maybe lost by a power cut)
 
     @property
@@ -280,7 +279,6 @@ class FetchPlan:
     def mismatch(self, key: str, detail: str = "digest mismatch") -> list[str]:
         """The finished bytes failed the digest. Returns the mirrors banned for this blob."""
         blob = self.blobs[key]
-        blob.attempts += 1
         contributors = [m for m, r in blob.by_mirror.items() if r.total() > 0]
         others = [m for m in blob.urls if m not in contributors and self.board.usable_for(m, key)]
         banned: list[str] = []

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .catalog import NameTarget, load_catalog, lookup_name
@@ -45,6 +45,21 @@ class GetResult:
     fetched: int = 0  # bytes this run took from mirrors
     warnings: list[str] = field(default_factory=list)
     from_peers: int = 0  # bytes this run took from LAN peers
+
+    def describe(self, ref: str) -> dict[str, Any]:
+        """Plain data for ``get --json`` (also what the agent sends back to the CLI)."""
+        m = self.manifest
+        return {
+            "ref": ref,
+            "path": str(self.path),
+            "manifest": m.digest,
+            "source": m.source,
+            "commit": m.commit,
+            "size": m.total_size,
+            "fetched": self.fetched,
+            "from_peers": self.from_peers,
+            "files": [{"path": f.path, "size": f.size, "digest": f.digest} for f in m.files],
+        }
 
 
 def _check_sha(sha256: str | None) -> str | None:

@@ -28,7 +28,6 @@ class Progress:
     files: dict[str, FileProgress] = field(default_factory=dict)
     from_mirrors: int = 0
     from_peers: int = 0
-    started: float = field(default_factory=time.monotonic)
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
 
     def add(self, key: str, label: str, size: int, have: int = 0, state: str = "waiting") -> None:

@@ -24,7 +24,8 @@ import libtorrent as lt
 import trio
 
 from .digests import algorithm, digest_file, hex_part
-from .store import Store
+from .rangeset import RangeSet
+from .store import PartialState, Store
 from .torrents import expected_shape, info_hash
 
 
@@ -283,9 +284,6 @@ class Swarm:
     async def _salvage(self, t: _Torrent) -> None:
         """Peers stopped before the end: keep the pieces that passed their hash as resume
         state of the mirror fetcher, so nothing received is fetched again."""
-        from .rangeset import RangeSet
-        from .store import PartialState
-
         try:
             have = list(t.handle.status(lt.status_flags_t.query_pieces).pieces)
             piece = t.handle.torrent_file().piece_length()

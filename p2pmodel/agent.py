@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,16 @@ import trio
 
 from .config import Config
 from .discovery import Discovery, DiscoveryEvent, PeerSeen
-from .downloader import BlobJob
+from .downloader import BlobJob, Gate
 from .peers import PeerAddr, PeerTable
 from .progress import Progress
 from .rpc import RpcError, RpcServer, connect
 from .store import Store
 from .swarm import Swarm
+from .wan import Sharing, segment_from_env
 from .wire import (
     PROTOCOL_VERSION,
+    Claim,
     Error,
     Have,
     HaveQuery,
@@ -39,11 +43,15 @@ from .wire import (
     Message,
     Metadata,
     MetadataQuery,
+    OfficeQuery,
     PeerProtocolError,
     Ping,
     Pong,
+    Release,
     Resolved,
     ResolveQuery,
+    UnitDone,
+    UnitQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +115,14 @@ class AgentOptions:
     stall_timeout: float = 10.0
     locate_timeout: float = 2.0
     wait_for_peers: float = 0.0  # embedded agent: give discovery a moment before a get
+    # WAN sharing (issue 4): split the mirror work with peers. P2PMODEL_COORDINATION=off
+    # turns it off (then only blobs some peer holds whole come over the LAN).
+    sharing: bool = field(
+        default_factory=lambda: os.environ.get("P2PMODEL_COORDINATION", "on").lower() != "off"
+    )
+    segment: int = field(
+        default_factory=lambda: segment_from_env(os.environ.get("P2PMODEL_SEGMENT_MIB"))
+    )
 
 
 class Agent:
@@ -124,6 +140,7 @@ class Agent:
         self.from_peers = 0
         self.transfers: dict[str, Progress] = {}
         self._lan_fetches: dict[str, trio.Event] = {}  # digest -> set when its LAN fetch ends
+        self.sharing = Sharing(self, self.opts.segment) if self.opts.sharing else None
         self._peer_seen = trio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -152,6 +169,8 @@ class Agent:
                     )
                     await nursery.start(disc.run)
                 nursery.start_soon(self.liveness)
+                if self.sharing is not None:
+                    await nursery.start(self.sharing.run)
                 if self.config.peers:
                     nursery.start_soon(self.static_peers)
                 task_status.started(self)
@@ -187,6 +206,8 @@ class Agent:
                 for peer in self.peers.due_pings(now):
                     nursery.start_soon(self.ping, peer.agent)
                 self.peers.expire(now)
+                if self.swarm is not None:
+                    self.swarm.prune_units(now)
                 if now - last_trim >= TRIM_EVERY:
                     last_trim = now
                     trim_memory()
@@ -241,6 +262,13 @@ class Agent:
         if isinstance(msg, MetadataQuery):
             info = swarm.info(msg.digest) if swarm is not None else None
             return Metadata(msg.digest, info or b"")
+        if self.sharing is not None:
+            if isinstance(msg, Claim | Release | UnitDone):
+                return self.sharing.on_message(peer.agent, msg)
+            if isinstance(msg, OfficeQuery):
+                return self.sharing.office_state(msg.digests)
+            if isinstance(msg, UnitQuery):
+                return await self.sharing.unit_query(msg.digest, msg.index)
         if isinstance(msg, ResolveQuery):
             # Names are answered (so an office key can later make them believable) but a
             # peer's answer is not used for names until then: see BRIEF's trust rules.
@@ -370,6 +398,16 @@ class Agent:
     def stored(self, digest: str, size: int) -> None:
         if self.swarm is not None:
             self.swarm.seed(digest, size)
+            self.swarm.rehome_units(digest)
+
+    @contextlib.asynccontextmanager
+    async def share(self, jobs: list[BlobJob], progress: Progress) -> AsyncIterator[Gate | None]:
+        """Split the mirror work for these blobs with peers (see ``wan``); None: sharing off."""
+        if self.sharing is None:
+            yield None
+            return
+        async with self.sharing.share(jobs, progress) as gate:
+            yield gate
 
     # -- status --------------------------------------------------------------------------------
 

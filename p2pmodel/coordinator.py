@@ -197,12 +197,42 @@ class Coordinator:
             self._have.add(key)
             self._out.append(Done(unit))
 
-    def failed(self, unit: Unit) -> None:
-        """Our fetch of the unit failed (mirror or peer): give it back to the office."""
+    def failed(self, unit: Unit, agent: str | None = None) -> None:
+        """Our fetch of the unit failed: give it back to the office. ``agent``: the peer we
+        fetched it from, no longer trusted to serve it (the next try goes to another holder
+        or, with none left, to a mirror)."""
         key = unit.key
         if self._mine.pop(key, None) is not None:
             self._out.append(Release(unit))
         self._fetching_from_peer.discard(key)
+        if agent is not None:
+            self.distrust(unit, agent)
+
+    def distrust(self, unit: Unit, agent: str) -> None:
+        """This peer could not serve the unit: do not ask it for that unit again."""
+        self._holders.get(unit.key, set()).discard(agent)
+
+    def drop(self, blobs: set[str]) -> None:
+        """This agent no longer wants these blobs (its get ended or failed): leases it holds
+        on them go back to the office at once."""
+        for u in self._units:
+            if u.blob in blobs and self._mine.pop(u.key, None) is not None:
+                self._out.append(Release(u))
+        self._units = [u for u in self._units if u.blob not in blobs]
+        self._fetching_from_peer = {k for k in self._fetching_from_peer if k[0] not in blobs}
+
+    # -- questions -----------------------------------------------------------------------------
+
+    def holders(self, unit: Unit) -> set[str]:
+        return set(self._holders.get(unit.key, ()))
+
+    def claims(self, now: float) -> list[tuple[Unit, float]]:
+        """Our own leases (unit, expiry), for a peer that asks what we are doing."""
+        units = {u.key: u for u in self._units}
+        return [(units[k], exp) for k, exp in sorted(self._mine.items()) if exp > now]
+
+    def wanted(self, blob: str) -> list[Unit]:
+        return [u for u in sorted(self._units) if u.blob == blob]
 
     # -- deciding ------------------------------------------------------------------------------
 

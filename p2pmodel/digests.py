@@ -85,3 +85,22 @@ def hash_blob(path: Path, algo: str, size: int, piece: int) -> tuple[str, bytes]
     if in_piece:
         pieces += ph.digest()
     return f"{algo}:{h.hexdigest()}", bytes(pieces)
+
+
+def piece_hashes(path: Path, start: int, stop: int, piece: int) -> bytes:
+    """SHA-1 of each ``piece``-byte piece of ``path[start:stop]`` (``start`` on a piece
+    boundary; the last piece may be short). Blocking."""
+    out = bytearray()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(piece)
+        view = memoryview(buf)
+        for pos in range(start, stop, piece):
+            want = min(piece, stop - pos)
+            got = 0
+            while got < want:
+                n = os.preadv(f.fileno(), [view[got:want]], pos + got)
+                if n == 0:
+                    raise OSError(f"{path} ends before byte {stop}")
+                got += n
+            out += hashlib.sha1(view[:want], usedforsecurity=False).digest()
+    return bytes(out)

@@ -26,6 +26,7 @@ from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wai
 from .http import FetchFailure, RangeBody, Timeouts, make_client, open_range
 from .mirrors import Failure, MirrorBoard
 from .progress import Progress
+from .rangeset import RangeSet
 from .store import PartialState, Store, disk_errors
 from .torrents import info_bytes, piece_size
 
@@ -56,6 +57,52 @@ class DownloadOptions:
     board: MirrorBoard | None = None
 
 
+class Gate:
+    """The office coordinator's hold on a running download: which bytes of the shared blobs
+    (``keys``) mirrors may serve, and which arrived from peers. Those blobs start with nothing
+    allowed. Every call wakes the workers and marks resume state to be saved; ``bound`` is
+    set once the download has loaded its resume state (``covered`` answers from then on)."""
+
+    def __init__(self, keys: set[str], on_stored: Callable[[str, int], None] | None = None) -> None:
+        self.keys = keys
+        self.bound = trio.Event()
+        self.on_stored = on_stored
+        self._run: _Run | None = None
+
+    def _bind(self, run: _Run) -> None:
+        self._run = run
+        run.gate = self
+        self.bound.set()
+
+    def _touch(self, key: str) -> _Run | None:
+        run = self._run
+        if run is None or key not in run.plan.blobs:
+            return None
+        run.dirty.add(key)
+        run.changed.fire()
+        return run
+
+    def allow(self, key: str, start: int, stop: int) -> None:
+        if run := self._touch(key):
+            run.plan.allow(key, start, stop)
+
+    def disallow(self, key: str, start: int, stop: int) -> None:
+        if run := self._touch(key):
+            run.plan.disallow(key, start, stop)
+
+    def mark_done(self, key: str, start: int, stop: int) -> None:
+        if run := self._touch(key):
+            run.plan.mark_done(key, start, stop)
+
+    def covered(self, key: str, start: int, stop: int) -> bool:
+        run = self._run
+        return run is not None and key in run.plan.blobs and run.plan.covered(key, start, stop)
+
+    def gated(self, key: str) -> bool:
+        run = self._run
+        return run is not None and key in run.plan.blobs and run.plan.blobs[key].allowed is not None
+
+
 class _Changed:
     """A level-triggered 'something changed' signal for waiting workers."""
 
@@ -80,9 +127,11 @@ async def download(
     *,
     render: Callable[[], None] | None = None,
     client: httpx.AsyncClient | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, str]:
     """Fetch and verify every job; returns {job key: final digest}. Raises on what failed,
-    after every other blob was finished and kept."""
+    after every other blob was finished and kept. With a ``gate``, the blobs it names are
+    fetched from mirrors only where the gate allows (see ``Gate``)."""
     opts = options or DownloadOptions()
     locks: dict[str, int] = {}
     busy: list[BlobJob] = []
@@ -94,7 +143,7 @@ async def download(
             else:
                 locks[job.key] = lock
         free = [j for j in jobs if j.key in locks]
-        results = await _download(store, free, progress, opts, render, client) if free else {}
+        results = await _download(store, free, progress, opts, render, client, gate) if free else {}
     finally:
         for lock in locks.values():
             os.close(lock)
@@ -128,6 +177,7 @@ async def _download(
     opts: DownloadOptions,
     render: Callable[[], None] | None,
     client: httpx.AsyncClient | None,
+    gate: Gate | None = None,
 ) -> dict[str, str]:
     board = opts.board or MirrorBoard()
     plan = FetchPlan(
@@ -145,12 +195,22 @@ async def _download(
                 store.open_partial, job.key, job.size, job.label
             )
             state = await trio.to_thread.run_sync(store.load_state, job.key, job.size)
-            plan.add_blob(job.key, job.size, job.urls, done=state.done, by_mirror=state.by_mirror)
+            shared = gate is not None and job.key in gate.keys
+            plan.add_blob(
+                job.key,
+                job.size,
+                job.urls,
+                done=state.done,
+                by_mirror=state.by_mirror,
+                allowed=RangeSet() if shared else None,
+            )
             progress.add(job.key, job.label, job.size, have=state.done.total())
         owns_client = client is None
         http = client or make_client(opts.timeouts, connections=opts.connections * 2)
         try:
             run = _Run(store, plan, progress, opts, http, fds, jobs_by_key, results)
+            if gate is not None:
+                gate._bind(run)
             await run.main(render)
         finally:
             if owns_client:
@@ -201,6 +261,7 @@ class _Run:
         self.store, self.plan, self.progress, self.opts = store, plan, progress, opts
         self.http, self.fds, self.jobs, self.results = http, fds, jobs, results
         self.changed = _Changed()
+        self.gate: Gate | None = None
         self.dirty: set[str] = set()
         self.redirects: dict[str, str] = {}
 
@@ -341,6 +402,8 @@ class _Run:
                 await trio.to_thread.run_sync(self.store.save_torrent_info, got, info)
             self.plan.verified(blob.key)
             self.results[blob.key] = got
+            if self.gate is not None and self.gate.on_stored is not None and blob.size:
+                self.gate.on_stored(got, blob.size)  # seed it now: peers may want it
             self.progress.set_state(blob.key, "done", have=blob.size)
             return
         self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")

@@ -76,6 +76,9 @@ class BlobTask:
     source_lock: str | None = None  # in single-source mode, the mirror in use
     error: str = ""
     restored: bool = False  # holds bytes from an earlier run (maybe lost by a power cut)
+    # The ranges mirrors may serve (None: all). Set when the office coordinator shares the
+    # blob out: only the units this agent leases are fetched here, the rest come from peers.
+    allowed: RangeSet | None = None
 
     @property
     def complete(self) -> bool:
@@ -110,10 +113,11 @@ class FetchPlan:
         *,
         done: RangeSet | None = None,
         by_mirror: dict[str, RangeSet] | None = None,
+        allowed: RangeSet | None = None,
     ) -> BlobTask:
         by_key = {mirror_key(u): u for u in urls}
         self.board.add(by_key)
-        task = BlobTask(key, size, by_key, done or RangeSet(), by_mirror or {})
+        task = BlobTask(key, size, by_key, done or RangeSet(), by_mirror or {}, allowed=allowed)
         task.restored = bool(task.done)
         if task.complete:
             task.state = BlobState.VERIFYING
@@ -142,18 +146,30 @@ class FetchPlan:
         return max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
 
     def _reserved(self, blob: BlobTask) -> RangeSet:
+        """Bytes no worker may take now: on disk, in flight, or (gated blobs) not ours."""
         taken = blob.done.copy()
         for a in self.inflight.values():
             if a.blob == blob.key:
                 taken.add(a.pos, a.stop)
+        if blob.allowed is not None:
+            for start, stop in blob.allowed.gaps(0, blob.size):
+                taken.add(start, stop)
         return taken
+
+    def _open(self, blob: BlobTask) -> bool:
+        """Has the blob bytes mirrors may serve that are not on disk yet?"""
+        if blob.allowed is None:
+            return True
+        return any(True for start, stop in blob.allowed for _ in blob.done.gaps(start, stop))
 
     # -- assigning -----------------------------------------------------------------------------
 
     def assign(self, worker: int, now: float) -> Assignment | Wait | Finished:
         assert worker not in self.inflight, "worker already holds an assignment"
         wake: list[float] = []
-        fetching = [b for b in self.blobs.values() if b.state is BlobState.FETCHING]
+        fetching = [
+            b for b in self.blobs.values() if b.state is BlobState.FETCHING and self._open(b)
+        ]
         fetching = fetching[: self.max_active_blobs]
         # First respect the per-blob cap so several files move at once; if that leaves this
         # worker idle (one big file, or the others fully assigned), lift it.
@@ -271,6 +287,42 @@ class FetchPlan:
         if blob.state is BlobState.FETCHING and blob.complete:
             blob.state = BlobState.VERIFYING
 
+    # -- the office gate (coordinator leases) -----------------------------------------------
+
+    def allow(self, key: str, start: int, stop: int) -> None:
+        """Mirrors may now serve these bytes of a gated blob (a lease of ours)."""
+        blob = self.blobs[key]
+        if blob.allowed is not None:
+            blob.allowed.add(start, stop)
+
+    def disallow(self, key: str, start: int, stop: int) -> None:
+        """A peer serves these bytes after all: stop fetching them from mirrors. Workers inside
+        the range stop at their next write (``progress`` says False); what they wrote stays."""
+        blob = self.blobs[key]
+        if blob.allowed is None:
+            return
+        blob.allowed.subtract(start, stop)
+        for a in self.inflight.values():
+            if a.blob == key and a.pos < stop and a.stop > start:
+                a.stop = max(a.pos, min(a.stop, start)) if a.pos < start else a.pos
+
+    def mark_done(self, key: str, start: int, stop: int) -> None:
+        """These bytes arrived by another way (checked pieces from LAN peers)."""
+        blob = self.blobs[key]
+        if blob.state is not BlobState.FETCHING:
+            return
+        blob.done.add(start, stop)
+        if blob.complete and not any(a.blob == key for a in self.inflight.values()):
+            blob.state = BlobState.VERIFYING
+
+    def covered(self, key: str, start: int, stop: int) -> bool:
+        blob = self.blobs[key]
+        return blob.state is not BlobState.FETCHING or blob.done.covers(start, stop)
+
+    def ungate(self, key: str) -> None:
+        """Mirrors may serve all of it (the coordinated copy failed its digest)."""
+        self.blobs[key].allowed = None
+
     # -- verification outcomes -----------------------------------------------------------------
 
     def verified(self, key: str) -> None:
@@ -282,7 +334,11 @@ class FetchPlan:
         contributors = [m for m, r in blob.by_mirror.items() if r.total() > 0]
         others = [m for m in blob.urls if m not in contributors and self.board.usable_for(m, key)]
         banned: list[str] = []
-        if blob.restored:
+        if blob.allowed is not None:
+            # Shared out by the office: peers' bytes are in it too. Fetch all of it from
+            # mirrors, blaming nobody yet (a second mismatch then blames the mirrors).
+            blob.allowed = None
+        elif blob.restored:
             # Bytes from an earlier run may have been lost by the disk, not by a mirror:
             # refetch once before blaming anyone.
             blob.restored = False

@@ -23,9 +23,11 @@ from .refs import Ref
 from .store import Store
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     import httpx
 
-    from .downloader import BlobJob, DownloadOptions
+    from .downloader import BlobJob, DownloadOptions, Gate
     from .progress import Progress
 
 
@@ -127,6 +129,13 @@ class LanSource(Protocol):
 
     def stored(self, digest: str, size: int) -> None:
         """A blob was verified into the store: seed it."""
+        ...
+
+    def share(
+        self, jobs: list[BlobJob], progress: Progress
+    ) -> AbstractAsyncContextManager[Gate | None]:
+        """While inside: peers and this agent split the mirror work for these blobs; the
+        download obeys the gate (None: no sharing, fetch everything)."""
         ...
 
 
@@ -260,9 +269,17 @@ async def _fetch_all(
             else:
                 retry.append(job)
 
-    async def from_mirrors(batch: list[BlobJob]) -> None:
+    async def from_mirrors(batch: list[BlobJob], shared: bool = False) -> None:
         try:
-            results.update(await download(store, batch, progress, opts, render=render, client=http))
+            if shared and lan is not None and batch:
+                # Nobody holds these whole: split the mirror work with the office.
+                async with lan.share(batch, progress) as gate:
+                    got = await download(
+                        store, batch, progress, opts, render=render, client=http, gate=gate
+                    )
+            else:
+                got = await download(store, batch, progress, opts, render=render, client=http)
+            results.update(got)
         except P2PModelError as e:
             error.append(e)
 
@@ -270,7 +287,7 @@ async def _fetch_all(
         limit = trio.Semaphore(4)
         for job in lan_jobs:
             nursery.start_soon(from_lan, job, limit)
-        nursery.start_soon(from_mirrors, [j for j in jobs if j.key not in held])
+        nursery.start_soon(from_mirrors, [j for j in jobs if j.key not in held], True)
     if retry and not error:
         await from_mirrors(retry)
     if lan is not None:

@@ -15,9 +15,11 @@ alerts into plain events at once (alerts die at the next ``pop_alerts``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import libtorrent as lt
@@ -75,6 +77,11 @@ class _Torrent:
     flushed: trio.Event = field(default_factory=trio.Event)
     hash_failures: int = 0
     error: str = ""
+    unit: int = -1  # >= 0: the unit torrent of that unit of a shared blob
+    span: range = range(0)  # a unit torrent's pieces
+    info: bytes = b""
+    idle_since: float = 0.0
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Swarm:
         self.session = lt.session(session_settings(self.listen, port))  # type: ignore[call-overload]
         self._by_hash: dict[str, _Torrent] = {}
         self._by_digest: dict[str, _Torrent] = {}
+        self._units: dict[tuple[str, int], _Torrent] = {}
         self.swarm_dir = store.partial / "swarm"
 
     @property
@@ -313,6 +321,135 @@ class Swarm:
 
         await trio.to_thread.run_sync(move)
 
+    # -- unit torrents (WAN sharing: a unit of a blob nobody has whole yet) --------------------
+
+    def unit(self, digest: str, index: int) -> _Torrent | None:
+        return self._units.get((digest, index))
+
+    def add_unit(
+        self,
+        digest: str,
+        size: int,
+        index: int,
+        span: range,
+        info: bytes,
+        path: Path,
+        *,
+        have: bool,
+    ) -> _Torrent:
+        """Add the torrent of one unit over the blob's file ``path`` (the partial file, or the
+        stored blob), wanting only the unit's pieces. ``have``: we hold them (fetched from a
+        mirror and hashed by us: trusted, no re-check); otherwise they come from peers."""
+        old = self._units.get((digest, index))
+        if old is not None:
+            return old
+        params = lt.add_torrent_params()
+        params.ti = _torrent_info(info)
+        params.save_path = str(path.parent)
+        if path.name != hex_part(digest):
+            params.renamed_files = {0: path.name}
+        n = params.ti.num_pieces()
+        params.piece_priorities = [1 if i in span else 0 for i in range(n)]
+        # Resume data that says what we have: libtorrent then skips hashing the whole file.
+        params.have_pieces = [have and i in span for i in range(n)]
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        handle = self.session.add_torrent(params)
+        t = _Torrent(digest, size, handle, seeding=have, unit=index, span=span, info=info)
+        t.path = path
+        if have:
+            t.finished.set()
+        self._by_hash[info_hash(info)] = t
+        self._units[(digest, index)] = t
+        return t
+
+    async def fetch_unit(
+        self,
+        t: _Torrent,
+        peers: Callable[[], Sequence[tuple[str, int]]],
+        *,
+        stall_timeout: float = 10.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SwarmFetch:
+        """Fetch a unit torrent's pieces from ``peers()`` (asked again every few seconds:
+        holders come and go). Returns once the pieces are hash-checked and on disk."""
+        handle = t.handle
+        got, last_change, last_dial = 0, trio.current_time(), -math.inf
+        while not t.finished.is_set() and not t.error:
+            now = trio.current_time()
+            if now - last_dial >= 2.0:
+                last_dial = now
+                for peer in peers():
+                    with contextlib.suppress(RuntimeError):
+                        handle.connect_peer(peer)
+            with trio.move_on_after(0.25):
+                await t.finished.wait()
+            try:
+                done = handle.status().total_wanted_done
+            except RuntimeError:
+                return SwarmFetch(False, "unit torrent removed", got)
+            if done != got:
+                if on_progress is not None and done > got:
+                    on_progress(done - got)
+                got, last_change = done, trio.current_time()
+            elif trio.current_time() - last_change > stall_timeout:
+                return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", got)
+        if t.error:
+            return SwarmFetch(False, t.error, got)
+        if on_progress is not None:
+            with contextlib.suppress(RuntimeError):
+                done = handle.status().total_wanted_done
+                if done > got:
+                    on_progress(done - got)
+        t.flushed = trio.Event()
+        handle.flush_cache()  # our hash of the whole blob reads the file: written out first
+        with trio.move_on_after(30):
+            await t.flushed.wait()
+        t.seeding = True
+        return SwarmFetch(True, "", got)
+
+    def rehome_units(self, digest: str) -> None:
+        """The blob was verified and moved into the store: its finished unit torrents go on
+        serving from there (peers may still be fetching units); unfinished ones end."""
+        dest = self.store.blob_path(digest)
+        for (d, index), t in list(self._units.items()):
+            if d != digest or t.path == dest:
+                continue
+            self._forget_unit(t)
+            if t.seeding:
+                self.add_unit(d, t.size, index, t.span, t.info, dest, have=True)
+
+    def drop_unit(self, digest: str, index: int) -> None:
+        t = self._units.get((digest, index))
+        if t is not None:
+            self._forget_unit(t)
+
+    def drop_units(self, digest: str) -> None:
+        for (d, _), t in list(self._units.items()):
+            if d == digest:
+                self._forget_unit(t)
+
+    def prune_units(self, now: float, idle: float = 60.0) -> None:
+        """Unit torrents of stored blobs that nobody fetched from for ``idle`` seconds end
+        (whole-blob torrents serve those blobs from then on)."""
+        for t in list(self._units.values()):
+            try:
+                busy = t.handle.status().num_peers > 0
+            except RuntimeError:
+                busy = False
+            if busy or not t.idle_since:
+                t.idle_since = now
+            elif now - t.idle_since >= idle and self.store.has_blob(t.digest, t.size):
+                self._forget_unit(t)
+
+    def _forget_unit(self, t: _Torrent) -> None:
+        self._units.pop((t.digest, t.unit), None)
+        self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
+        with contextlib.suppress(RuntimeError):
+            self.session.remove_torrent(t.handle)
+        t.error = t.error or "removed"
+        t.finished.set()
+
     def statistics(self) -> dict[str, Any]:
         seeding = [t for t in self._by_digest.values() if t.seeding]
         uploaded = sum(t.handle.status().total_payload_upload for t in seeding)
@@ -320,12 +457,14 @@ class Swarm:
             "port": self.port,
             "seeding": len(seeding),
             "fetching": len(self._by_digest) - len(seeding),
+            "units": len(self._units),
             "uploaded": uploaded,
         }
 
     def close(self) -> None:
-        for t in list(self._by_digest.values()):
+        for t in [*self._by_digest.values(), *self._units.values()]:
             with contextlib.suppress(RuntimeError):
                 self.session.remove_torrent(t.handle)
         self._by_digest.clear()
+        self._units.clear()
         self._by_hash.clear()

@@ -38,6 +38,72 @@ def info_dict(digest: str, size: int, pieces: bytes) -> dict[bytes, Any]:
     }
 
 
+# -- unit torrents ------------------------------------------------------------------------------
+#
+# While an office shares a blob out (``coordinator``), each unit (a byte range) that one agent
+# fetched from a mirror spreads as a torrent of its own, before anyone has the whole blob. Its
+# info dictionary describes the whole file (so libtorrent writes every unit at its place in
+# the one partial file: no second copy), with the real SHA-1 of the unit's pieces and twenty
+# zero bytes for every other piece; those pieces get priority 0 and are never requested. The
+# info is a function of the unit's bytes alone, so every holder derives the same info-hash.
+
+UNIT_KEY = b"p2pmodel unit"
+UNIT_MIN_PIECE = 1024 * KiB
+UNIT_TARGET_PIECES = 8192
+NO_HASH = b"\0" * 20
+
+
+def unit_piece_size(size: int, segment: int) -> int:
+    """Pieces of unit torrents: the smallest power of two >= size/8192, at least 1 MiB, at
+    most the segment (a power of two, so units start on a piece boundary)."""
+    want = -(-size // UNIT_TARGET_PIECES)
+    p = UNIT_MIN_PIECE
+    while p < want:
+        p *= 2
+    return max(min(p, segment), 16 * KiB)
+
+
+def unit_pieces(start: int, stop: int, piece: int) -> range:
+    return range(start // piece, -(-stop // piece))
+
+
+def unit_info(
+    digest: str, size: int, index: int, start: int, stop: int, piece: int, hashes: bytes
+) -> bytes:
+    """The info dict of one unit; ``hashes`` are the SHA-1s of its pieces."""
+    n = -(-size // piece)
+    first = start // piece
+    pieces = NO_HASH * first + hashes + NO_HASH * (n - first - len(hashes) // 20)
+    return bencode(
+        {
+            b"length": size,
+            b"name": hex_part(digest).encode(),
+            b"piece length": piece,
+            b"pieces": pieces,
+            b"private": 1,
+            UNIT_KEY: [index, start, stop],
+        }
+    )
+
+
+def unit_shape(
+    info: bytes, digest: str, size: int, index: int, start: int, stop: int, piece: int
+) -> bool:
+    """Is ``info`` (from a peer) a unit torrent of exactly this shape? Zero hashes outside the
+    unit; its own piece hashes are checked by libtorrent as the bytes arrive."""
+    span = unit_pieces(start, stop, piece)
+    head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span))
+    if len(info) != len(head) or _strip_pieces(info) != _strip_pieces(head):
+        return False
+    marker = b"6:pieces"
+    i = info.find(marker)
+    j = info.index(b":", i + len(marker)) + 1
+    hashes = info[j : j + 20 * (-(-size // piece))]
+    return hashes[: 20 * span.start] == NO_HASH * span.start and hashes[
+        20 * span.stop :
+    ] == NO_HASH * (len(hashes) // 20 - span.stop)
+
+
 def bencode(obj: Any) -> bytes:
     out = bytearray()
     _bencode(obj, out)

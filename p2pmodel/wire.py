@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: WAN sharing (claims, units)
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")
@@ -107,6 +107,83 @@ class Pong(Message):
     kind: ClassVar[str] = "pong"
 
 
+# -- WAN sharing (coordinator): leases on units of blobs nobody in the office holds yet ---------
+
+
+@dataclass(frozen=True)
+class Claim(Message):
+    """I fetch bytes [start, stop) of this blob from a mirror; my lease lapses in ``ttl_ms``
+    (relative: peers' clocks differ). Sent again to renew."""
+
+    kind: ClassVar[str] = "claim"
+    digest: str
+    index: int
+    start: int
+    stop: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """I gave up my lease on this unit."""
+
+    kind: ClassVar[str] = "release"
+    digest: str
+    index: int
+
+
+@dataclass(frozen=True)
+class UnitDone(Message):
+    """I hold this unit and seed its unit torrent (ask ``UnitQuery`` for the info)."""
+
+    kind: ClassVar[str] = "done"
+    digest: str
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    kind: ClassVar[str] = "ack"
+
+
+@dataclass(frozen=True)
+class UnitQuery(Message):
+    kind: ClassVar[str] = "unit?"
+    digest: str
+    index: int
+
+
+@dataclass(frozen=True)
+class UnitInfo(Message):
+    """The unit torrent's info dictionary (``b""``: not held); shape-checked by the receiver."""
+
+    kind: ClassVar[str] = "unit"
+    digest: str
+    index: int
+    info: bytes = b""
+
+
+@dataclass(frozen=True)
+class OfficeQuery(Message):
+    """What are you fetching or holding of these blobs? (asked when a get starts)"""
+
+    kind: ClassVar[str] = "office?"
+    digests: tuple[str, ...]
+
+
+Units = tuple[tuple[str, int, int, int, int], ...]  # (digest, index, start, stop, ttl_ms)
+
+
+@dataclass(frozen=True)
+class OfficeState(Message):
+    kind: ClassVar[str] = "office"
+    claims: Units = ()
+    done: Units = ()
+    complete: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Error(Message):
     kind: ClassVar[str] = "error"
@@ -125,9 +202,18 @@ MESSAGES: dict[str, type[Message]] = {
         Resolved,
         Ping,
         Pong,
+        Claim,
+        Release,
+        UnitDone,
+        Ack,
+        UnitQuery,
+        UnitInfo,
+        OfficeQuery,
+        OfficeState,
         Error,
     )
 }
+_MAX_INT = 2**62
 
 
 def _check_field(cls: type[Message], name: str, value: Any) -> Any:
@@ -151,6 +237,23 @@ def _check_field(cls: type[Message], name: str, value: Any) -> Any:
         if type(value) is not int or not 0 <= value < 65536:
             raise PeerProtocolError(f"{where}: not a small integer")
         return value
+    if name in ("index", "start", "stop", "ttl_ms"):
+        if type(value) is not int or not 0 <= value < _MAX_INT:
+            raise PeerProtocolError(f"{where}: not a non-negative integer")
+        return value
+    if name in ("claims", "done"):
+        if not isinstance(value, list) or len(value) > MAX_DIGESTS:
+            raise PeerProtocolError(f"{where}: not a list of at most {MAX_DIGESTS} units")
+        units = []
+        for u in value:
+            if not (isinstance(u, list) and len(u) == 5):
+                raise PeerProtocolError(f"{where}: a unit is [digest, index, start, stop, ttl]")
+            digest = _check_field(cls, "digest", u[0])
+            index, start, stop, ttl = (_check_field(cls, "index", x) for x in u[1:])
+            if start >= stop:
+                raise PeerProtocolError(f"{where}: empty unit")
+            units.append((digest, index, start, stop, ttl))
+        return tuple(units)
     if name in ("info", "manifest"):
         if not isinstance(value, bytes):
             raise PeerProtocolError(f"{where}: not bytes")

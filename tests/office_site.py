@@ -48,6 +48,7 @@ class Site:
         wait_for(ready.exists, 20, "mirror start")
         self.hub = f"http://{mirror.ip}:8000"
         self.homes: dict[str, Path] = {}
+        self.extra_env: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for ws in office.workstations:
             home = tmp / ws.name
@@ -66,7 +67,7 @@ class Site:
         )
 
     def env(self, ws: Host) -> dict[str, str]:
-        return {"P2PMODEL_HOME": str(self.homes[ws.name]), "P2PMODEL_LAN": "on"}
+        return {"P2PMODEL_HOME": str(self.homes[ws.name]), "P2PMODEL_LAN": "on", **self.extra_env}
 
     def sock(self, ws: Host) -> Path:
         return self.homes[ws.name] / "run" / "control.sock"

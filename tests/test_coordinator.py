@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from p2pmodel.coordinator import (
+    LEASE,
     Abort,
     Claim,
     Coordinator,
@@ -279,3 +280,37 @@ def test_with_crashes_and_late_joins_everyone_left_completes(seed):
     survivors = [c for n, c in sim.agents.items() if n in sim.alive]
     assert survivors and all(c.complete for c in survivors)
     assert max(sim.mirror_done.values()) <= 3
+
+
+def test_drop_releases_our_leases_and_forgets_the_units():
+    c = Coordinator("a", max_active=2)
+    c.want({"x": 3 * SEG, "y": SEG})
+    acts = c.poll(0.0)
+    claimed = {a.unit for a in acts if isinstance(a, Claim)}
+    assert len(claimed) == 2
+    c.drop({"x", "y"})
+    released = {a.unit for a in c.poll(1.0) if isinstance(a, Release)}
+    assert released == claimed
+    assert c.complete and c.claims(1.0) == []
+
+
+def test_a_peer_that_failed_to_serve_a_unit_is_not_asked_again():
+    c = Coordinator("b")
+    c.want({"x": SEG})
+    (u,) = units_of("x", SEG, SEG)
+    c.peer_done("a", u)
+    c.peer_done("c", u)
+    assert [a for a in c.poll(0.0) if isinstance(a, FetchFromPeer)] == [FetchFromPeer(u, "a")]
+    c.failed(u, "a")
+    assert [a for a in c.poll(1.0) if isinstance(a, FetchFromPeer)] == [FetchFromPeer(u, "c")]
+    c.failed(u, "c")
+    acts = c.poll(2.0)
+    assert FetchFromMirror(u) in acts and c.holders(u) == set()
+
+
+def test_claims_lists_our_live_leases():
+    c = Coordinator("a", max_active=1, segment=SEG)
+    c.want({"x": SEG})
+    c.poll(0.0)
+    ((unit, expires),) = c.claims(0.0)
+    assert unit.blob == "x" and expires == LEASE

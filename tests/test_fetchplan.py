@@ -319,3 +319,64 @@ def test_mismatch_of_resumed_bytes_blames_nobody_the_first_time():
     plan.release(0, 1.0)
     assert plan.mismatch("x") == [A]
     assert plan.blobs["x"].state is BlobState.FAILED
+
+
+# -- the office gate ---------------------------------------------------------------------------
+
+
+def gated_plan(size: int = 8 * MiB, **kw) -> FetchPlan:
+    plan = FetchPlan(MirrorBoard(), chunk_size=MiB, **kw)
+    plan.add_blob("g", size, [f"{A}/g"], allowed=RangeSet())
+    return plan
+
+
+def test_a_gated_blob_gets_no_mirror_work_until_a_range_is_allowed():
+    plan = gated_plan()
+    assert plan.assign(0, 0.0) == Wait(None)
+    plan.allow("g", 2 * MiB, 4 * MiB)
+    spans = [drain(plan, 0) for _ in range(2)]
+    assert [(s.start, s.stop) for s in spans] == [(2 * MiB, 3 * MiB), (3 * MiB, 4 * MiB)]
+    assert plan.assign(0, 0.0) == Wait(None)
+    assert plan.covered("g", 2 * MiB, 4 * MiB) and not plan.covered("g", 0, 4 * MiB)
+
+
+def test_disallow_stops_workers_inside_the_range_and_keeps_what_they_wrote():
+    plan = gated_plan()
+    plan.allow("g", 0, 4 * MiB)
+    a = plan.assign(0, 0.0)
+    assert isinstance(a, Assignment) and (a.start, a.stop) == (0, MiB)
+    assert plan.progress(0, 1000)
+    plan.disallow("g", 0, 4 * MiB)
+    assert not plan.progress(0, 0)  # the worker stops at its next write
+    plan.release(0, 1.0)
+    assert plan.blobs["g"].done.to_list() == [(0, 1000)]
+    assert plan.assign(0, 1.0) == Wait(None)
+
+
+def test_bytes_marked_done_from_peers_complete_a_gated_blob():
+    plan = gated_plan(4 * MiB)
+    plan.allow("g", 0, 2 * MiB)
+    drain(plan, 0)
+    drain(plan, 0)
+    assert plan.blobs["g"].state is BlobState.FETCHING
+    plan.mark_done("g", 2 * MiB, 4 * MiB)
+    assert [b.key for b in plan.to_verify()] == ["g"]
+
+
+def test_gated_blobs_with_nothing_allowed_do_not_block_other_blobs():
+    """max_active_blobs counts only blobs that have mirror work."""
+    plan = FetchPlan(MirrorBoard(), chunk_size=MiB, max_active_blobs=1)
+    plan.add_blob("g", 4 * MiB, [f"{A}/g"], allowed=RangeSet())
+    plan.add_blob("h", 4 * MiB, [f"{A}/h"])
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment) and step.blob == "h"
+
+
+def test_a_mismatch_of_a_shared_blob_ungates_it_and_blames_no_mirror():
+    plan = gated_plan(2 * MiB)
+    plan.allow("g", 0, MiB)
+    drain(plan, 0)
+    plan.mark_done("g", MiB, 2 * MiB)
+    assert plan.mismatch("g") == []
+    assert plan.blobs["g"].allowed is None
+    assert isinstance(plan.assign(0, 0.0), Assignment)

@@ -10,16 +10,24 @@ import pytest
 
 from p2pmodel.wire import (
     MAX_FRAME,
+    Ack,
+    Claim,
     FrameDecoder,
     Have,
     HaveQuery,
     Hello,
     Metadata,
     MetadataQuery,
+    OfficeQuery,
+    OfficeState,
     PeerProtocolError,
     Ping,
+    Release,
     Resolved,
     ResolveQuery,
+    UnitDone,
+    UnitInfo,
+    UnitQuery,
     decode,
     encode,
 )
@@ -36,6 +44,14 @@ SAMPLES = [
     ResolveQuery(ref="qwen-image:v1.0"),
     Resolved(ref="qwen-image:v1.0", manifest=b"\x85"),
     Ping(),
+    Claim(digest=D1, index=3, start=3 * 2**26, stop=4 * 2**26, ttl_ms=10_000),
+    Release(digest=D1, index=3),
+    UnitDone(digest=D2, index=0, start=0, stop=5),
+    Ack(),
+    UnitQuery(digest=D1, index=2),
+    UnitInfo(digest=D1, index=2, info=b"d6:lengthi1ee"),
+    OfficeQuery(digests=(D1,)),
+    OfficeState(claims=((D1, 1, 10, 20, 5000),), done=((D2, 0, 0, 5, 0),), complete=(D2,)),
 ]
 
 
@@ -88,6 +104,13 @@ def test_oversized_frame_is_refused_before_buffering():
             ["hello", 1, {"agent": "ab12cd34", "proto": 1, "torrent_port": 70000, "rpc_port": 1}]
         ),
         msgpack.packb(["meta", 1, {"digest": D1, "info": "text, not bytes"}]),
+        msgpack.packb(
+            ["claim", 1, {"digest": D1, "index": -1, "start": 0, "stop": 1, "ttl_ms": 1}]
+        ),
+        msgpack.packb(["release", 1, {"digest": D1, "index": 1.5}]),
+        msgpack.packb(["office", 1, {"claims": [[D1, 0, 5, 5, 0]], "done": [], "complete": []}]),
+        msgpack.packb(["office", 1, {"claims": [[D1, 0, 1]], "done": [], "complete": []}]),
+        msgpack.packb(["office", 1, {"claims": [["x", 0, 0, 1, 0]], "done": [], "complete": []}]),
     ],
 )
 def test_malformed_payloads_are_the_peers_fault(payload):

@@ -1,0 +1,399 @@
+"""WAN sharing (IO glue): an agent's ``Coordinator`` wired to the peer RPC, unit torrents and
+the downloader's ``Gate``, so an office pulls each byte of a model from the internet once.
+
+Theory of operation. ``Sharing.run`` lives in the agent's root nursery. Each tick (or when
+something happened) it tells the coordinator who is alive, notices units a mirror finished,
+and carries out what ``poll`` returns:
+
+- ``Claim``/``Renew``/``Release``/``Done`` go to every live peer, in order, through one outbox
+  task per peer (a message that cannot be delivered in a few seconds is dropped: leases lapse
+  and liveness forgets dead peers, so nothing waits on it);
+- ``FetchFromMirror`` opens the unit's bytes in the gate of the get that wants the blob, and
+  ``Abort`` closes them again (a peer has the unit);
+- ``FetchFromPeer`` adds the unit's torrent over the blob's partial file and fetches its pieces
+  from every agent that announced the unit, then marks the bytes done in the gate.
+
+A unit fetched from a mirror is hashed into its unit torrent (``torrents.unit_info``) and
+seeded at once, then announced ``Done``: peers start on it while this agent still fetches
+other units. The whole blob is still checked against its upstream digest by the downloader
+before it enters the store; then the unit torrents are re-pointed at the stored file.
+
+``share`` is what one ``get`` uses: it learns what peers are doing (``OfficeQuery``), hands the
+blobs to the coordinator and yields the gate for the download; on the way out (done, failed or
+cancelled) leases still held go back to the office at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import wire
+from .coordinator import (
+    SEGMENT,
+    Abort,
+    Action,
+    Claim,
+    Coordinator,
+    Done,
+    FetchFromMirror,
+    FetchFromPeer,
+    Release,
+    Renew,
+    Unit,
+    units_of,
+)
+from .digests import piece_hashes
+from .downloader import BlobJob, Gate
+from .errors import UserError
+from .progress import Progress
+from .rpc import RpcError
+from .torrents import unit_info, unit_piece_size, unit_pieces, unit_shape
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .swarm import _Torrent
+
+log = logging.getLogger(__name__)
+TICK = 0.25
+SEND_TIMEOUT = 3.0
+SYNC_TIMEOUT = 2.0
+OUTBOX = 4096
+
+
+@dataclass
+class _Want:
+    gate: Gate
+    progress: Progress
+    job: BlobJob
+
+
+class Sharing:
+    def __init__(self, agent: Agent, segment: int = SEGMENT) -> None:
+        self.agent = agent
+        self.segment = segment
+        self.coord = Coordinator(agent.id, segment=segment)
+        self._wake = trio.Event()
+        self._wants: dict[str, _Want] = {}  # blob -> the get that wants it
+        self._sizes: dict[str, int] = {}
+        self._mirror_units: dict[tuple[str, int], Unit] = {}
+        self._alive: set[str] = set()
+        self._outboxes: dict[str, trio.MemorySendChannel[wire.Message]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.messages_sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                self.step(trio.current_time())
+                with trio.move_on_after(TICK):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def step(self, now: float) -> None:
+        alive = {p.agent for p in self.agent.peers.alive()}
+        for gone in self._alive - alive:
+            self.coord.peer_gone(gone)
+            box = self._outboxes.pop(gone, None)
+            if box is not None:
+                box.close()
+        self._alive = alive
+        self.coord.set_peers(alive)
+        for key, u in list(self._mirror_units.items()):
+            want = self._wants.get(u.blob)
+            if want is None:
+                del self._mirror_units[key]
+            elif want.gate.covered(u.blob, u.start, u.stop):
+                del self._mirror_units[key]
+                self._spawn(self.publish, u, False)
+        for action in self.coord.poll(now):
+            self.dispatch(action, now)
+
+    def dispatch(self, action: Action, now: float) -> None:
+        u = action.unit
+        if isinstance(action, Claim | Renew):
+            ttl = max(0, int((action.expires - now) * 1000))
+            self.broadcast(wire.Claim(u.blob, u.index, u.start, u.stop, ttl))
+        elif isinstance(action, Release):
+            self.broadcast(wire.Release(u.blob, u.index))
+        elif isinstance(action, Done):
+            self.broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
+        elif isinstance(action, FetchFromMirror):
+            want = self._wants.get(u.blob)
+            if want is None or not want.gate.gated(u.blob):
+                self.coord.failed(u)
+                return
+            self._mirror_units[u.key] = u
+            want.gate.allow(u.blob, u.start, u.stop)
+        elif isinstance(action, Abort):
+            self._mirror_units.pop(u.key, None)
+            want = self._wants.get(u.blob)
+            if want is not None:
+                want.gate.disallow(u.blob, u.start, u.stop)
+        elif isinstance(action, FetchFromPeer):
+            self._spawn(self.from_peers, u, action.agent)
+
+    def _spawn(self, fn: object, *args: object) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    # -- telling peers -------------------------------------------------------------------------
+
+    def broadcast(self, msg: wire.Message) -> None:
+        for agent in sorted(self._alive):
+            box = self._outboxes.get(agent)
+            if box is None:
+                box, inbox = trio.open_memory_channel[wire.Message](OUTBOX)
+                self._outboxes[agent] = box
+                self._spawn(self._deliver, agent, inbox)
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                box.send_nowait(msg)
+
+    async def _deliver(self, agent: str, inbox: trio.MemoryReceiveChannel[wire.Message]) -> None:
+        async with inbox:
+            async for msg in inbox:
+                with (
+                    trio.move_on_after(SEND_TIMEOUT),
+                    contextlib.suppress(RpcError, wire.PeerProtocolError),
+                ):
+                    await self.agent.ask(agent, msg)
+                    self.messages_sent += 1
+
+    # -- what peers tell us --------------------------------------------------------------------
+
+    def _unit(self, digest: str, index: int, start: int, stop: int) -> Unit | None:
+        """The unit a peer names, if it matches how we cut that blob (or we do not know it)."""
+        size = self._sizes.get(digest)
+        unit = Unit(digest, index, start, stop)
+        if size is None:
+            return unit if start < stop else None
+        units = units_of(digest, size, self.segment)
+        return unit if index < len(units) and units[index] == unit else None
+
+    def on_message(self, agent: str, msg: wire.Message) -> wire.Message:
+        now = trio.current_time()
+        if isinstance(msg, wire.Claim):
+            if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
+                self.coord.peer_claim(agent, u, now + msg.ttl_ms / 1000)
+        elif isinstance(msg, wire.UnitDone):
+            if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
+                self.coord.peer_done(agent, u)
+        elif isinstance(msg, wire.Release):
+            for u in units_of(msg.digest, self._sizes.get(msg.digest, 0), self.segment):
+                if u.index == msg.index:
+                    self.coord.peer_release(agent, u)
+        self.wake()
+        return wire.Ack()
+
+    def office_state(self, digests: tuple[str, ...]) -> wire.OfficeState:
+        now = trio.current_time()
+        asked = set(digests)
+        swarm = self.agent.swarm
+        claims = tuple(
+            (u.blob, u.index, u.start, u.stop, int((exp - now) * 1000))
+            for u, exp in self.coord.claims(now)
+            if u.blob in asked
+        )
+        done: list[tuple[str, int, int, int, int]] = []
+        complete: list[str] = []
+        for d in digests:
+            if swarm is not None and swarm.seeding(d):
+                complete.append(d)
+                continue
+            for u in units_of(d, self._sizes.get(d, 0), self.segment):
+                t = swarm.unit(d, u.index) if swarm is not None else None
+                if t is not None and t.seeding:
+                    done.append((d, u.index, u.start, u.stop, 0))
+        return wire.OfficeState(claims, tuple(done), tuple(complete))
+
+    async def unit_query(self, digest: str, index: int) -> wire.UnitInfo:
+        swarm = self.agent.swarm
+        t = swarm.unit(digest, index) if swarm is not None else None
+        if t is not None and t.seeding:
+            return wire.UnitInfo(digest, index, t.info)
+        # A blob we hold whole: derive the unit's torrent from the stored file.
+        store = self.agent.store
+        path = store.blob_path(digest)
+        if swarm is None or not swarm.seeding(digest) or not path.exists():
+            return wire.UnitInfo(digest, index)
+        size = path.stat().st_size
+        units = units_of(digest, size, self.segment)
+        if index >= len(units):
+            return wire.UnitInfo(digest, index)
+        t = await self._add_held(units[index], size, path)
+        return wire.UnitInfo(digest, index, t.info)
+
+    async def _add_held(self, u: Unit, size: int, path: Path) -> _Torrent:
+        assert self.agent.swarm is not None
+        piece = unit_piece_size(size, self.segment)
+        hashes = await trio.to_thread.run_sync(piece_hashes, path, u.start, u.stop, piece)
+        info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes)
+        span = unit_pieces(u.start, u.stop, piece)
+        store = self.agent.store
+        if store.has_blob(u.blob, size):  # committed while we hashed: same bytes, new place
+            path = store.blob_path(u.blob)
+        return self.agent.swarm.add_unit(u.blob, size, u.index, span, info, path, have=True)
+
+    # -- one get's share -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def share(self, jobs: list[BlobJob], progress: Progress) -> AsyncIterator[Gate]:
+        shared = [j for j in jobs if j.digest is not None and j.size > 0]
+        gate = Gate({j.key for j in shared}, on_stored=self.agent.stored)
+        blobs = {j.key for j in shared}
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._join, gate, shared, progress)
+                yield gate
+                nursery.cancel_scope.cancel()
+        finally:
+            for b in blobs:
+                self._wants.pop(b, None)
+            for key in [k for k in self._mirror_units if k[0] in blobs]:
+                del self._mirror_units[key]
+            self.coord.drop(blobs)
+            self.wake()
+
+    async def _join(self, gate: Gate, jobs: list[BlobJob], progress: Progress) -> None:
+        await gate.bound.wait()
+        for j in jobs:
+            self._sizes[j.key] = j.size
+        await self.sync([j.key for j in jobs])
+        resumed: list[Unit] = []
+        for j in jobs:
+            self._wants[j.key] = _Want(gate, progress, j)
+            for u in units_of(j.key, j.size, self.segment):
+                if gate.covered(j.key, u.start, u.stop):
+                    self.coord.have(u)
+                    resumed.append(u)
+        self.coord.want({j.key: j.size for j in jobs})
+        for u in resumed:
+            self._spawn(self.publish, u, True)
+        self.wake()
+
+    async def sync(self, digests: list[str]) -> None:
+        """Learn peers' leases and holdings of these blobs before claiming any."""
+
+        async def ask(agent: str) -> None:
+            try:
+                reply = await self.agent.ask(agent, wire.OfficeQuery(tuple(digests)))
+            except (RpcError, wire.PeerProtocolError):
+                return
+            if not isinstance(reply, wire.OfficeState):
+                return
+            now = trio.current_time()
+            for d, i, start, stop, ttl in reply.claims:
+                if u := self._unit(d, i, start, stop):
+                    self.coord.peer_claim(agent, u, now + ttl / 1000)
+            for d, i, start, stop, _ in reply.done:
+                if u := self._unit(d, i, start, stop):
+                    self.coord.peer_done(agent, u)
+            for d in reply.complete:
+                for u in units_of(d, self._sizes.get(d, 0), self.segment):
+                    self.coord.peer_done(agent, u)
+
+        with trio.move_on_after(SYNC_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for peer in self.agent.peers.alive():
+                    nursery.start_soon(ask, peer.agent)
+
+    # -- units ---------------------------------------------------------------------------------
+
+    async def publish(self, u: Unit, resumed: bool) -> None:
+        """A unit is on our disk (from a mirror, or an earlier run): seed it, announce it."""
+        want = self._wants.get(u.blob)
+        size = self._sizes.get(u.blob)
+        store = self.agent.store
+        if size is None:
+            return
+        path = store.blob_path(u.blob) if store.has_blob(u.blob, size) else None
+        path = path or store.partial_path(u.blob)
+        try:
+            await self._add_held(u, size, path)
+        except OSError as e:
+            log.warning("cannot seed unit %s/%d: %s", u.blob, u.index, e)
+            if want is not None:
+                self.coord.failed(u)
+            return
+        if resumed:
+            self.broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
+        else:
+            self.coord.fetched(u)
+        self.wake()
+
+    async def from_peers(self, u: Unit, first: str) -> None:
+        """Fetch a unit that peers announced, into the blob's partial file."""
+        want = self._wants.get(u.blob)
+        swarm = self.agent.swarm
+        if want is None or swarm is None:
+            self.coord.failed(u)
+            return
+        size = want.job.size
+        piece = unit_piece_size(size, self.segment)
+        span = unit_pieces(u.start, u.stop, piece)
+        info = b""
+        for agent in [first, *sorted(self.coord.holders(u) - {first})]:
+            with (
+                trio.move_on_after(SEND_TIMEOUT),
+                contextlib.suppress(RpcError, wire.PeerProtocolError),
+            ):
+                reply = await self.agent.ask(agent, wire.UnitQuery(u.blob, u.index))
+                if isinstance(reply, wire.UnitInfo) and unit_shape(
+                    reply.info, u.blob, size, u.index, u.start, u.stop, piece
+                ):
+                    info = reply.info
+                    break
+            self.coord.distrust(u, agent)  # no answer, or not that unit's torrent
+        if not info:
+            self.coord.failed(u)
+            self.wake()
+            return
+        path = self.agent.store.partial_path(u.blob)
+        t = swarm.add_unit(u.blob, size, u.index, span, info, path, have=False)
+
+        def endpoints() -> list[tuple[str, int]]:
+            out = []
+            for agent in sorted(self.coord.holders(u)):
+                peer = self.agent.peers.get(agent)
+                if peer is not None and peer.alive and peer.torrent_port and peer.addrs:
+                    out.append((peer.addrs[0].host, peer.torrent_port))
+            return out
+
+        def advance(n: int) -> None:
+            want.progress.advance(u.blob, n, "LAN", lan=True)
+            self.agent.from_peers += n
+
+        got = await swarm.fetch_unit(
+            t, endpoints, stall_timeout=self.agent.opts.stall_timeout, on_progress=advance
+        )
+        if got.ok and u.blob in self._wants:
+            want.gate.mark_done(u.blob, u.start, u.stop)
+            self.coord.fetched(u)
+        else:
+            log.info("unit %s/%d from peers failed: %s", u.blob, u.index, got.why)
+            swarm.drop_unit(u.blob, u.index)
+            self.coord.failed(u, first)
+        self.wake()
+
+
+def segment_from_env(value: str | None) -> int:
+    """``P2PMODEL_SEGMENT_MIB`` (a power of two; tests and demos use small models)."""
+    if not value:
+        return SEGMENT
+    mib = int(value) if value.isdigit() else 0
+    if mib < 1 or mib & (mib - 1):
+        raise UserError(f"P2PMODEL_SEGMENT_MIB must be a power of two (MiB), not {value!r}")
+    return mib * 1024 * 1024

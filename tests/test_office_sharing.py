@@ -1,0 +1,97 @@
+"""One internet download per office: agents that start the same get together split the mirror
+work by leases on units and take the rest from each other (real agents in the virtual office)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pmodel.testing.models import Repo, make_model
+from p2pmodel.testing.office import Office, netns_available
+
+from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
+
+_UNAVAILABLE = netns_available()
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or ""),
+]
+SEGMENT_MIB = 4
+
+
+def office_site(office: Office, repo: Repo, tmp: Path) -> Site:
+    site = Site(office, repo, tmp)
+    site.extra_env = {"P2PMODEL_SEGMENT_MIB": str(SEGMENT_MIB)}
+    site.serve_all(office.workstations)
+    ids = {site.status(ws)["agent"] for ws in office.workstations}
+    for ws in office.workstations:
+        wait_for(
+            lambda ws=ws: peers_alive(site, ws) == ids - {site.status(ws)["agent"]}, 15, "mesh"
+        )
+    return site
+
+
+def start_gets(site: Site, tmp: Path) -> dict[str, subprocess.Popen[bytes]]:
+    procs = {}
+    for ws in site.office.workstations:
+        out = tmp / f"out-{ws.name}"
+        procs[ws.name] = site.office.popen(
+            ws, site.get_cmd(out), env=site.env(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    return procs
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, dict, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, json.loads(out) if proc.returncode == 0 else {}, err.decode()
+
+
+def test_workstations_starting_together_pull_the_model_from_the_mirror_once(tmp_path: Path):
+    """Four workstations start the same get at once: the mirror serves the model about once
+    (a single 24 MiB file cut into six 4 MiB units, plus a sharded model's small files), and
+    every workstation ends with exact bytes, most of them from the LAN."""
+    repo = make_model(tmp_path / "up", "acme/big", shards=2, shard_size=12 * MiB)
+    with Office(4, mirror_rate=6 * MiB) as office:
+        site = office_site(office, repo, tmp_path)
+        before = site.served()
+        t0 = time.monotonic()
+        procs = start_gets(site, tmp_path)
+        results = {name: finish(p) for name, p in procs.items()}
+        elapsed = time.monotonic() - t0
+        served = site.served() - before
+        for name, (rc, _, err) in results.items():
+            assert rc == 0, f"{name}: {err}\n{site.log(office.host(name))}"
+            assert_exact(site, tmp_path / f"out-{name}")
+        total = site.total
+        lan = sum(out["from_peers"] for _, out, _ in results.values())
+        print(
+            f"4 workstations, {total / MiB:.0f} MiB at 6 MiB/s: mirror served "
+            f"{served / total:.3f}x the model in {elapsed:.1f} s; LAN {lan / MiB:.0f} MiB"
+        )
+        assert served <= 1.05 * total + 64 * 1024
+        assert lan >= 2.5 * total
+
+
+def test_killing_an_agent_mid_run_lets_the_others_finish(tmp_path: Path):
+    """An agent dies (kill -9) while it holds leases: its units are taken over and the other
+    workstations complete with exact bytes."""
+    repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=32 * MiB)
+    with Office(3, mirror_rate=4 * MiB) as office:
+        site = office_site(office, repo, tmp_path)
+        before = site.served()
+        procs = start_gets(site, tmp_path)
+        victim = office.workstations[1]
+        wait_for(lambda: site.served() - before > 6 * MiB, 30, "the first units")
+        site.kill(victim)
+        procs[victim.name].kill()
+        for ws in (office.workstations[0], office.workstations[2]):
+            rc, _, err = finish(procs[ws.name])
+            assert rc == 0, f"{ws.name}: {err}\n{site.log(ws)}"
+            assert_exact(site, tmp_path / f"out-{ws.name}")
+        served = site.served() - before
+        print(f"one of 3 agents killed: mirror served {served / site.total:.3f}x the model")
+        assert served <= 1.6 * site.total

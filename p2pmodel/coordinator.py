@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-SEGMENT = 64 * 1024 * 1024
+SEGMENT = 16 * 1024 * 1024
 LEASE = 10.0  # seconds a claim holds without renewal
 RENEW_AT = 0.5  # renew when this fraction of the lease has passed
 
@@ -109,7 +109,7 @@ class _Lease:
 @dataclass
 class Coordinator:
     agent: str
-    max_active: int = 2  # units fetched from mirrors at once by this agent
+    max_active: int = 1  # units fetched from mirrors at once by this agent (with peers)
     lease: float = LEASE
     segment: int = SEGMENT
     _units: list[Unit] = field(default_factory=list)
@@ -119,6 +119,7 @@ class Coordinator:
     _fetching_from_peer: set[tuple[str, int]] = field(default_factory=set)
     _have: set[tuple[str, int]] = field(default_factory=set)
     _peers: set[str] = field(default_factory=set)
+    _solo: bool = False  # no peer since the last want(): claim everything
     _out: list[Action] = field(default_factory=list)
 
     # -- events --------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class Coordinator:
             for u in units_of(blob, size, self.segment):
                 if u.key not in known:
                     self._units.append(u)
+        self._solo = not self._peers
         salt = hashlib.sha256(self.agent.encode()).digest()
         # Each agent its own order: sort by a per-agent hash of the unit.
         self._units.sort(key=lambda u: hashlib.sha256(salt + repr(u.key).encode()).digest())
@@ -138,6 +140,8 @@ class Coordinator:
         """The live peers: each unit has an owner among us (rendezvous hashing), who fetches
         it first; others take it only once their own units are all claimed."""
         self._peers = set(agents) - {self.agent}
+        if self._peers:
+            self._solo = False  # a peer appeared: from now on, a few units at a time
 
     def _owner(self, unit: Unit) -> str:
         return max(
@@ -269,8 +273,13 @@ class Coordinator:
             and not self._holders.get(u.key)
         ]
         own = [u for u in free if self._owner(u) == self.agent]
+        # Alone, claim it all (the downloader runs every connection over the whole blob, and
+        # whoever joins takes the units from us as they land); with peers, a few at a time so
+        # units finish one after another and spread over the LAN while the mirror works on.
+        # A peer lost for a moment does not make us claim everything.
+        limit = len(self._units) if self._solo else self.max_active
         for u in own + [u for u in free if u not in own]:
-            if len(self._mine) >= self.max_active:
+            if len(self._mine) >= limit:
                 break
             self._mine[u.key] = now + self.lease
             out += [Claim(u, now + self.lease), FetchFromMirror(u)]

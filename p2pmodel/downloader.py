@@ -63,10 +63,16 @@ class Gate:
     allowed. Every call wakes the workers and marks resume state to be saved; ``bound`` is
     set once the download has loaded its resume state (``covered`` answers from then on)."""
 
-    def __init__(self, keys: set[str], on_stored: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        keys: set[str],
+        on_stored: Callable[[str, int], None] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.keys = keys
         self.bound = trio.Event()
         self.on_stored = on_stored
+        self.on_change = on_change  # a worker finished a range (a unit may be complete)
         self._run: _Run | None = None
 
     def _bind(self, run: _Run) -> None:
@@ -315,6 +321,8 @@ class _Run:
                             detail=failure.detail,
                         )
                     self.changed.fire()
+                    if self.gate is not None and self.gate.on_change is not None:
+                        self.gate.on_change()
 
     async def fetch(self, w: int, a: Assignment) -> None:
         fd = self.fds[a.blob]

@@ -252,7 +252,7 @@ class Sharing:
     @contextlib.asynccontextmanager
     async def share(self, jobs: list[BlobJob], progress: Progress) -> AsyncIterator[Gate]:
         shared = [j for j in jobs if j.digest is not None and j.size > 0]
-        gate = Gate({j.key for j in shared}, on_stored=self.agent.stored)
+        gate = Gate({j.key for j in shared}, on_stored=self.agent.stored, on_change=self.wake)
         blobs = {j.key for j in shared}
         try:
             async with trio.open_nursery() as nursery:

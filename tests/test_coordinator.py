@@ -283,7 +283,8 @@ def test_with_crashes_and_late_joins_everyone_left_completes(seed):
 
 
 def test_drop_releases_our_leases_and_forgets_the_units():
-    c = Coordinator("a", max_active=2)
+    c = Coordinator("a", max_active=2, segment=SEG)
+    c.set_peers({"b"})
     c.want({"x": 3 * SEG, "y": SEG})
     acts = c.poll(0.0)
     claimed = {a.unit for a in acts if isinstance(a, Claim)}
@@ -314,3 +315,13 @@ def test_claims_lists_our_live_leases():
     c.poll(0.0)
     ((unit, expires),) = c.claims(0.0)
     assert unit.blob == "x" and expires == LEASE
+
+
+def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
+    c = Coordinator("a", max_active=1, segment=SEG)
+    c.want({"x": 4 * SEG})
+    assert sum(isinstance(a, FetchFromMirror) for a in c.poll(0.0)) == 4
+    d = Coordinator("a", max_active=1, segment=SEG)
+    d.set_peers({"b"})
+    d.want({"x": 4 * SEG})
+    assert sum(isinstance(a, FetchFromMirror) for a in d.poll(0.0)) == 1

@@ -247,6 +247,7 @@ def _apply_progress(progress: Any, msg: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
     import signal
 
     import trio
@@ -255,6 +256,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
     from .control import ControlServer, NoAgent, request
 
+    level = os.environ.get("P2PMODEL_LOG", "warning").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     home = _home()
     config = load_config(home)
     try:

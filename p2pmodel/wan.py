@@ -49,7 +49,7 @@ from .coordinator import (
     Unit,
     units_of,
 )
-from .digests import piece_hashes
+from .digests import hex_part, piece_hashes
 from .downloader import BlobJob, Gate
 from .errors import UserError
 from .progress import Progress
@@ -136,9 +136,13 @@ class Sharing:
             if want is None or not want.gate.gated(u.blob):
                 self.coord.failed(u)
                 return
+            log.info("unit %s/%d: fetching from mirrors", hex_part(u.blob)[:12], u.index)
             self._mirror_units[u.key] = u
             want.gate.allow(u.blob, u.start, u.stop)
         elif isinstance(action, Abort):
+            log.info(
+                "unit %s/%d: mirror fetch aborted (a peer has it)", hex_part(u.blob)[:12], u.index
+            )
             self._mirror_units.pop(u.key, None)
             want = self._wants.get(u.blob)
             if want is not None:
@@ -328,6 +332,12 @@ class Sharing:
             if want is not None:
                 self.coord.failed(u)
             return
+        log.info(
+            "unit %s/%d: seeding (%s)",
+            hex_part(u.blob)[:12],
+            u.index,
+            "resumed" if resumed else "mirror",
+        )
         if resumed:
             self.broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
         else:
@@ -342,6 +352,9 @@ class Sharing:
             self.coord.failed(u)
             return
         size = want.job.size
+        log.info(
+            "unit %s/%d: fetching from peers (%s first)", hex_part(u.blob)[:12], u.index, first
+        )
         piece = unit_piece_size(size, self.segment)
         span = unit_pieces(u.start, u.stop, piece)
         info = b""
@@ -380,6 +393,9 @@ class Sharing:
             t, endpoints, stall_timeout=self.agent.opts.stall_timeout, on_progress=advance
         )
         if got.ok and u.blob in self._wants:
+            log.info(
+                "unit %s/%d: from peers (%d bytes)", hex_part(u.blob)[:12], u.index, got.downloaded
+            )
             want.gate.mark_done(u.blob, u.start, u.stop)
             self.coord.fetched(u)
         else:

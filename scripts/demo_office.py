@@ -159,6 +159,7 @@ def run_office(place: Place, repo: Repo, work: Path, segment_mib: int) -> list[d
             "P2PMODEL_HOME": str(homes[ws]),
             "P2PMODEL_LAN": "on",
             "P2PMODEL_SEGMENT_MIB": str(segment_mib),
+            "P2PMODEL_LOG": "info",
         }
 
     for ws in place.names:

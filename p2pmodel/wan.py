@@ -264,15 +264,19 @@ class Sharing:
                 yield gate
                 nursery.cancel_scope.cancel()
         finally:
-            for b in blobs:
-                self._wants.pop(b, None)
-            for key in [k for k in self._mirror_units if k[0] in blobs]:
+            ours = {b for b in blobs if b in self._wants and self._wants[b].gate is gate}
+            for b in ours:
+                del self._wants[b]
+            for key in [k for k in self._mirror_units if k[0] in ours]:
                 del self._mirror_units[key]
-            self.coord.drop(blobs)
+            self.coord.drop(ours)
             self.wake()
 
     async def _join(self, gate: Gate, jobs: list[BlobJob], progress: Progress) -> None:
         await gate.bound.wait()
+        # A blob another get of this agent is fetching right now is not in this download
+        # (it waits for that one): only the gated ones are ours to share.
+        jobs = [j for j in jobs if gate.gated(j.key) and j.key not in self._wants]
         for j in jobs:
             self._sizes[j.key] = j.size
         await self.sync([j.key for j in jobs])

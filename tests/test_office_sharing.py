@@ -95,3 +95,36 @@ def test_killing_an_agent_mid_run_lets_the_others_finish(tmp_path: Path):
         served = site.served() - before
         print(f"one of 3 agents killed: mirror served {served / site.total:.3f}x the model")
         assert served <= 1.6 * site.total
+
+
+def test_a_late_starter_takes_what_is_fetched_or_in_flight_from_the_peer(tmp_path: Path):
+    """ws1 starts alone and leases every unit; ws2 and ws3 start when it is about a third
+    through: they take the units ws1 fetched or is fetching from the LAN and the mirror still
+    serves the model about once."""
+    repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=24 * MiB)
+    with Office(3, mirror_rate=6 * MiB) as office:
+        site = office_site(office, repo, tmp_path)
+        before = site.served()
+        first, *late = office.workstations
+        out = tmp_path / f"out-{first.name}"
+        procs = {
+            first.name: office.popen(
+                first, site.get_cmd(out), env=site.env(first), stdout=subprocess.PIPE
+            )
+        }
+        wait_for(lambda: site.served() - before > 8 * MiB, 30, "a third of the model")
+        for ws in late:
+            procs[ws.name] = office.popen(
+                ws,
+                site.get_cmd(tmp_path / f"out-{ws.name}"),
+                env=site.env(ws),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        for ws in office.workstations:
+            procs[ws.name].wait(timeout=120)
+            assert procs[ws.name].returncode == 0, site.log(ws)
+            assert_exact(site, tmp_path / f"out-{ws.name}")
+        served = site.served() - before
+        print(f"late starters: mirror served {served / site.total:.3f}x the model")
+        assert served <= 1.05 * site.total + 64 * 1024

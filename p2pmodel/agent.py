@@ -207,7 +207,7 @@ class Agent:
                     nursery.start_soon(self.ping, peer.agent)
                 self.peers.expire(now)
                 if self.swarm is not None:
-                    self.swarm.prune_units(now)
+                    self.swarm.prune_units(now, self.sharing.wanted() if self.sharing else set())
                 if now - last_trim >= TRIM_EVERY:
                     last_trim = now
                     trim_memory()
@@ -439,4 +439,6 @@ class Agent:
             "from_mirrors": self.from_mirrors,
             "from_peers": self.from_peers,
             "internet_bytes_saved": self.from_peers,
+            "units": swarm.get("units", 0),
+            "sharing": self.sharing.status(now) if self.sharing is not None else None,
         }

@@ -429,17 +429,18 @@ class Swarm:
             if d == digest:
                 self._forget_unit(t)
 
-    def prune_units(self, now: float, idle: float = 60.0) -> None:
-        """Unit torrents of stored blobs that nobody fetched from for ``idle`` seconds end
-        (whole-blob torrents serve those blobs from then on)."""
+    def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> None:
+        """Unit torrents with no peer for ``idle`` seconds end, but for blobs in ``keep``
+        (a get still wants them: peers may come for their units). A stored blob is then
+        served by its whole-blob torrent; a partial one waits for the next get."""
         for t in list(self._units.values()):
             try:
                 busy = t.handle.status().num_peers > 0
             except RuntimeError:
                 busy = False
-            if busy or not t.idle_since:
+            if busy or not t.idle_since or t.digest in keep:
                 t.idle_since = now
-            elif now - t.idle_since >= idle and self.store.has_blob(t.digest, t.size):
+            elif now - t.idle_since >= idle:
                 self._forget_unit(t)
 
     def _forget_unit(self, t: _Torrent) -> None:
@@ -452,7 +453,9 @@ class Swarm:
 
     def statistics(self) -> dict[str, Any]:
         seeding = [t for t in self._by_digest.values() if t.seeding]
-        uploaded = sum(t.handle.status().total_payload_upload for t in seeding)
+        uploaded = sum(
+            t.handle.status().total_payload_upload for t in [*seeding, *self._units.values()]
+        )
         return {
             "port": self.port,
             "seeding": len(seeding),

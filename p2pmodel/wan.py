@@ -91,6 +91,20 @@ class Sharing:
     def wake(self) -> None:
         self._wake.set()
 
+    def wanted(self) -> set[str]:
+        """Blobs a running get shares out now."""
+        return set(self._wants)
+
+    def status(self, now: float) -> dict[str, object]:
+        return {
+            "leases": [
+                {"blob": u.blob, "index": u.index, "start": u.start, "stop": u.stop}
+                for u, _ in self.coord.claims(now)
+            ],
+            "sharing_blobs": len(self._wants),
+            "messages_sent": self.messages_sent,
+        }
+
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

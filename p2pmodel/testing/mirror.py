@@ -107,20 +107,26 @@ def _check_fault(key: str, value: Any) -> Any:
 
 @dataclass
 class Stats:
-    """What the mirror sent: body bytes (both ports), requests and connections."""
+    """What the mirror sent: body bytes (both ports), requests and connections.
+
+    `by_client` splits the body bytes by the client's IP address (who got how much)."""
 
     bytes_served: int = 0
     requests: int = 0
     connections: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
+    by_client: dict[str, int] = field(default_factory=dict)
 
-    def count(self, path: str, nbytes: int) -> None:
+    def count(self, path: str, nbytes: int, client: str | None = None) -> None:
         self.bytes_served += nbytes
         self.by_path[path] = self.by_path.get(path, 0) + nbytes
+        if client is not None and nbytes:
+            self.by_client[client] = self.by_client.get(client, 0) + nbytes
 
     def reset(self) -> None:
         self.bytes_served = self.requests = self.connections = 0
         self.by_path.clear()
+        self.by_client.clear()
 
 
 @dataclass
@@ -456,15 +462,21 @@ class Mirror:
         self.stats.connections += 1
         conn = h11.Connection(h11.SERVER)
         pacer = Pacer()
+        client = _peer_host(stream)
         async with stream:
             try:
-                while await self._serve_request(port, stream, conn, pacer):
+                while await self._serve_request(port, stream, conn, pacer, client):
                     conn.start_next_cycle()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client hung up mid-exchange: its choice, nothing left to answer
 
     async def _serve_request(
-        self, port: Port, stream: trio.SocketStream, conn: h11.Connection, pacer: Pacer
+        self,
+        port: Port,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        pacer: Pacer,
+        client: str | None = None,
     ) -> bool:
         """Answer one request; True when the connection can carry another."""
         try:
@@ -474,7 +486,9 @@ class Mirror:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 reply = _json_reply(exc.error_status_hint, {"error": str(exc)})
                 reply.headers.append(("Connection", "close"))
-                await self._send_reply(stream, conn, reply, path="", head=False, pacer=pacer)
+                await self._send_reply(
+                    stream, conn, reply, path="", head=False, pacer=pacer, client=client
+                )
             return False
         if received is None:
             return False
@@ -491,7 +505,7 @@ class Mirror:
             await trio.sleep(reply.delay)
         path = target.partition("?")[0]
         finished = await self._send_reply(
-            stream, conn, reply, path=path, head=method == "HEAD", pacer=pacer
+            stream, conn, reply, path=path, head=method == "HEAD", pacer=pacer, client=client
         )
         return finished and conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
@@ -504,23 +518,30 @@ class Mirror:
         path: str,
         head: bool,
         pacer: Pacer,
+        client: str | None = None,
     ) -> bool:
         """Write `reply`; False when a truncate fault cut the body short."""
         length = reply.length if reply.file is not None else len(reply.body)
         headers = [*reply.headers, ("Content-Length", str(length))]
         await _send(stream, conn, h11.Response(status_code=reply.status, headers=headers))
         if not head and reply.file is not None:
-            if not await self._send_file(stream, conn, reply, path, pacer):
+            if not await self._send_file(stream, conn, reply, path, pacer, client):
                 return False
         elif not head and reply.body:
             await _send(stream, conn, h11.Data(data=reply.body))
             if reply.counted:
-                self.stats.count(path, len(reply.body))
+                self.stats.count(path, len(reply.body), client)
         await _send(stream, conn, h11.EndOfMessage())
         return True
 
     async def _send_file(
-        self, stream: trio.SocketStream, conn: h11.Connection, reply: Reply, path: str, pacer: Pacer
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        reply: Reply,
+        path: str,
+        pacer: Pacer,
+        client: str | None = None,
     ) -> bool:
         assert reply.file is not None
         size = reply.file.size
@@ -540,9 +561,18 @@ class Mirror:
                 # Counted once the kernel took it: what left this process. A block cut mid-send
                 # is not counted (at most one block per broken connection).
                 await _send(stream, conn, h11.Data(data=chunk))
-                self.stats.count(path, len(chunk))
+                self.stats.count(path, len(chunk), client)
                 offset += len(chunk)
         return reply.cut_at is None
+
+
+def _peer_host(stream: trio.SocketStream) -> str | None:
+    """The client's IP address (the key of `Stats.by_client`), or None if the socket has none."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) else None
 
 
 def _block_size(faults: Faults) -> int:

@@ -227,6 +227,10 @@ class Coordinator:
 
     # -- questions -----------------------------------------------------------------------------
 
+    def holds(self, unit: Unit) -> bool:
+        """Do we lease this unit now?"""
+        return unit.key in self._mine
+
     def holders(self, unit: Unit) -> set[str]:
         return set(self._holders.get(unit.key, ()))
 

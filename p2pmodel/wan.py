@@ -65,6 +65,22 @@ TICK = 0.25
 SEND_TIMEOUT = 3.0
 SYNC_TIMEOUT = 2.0
 OUTBOX = 4096
+CLAIM_WAIT = 1.0
+
+
+class _Delivery:
+    """A broadcast: set ``event`` when every peer it went to answered or gave up."""
+
+    def __init__(self, peers: int) -> None:
+        self.left = peers
+        self.event = trio.Event()
+        if peers == 0:
+            self.event.set()
+
+    def one_done(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.event.set()
 
 
 @dataclass
@@ -84,7 +100,8 @@ class Sharing:
         self._sizes: dict[str, int] = {}
         self._mirror_units: dict[tuple[str, int], Unit] = {}
         self._alive: set[str] = set()
-        self._outboxes: dict[str, trio.MemorySendChannel[wire.Message]] = {}
+        self._outboxes: dict[str, trio.MemorySendChannel[tuple[wire.Message, _Delivery]]] = {}
+        self._claims_out: dict[tuple[str, int], _Delivery] = {}
         self._nursery: trio.Nursery | None = None
         self.messages_sent = 0
 
@@ -140,7 +157,9 @@ class Sharing:
         u = action.unit
         if isinstance(action, Claim | Renew):
             ttl = max(0, int((action.expires - now) * 1000))
-            self.broadcast(wire.Claim(u.blob, u.index, u.start, u.stop, ttl))
+            sent = self.broadcast(wire.Claim(u.blob, u.index, u.start, u.stop, ttl))
+            if isinstance(action, Claim):
+                self._claims_out[u.key] = sent
         elif isinstance(action, Release):
             self.broadcast(wire.Release(u.blob, u.index))
         elif isinstance(action, Done):
@@ -150,9 +169,7 @@ class Sharing:
             if want is None or not want.gate.gated(u.blob):
                 self.coord.failed(u)
                 return
-            log.info("unit %s/%d: fetching from mirrors", hex_part(u.blob)[:12], u.index)
-            self._mirror_units[u.key] = u
-            want.gate.allow(u.blob, u.start, u.stop)
+            self._spawn(self._open_to_mirrors, u, self._claims_out.pop(u.key, None))
         elif isinstance(action, Abort):
             log.info(
                 "unit %s/%d: mirror fetch aborted (a peer has it)", hex_part(u.blob)[:12], u.index
@@ -164,31 +181,57 @@ class Sharing:
         elif isinstance(action, FetchFromPeer):
             self._spawn(self.from_peers, u, action.agent)
 
+    async def _open_to_mirrors(self, u: Unit, claim: _Delivery | None) -> None:
+        """Open the unit to the mirror workers once every peer has our claim (or a moment
+        passed): a peer that claimed it at the same moment has heard of us by then, and the
+        loser drops its claim before either fetched a byte."""
+        if claim is not None:
+            with trio.move_on_after(CLAIM_WAIT):
+                await claim.event.wait()
+        want = self._wants.get(u.blob)
+        if want is None or not self.coord.holds(u):
+            return  # aborted meanwhile (a rival's claim won, or a peer has it)
+        log.info("unit %s/%d: fetching from mirrors", hex_part(u.blob)[:12], u.index)
+        self._mirror_units[u.key] = u
+        want.gate.allow(u.blob, u.start, u.stop)
+        self.wake()
+
     def _spawn(self, fn: object, *args: object) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
 
     # -- telling peers -------------------------------------------------------------------------
 
-    def broadcast(self, msg: wire.Message) -> None:
+    def broadcast(self, msg: wire.Message) -> _Delivery:
+        """Send ``msg`` to every live peer, in order per peer; the result says when all of
+        them answered (or gave up)."""
+        sent = _Delivery(len(self._alive))
         for agent in sorted(self._alive):
             box = self._outboxes.get(agent)
             if box is None:
-                box, inbox = trio.open_memory_channel[wire.Message](OUTBOX)
+                box, inbox = trio.open_memory_channel[tuple[wire.Message, _Delivery]](OUTBOX)
                 self._outboxes[agent] = box
                 self._spawn(self._deliver, agent, inbox)
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                box.send_nowait(msg)
+            try:
+                box.send_nowait((msg, sent))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                sent.one_done()
+        return sent
 
-    async def _deliver(self, agent: str, inbox: trio.MemoryReceiveChannel[wire.Message]) -> None:
+    async def _deliver(
+        self, agent: str, inbox: trio.MemoryReceiveChannel[tuple[wire.Message, _Delivery]]
+    ) -> None:
         async with inbox:
-            async for msg in inbox:
-                with (
-                    trio.move_on_after(SEND_TIMEOUT),
-                    contextlib.suppress(RpcError, wire.PeerProtocolError),
-                ):
-                    await self.agent.ask(agent, msg)
-                    self.messages_sent += 1
+            async for msg, sent in inbox:
+                try:
+                    with (
+                        trio.move_on_after(SEND_TIMEOUT),
+                        contextlib.suppress(RpcError, wire.PeerProtocolError),
+                    ):
+                        await self.agent.ask(agent, msg)
+                        self.messages_sent += 1
+                finally:
+                    sent.one_done()
 
     # -- what peers tell us --------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 SEGMENT = 16 * 1024 * 1024
-LEASE = 10.0  # seconds a claim holds without renewal
+LEASE = 30.0  # seconds a claim holds without renewal (a dead peer's end sooner: peer_gone)
 RENEW_AT = 0.5  # renew when this fraction of the lease has passed
 
 
@@ -117,6 +117,7 @@ class Coordinator:
     _holders: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     _mine: dict[tuple[str, int], float] = field(default_factory=dict)  # unit -> my lease expiry
     _fetching_from_peer: set[tuple[str, int]] = field(default_factory=set)
+    _landed: set[tuple[str, int]] = field(default_factory=set)  # mine, bytes all here
     _have: set[tuple[str, int]] = field(default_factory=set)
     _peers: set[str] = field(default_factory=set)
     _solo: bool = False  # no peer since the last want(): claim everything
@@ -192,10 +193,17 @@ class Coordinator:
             holders.discard(agent)
         self._fetching_from_peer = {k for k in self._fetching_from_peer if self._holders.get(k)}
 
+    def landed(self, unit: Unit) -> None:
+        """Our mirror fetch of the unit has every byte (it is being hashed and seeded): the
+        lease stays until ``fetched``, but the next unit may start now."""
+        if unit.key in self._mine:
+            self._landed.add(unit.key)
+
     def fetched(self, unit: Unit) -> None:
         """We have the unit (verified): tell the peers, so they take it from us."""
         key = unit.key
         self._mine.pop(key, None)
+        self._landed.discard(key)
         self._fetching_from_peer.discard(key)
         if key not in self._have:
             self._have.add(key)
@@ -282,8 +290,9 @@ class Coordinator:
         # units finish one after another and spread over the LAN while the mirror works on.
         # A peer lost for a moment does not make us claim everything.
         limit = len(self._units) if self._solo else self.max_active
+        self._landed &= self._mine.keys()
         for u in own + [u for u in free if u not in own]:
-            if len(self._mine) >= limit:
+            if len(self._mine) - len(self._landed) >= limit:
                 break
             self._mine[u.key] = now + self.lease
             out += [Claim(u, now + self.lease), FetchFromMirror(u)]

@@ -63,28 +63,58 @@ def digest_file(path: Path, algo: str, size: int | None = None) -> str:
     return f"{algo}:{h.hexdigest()}"
 
 
+class BlobHasher:
+    """A blob's upstream digest and its v1 torrent piece hashes, fed in order, in blocks of
+    any size (so a download can hash what is on disk while the rest still arrives)."""
+
+    def __init__(self, algo: str, size: int, piece: int) -> None:
+        self.algo, self.size, self.piece = algo, size, piece
+        self.pos = 0
+        self._h = new_hasher(algo, size)
+        self._pieces = bytearray()
+        self._ph = hashlib.sha1(usedforsecurity=False)
+        self._in_piece = 0
+
+    def update(self, block: memoryview | bytes) -> None:
+        self._h.update(block)
+        pos, n = 0, len(block)
+        while pos < n:
+            take = min(n - pos, self.piece - self._in_piece)
+            self._ph.update(block[pos : pos + take])
+            self._in_piece += take
+            pos += take
+            if self._in_piece == self.piece:
+                self._pieces += self._ph.digest()
+                self._ph = hashlib.sha1(usedforsecurity=False)
+                self._in_piece = 0
+        self.pos += n
+
+    def update_from(self, path: Path, stop: int) -> None:
+        """Hash ``path[self.pos:stop]`` (blocking)."""
+        with open(path, "rb", buffering=0) as f:
+            buf = bytearray(min(BUFFER, max(stop - self.pos, 1)))
+            view = memoryview(buf)
+            while self.pos < stop:
+                want = min(len(buf), stop - self.pos)
+                n = os.preadv(f.fileno(), [view[:want]], self.pos)
+                if n == 0:
+                    raise OSError(f"{path} ends at byte {self.pos}, before {stop}")
+                self.update(view[:n])
+
+    def result(self) -> tuple[str, bytes]:
+        pieces = bytes(self._pieces)
+        if self._in_piece:
+            pieces += self._ph.digest()
+        return f"{self.algo}:{self._h.hexdigest()}", pieces
+
+
 def hash_blob(path: Path, algo: str, size: int, piece: int) -> tuple[str, bytes]:
     """One read of a blob: its upstream digest and the SHA-1 of each ``piece``-byte piece
     (the v1 torrent piece hashes). Blocking."""
-    h = new_hasher(algo, size)
-    pieces = bytearray()
-    ph = hashlib.sha1(usedforsecurity=False)
-    in_piece = 0
+    h = BlobHasher(algo, size, piece)
     for block in _blocks(path, size):
         h.update(block)
-        pos, n = 0, len(block)
-        while pos < n:
-            take = min(n - pos, piece - in_piece)
-            ph.update(block[pos : pos + take])
-            in_piece += take
-            pos += take
-            if in_piece == piece:
-                pieces += ph.digest()
-                ph = hashlib.sha1(usedforsecurity=False)
-                in_piece = 0
-    if in_piece:
-        pieces += ph.digest()
-    return f"{algo}:{h.hexdigest()}", bytes(pieces)
+    return h.result()
 
 
 def piece_hashes(path: Path, start: int, stop: int, piece: int) -> bytes:

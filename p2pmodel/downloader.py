@@ -12,6 +12,7 @@ thread; any change wakes waiting workers.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -20,17 +21,21 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from .digests import algorithm, hash_blob
+from .digests import BlobHasher, algorithm
 from .errors import IntegrityError, SourceError
 from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
 from .http import FetchFailure, RangeBody, Timeouts, make_client, open_range
 from .mirrors import Failure, MirrorBoard
 from .progress import Progress
 from .rangeset import RangeSet
-from .store import PartialState, Store, disk_errors
+from .store import PartialState, Store, disk_errors, start_writeback
 from .torrents import info_bytes, piece_size
 
+log = logging.getLogger(__name__)
 WRITE_BLOCK = 1024 * 1024
+HASH_AHEAD = 16 * 1024 * 1024  # hash the on-disk prefix of a blob in steps of at least this
+HASH_STEP = 64 * 1024 * 1024  # and at most this per thread call
+WRITEBACK_EVERY = 32 * 1024 * 1024  # start writing a blob's dirty pages to disk this often
 FLUSH_AGE = 0.05
 
 
@@ -99,6 +104,16 @@ class Gate:
     def mark_done(self, key: str, start: int, stop: int) -> None:
         if run := self._touch(key):
             run.plan.mark_done(key, start, stop)
+            run.unwritten[key] = run.unwritten.get(key, 0) + stop - start
+
+    def unmark(self, key: str, start: int, stop: int) -> None:
+        """Peers will write these bytes (over what a mirror may have written before the
+        range went to them): they are not done, and not hashed, until they did."""
+        if run := self._touch(key):
+            run.plan.blobs[key].done.subtract(start, stop)
+            hashed = run.prefix.get(key)
+            if hashed is not None and hashed.pos > start:
+                del run.prefix[key]  # hash it again from the start
 
     def covered(self, key: str, start: int, stop: int) -> bool:
         run = self._run
@@ -191,6 +206,7 @@ async def _download(
         per_blob=max(1, min(opts.connections, max(8, opts.connections // 2))),
         max_active_blobs=opts.max_active_blobs,
         chunk_size=opts.chunk_size,
+        connections=opts.connections,
     )
     fds: dict[str, int] = {}
     jobs_by_key = {j.key: j for j in jobs}
@@ -269,6 +285,9 @@ class _Run:
         self.changed = _Changed()
         self.gate: Gate | None = None
         self.dirty: set[str] = set()
+        self.prefix: dict[str, BlobHasher] = {}  # blob -> hash of its on-disk prefix so far
+        self.hash_locks: dict[str, trio.Lock] = {}
+        self.unwritten: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
 
     async def main(self, render: Callable[[], None] | None) -> None:
@@ -277,6 +296,7 @@ class _Run:
                 for w in range(self.opts.connections):
                     nursery.start_soon(self.worker, w)
                 nursery.start_soon(self.verifier)
+                nursery.start_soon(self.prefix_hasher)
                 nursery.start_soon(self.saver)
                 if render is not None:
                     nursery.start_soon(self.renderer, render)
@@ -366,6 +386,7 @@ class _Run:
             with memoryview(buf) as view, disk_errors(f"writing {self.jobs[a.blob].label}"):
                 await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
             self.dirty.add(a.blob)
+            self.unwritten[a.blob] = self.unwritten.get(a.blob, 0) + n
             self.progress.advance(a.blob, n, a.mirror)
         more = self.plan.progress(w, n)
         buf.clear()
@@ -387,21 +408,36 @@ class _Run:
         job = self.jobs[blob.key]
         self.progress.set_state(blob.key, "verifying")
         path = self.store.partial_path(blob.key)
-        algo = algorithm(job.digest) if job.digest else "sha256"
         fd = self.fds[blob.key]
         got = ""
 
         pieces = b""
-        piece = piece_size(blob.size)
 
         async def hash_it() -> None:
             nonlocal got, pieces
-            got, pieces = await trio.to_thread.run_sync(hash_blob, path, algo, blob.size, piece)
+            async with self.hash_lock(blob.key):
+                h = self.prefix.pop(blob.key, None) or self.new_hasher(blob)
+                await trio.to_thread.run_sync(h.update_from, path, blob.size)
+                got, pieces = h.result()
 
         # Flushing to disk and hashing overlap: both are needed before the commit.
+        t0 = trio.current_time()
+        synced = t0
+
+        async def sync_it() -> None:
+            nonlocal synced
+            await trio.to_thread.run_sync(os.fdatasync, fd)
+            synced = trio.current_time()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hash_it)
-            nursery.start_soon(trio.to_thread.run_sync, os.fdatasync, fd)
+            nursery.start_soon(sync_it)
+        log.info(
+            "%s: verified in %.2f s (fdatasync %.2f s)",
+            job.label,
+            trio.current_time() - t0,
+            synced - t0,
+        )
         if job.digest is None or got == job.digest:
             os.close(self.fds.pop(blob.key))
             await trio.to_thread.run_sync(self.store.commit_blob, blob.key, got, True)
@@ -414,6 +450,7 @@ class _Run:
                 self.gate.on_stored(got, blob.size)  # seed it now: peers may want it
             self.progress.set_state(blob.key, "done", have=blob.size)
             return
+        self.prefix.pop(blob.key, None)
         self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")
         # The bytes on disk are worthless now: forget them so a crash does not resume them.
         await trio.to_thread.run_sync(
@@ -423,12 +460,50 @@ class _Run:
             blob.key, "failed" if blob.state is BlobState.FAILED else "fetching", have=0
         )
 
+    def new_hasher(self, blob: BlobTask) -> BlobHasher:
+        job = self.jobs[blob.key]
+        algo = algorithm(job.digest) if job.digest else "sha256"
+        return BlobHasher(algo, blob.size, piece_size(blob.size))
+
+    def hash_lock(self, key: str) -> trio.Lock:
+        return self.hash_locks.setdefault(key, trio.Lock())
+
+    async def prefix_hasher(self) -> None:
+        """Hash each blob's contiguous prefix on disk as it grows, so that verifying a blob
+        once its last byte arrived reads only what came after the first gap."""
+        while True:
+            work = None
+            for blob in self.plan.blobs.values():
+                if blob.state is not BlobState.FETCHING:
+                    continue
+                h = self.prefix.get(blob.key)
+                pos = h.pos if h is not None else 0
+                frontier = next((b for a, b in blob.done if a <= pos < b), pos)
+                if frontier - pos >= HASH_AHEAD:
+                    work = (blob, min(frontier, pos + HASH_STEP))
+                    break
+            if work is None:
+                await self.changed.wait(None)
+                continue
+            blob, stop = work
+            async with self.hash_lock(blob.key):
+                if blob.state is not BlobState.FETCHING:
+                    continue
+                h = self.prefix.setdefault(blob.key, self.new_hasher(blob))
+                path = self.store.partial_path(blob.key)
+                await trio.to_thread.run_sync(h.update_from, path, stop)
+
     # -- persistence and display ---------------------------------------------------------------
 
     async def saver(self) -> None:
         while True:
             await trio.sleep(self.opts.save_interval)
             await self.save_all()
+            for key, n in list(self.unwritten.items()):
+                fd = self.fds.get(key)
+                if n >= WRITEBACK_EVERY and fd is not None:
+                    self.unwritten[key] = 0
+                    await trio.to_thread.run_sync(start_writeback, fd)
 
     async def save_all(self) -> None:
         dirty, self.dirty = self.dirty, set()

@@ -94,9 +94,11 @@ class FetchPlan:
         max_active_blobs: int = 4,
         chunk_size: int | None = None,
         min_split: int = 1 * MiB,
+        connections: int | None = None,
     ) -> None:
         self.board = board
         self.per_blob = per_blob
+        self.connections = connections or per_blob  # workers in all
         self.max_active_blobs = max_active_blobs
         self.chunk_size = chunk_size
         self.min_split = min_split
@@ -143,6 +145,12 @@ class FetchPlan:
     def _chunk(self, blob: BlobTask) -> int:
         if self.chunk_size:
             return self.chunk_size
+        if blob.allowed is not None:
+            # A shared blob opens a unit at a time: cut it so every connection has a range
+            # from the start. Splitting a range later (endgame) closes the victim's response
+            # early, and what the mirror had in flight on it is wasted on the internet link.
+            wanted = sum(b - a for s, e in blob.allowed for a, b in blob.done.gaps(s, e))
+            return max(MiB, min(32 * MiB, wanted // self.connections))
         return max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
 
     def _reserved(self, blob: BlobTask) -> RangeSet:

@@ -53,7 +53,7 @@ from .digests import hex_part, piece_hashes
 from .downloader import BlobJob, Gate
 from .errors import UserError
 from .progress import Progress
-from .rpc import RpcError
+from .rpc import RpcClient, RpcError, connect
 from .torrents import unit_info, unit_piece_size, unit_pieces, unit_shape
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class Sharing:
                 del self._mirror_units[key]
             elif want.gate.covered(u.blob, u.start, u.stop):
                 del self._mirror_units[key]
+                self.coord.landed(u)  # the next unit may start while this one is hashed
                 self._spawn(self.publish, u, False)
         for action in self.coord.poll(now):
             self.dispatch(action, now)
@@ -221,17 +222,44 @@ class Sharing:
     async def _deliver(
         self, agent: str, inbox: trio.MemoryReceiveChannel[tuple[wire.Message, _Delivery]]
     ) -> None:
-        async with inbox:
+        """One peer's outbox, over one kept connection (opened again when it breaks)."""
+        async with inbox, contextlib.AsyncExitStack() as conn:
+            client: RpcClient | None = None
             async for msg, sent in inbox:
                 try:
-                    with (
-                        trio.move_on_after(SEND_TIMEOUT),
-                        contextlib.suppress(RpcError, wire.PeerProtocolError),
-                    ):
-                        await self.agent.ask(agent, msg)
-                        self.messages_sent += 1
+                    with trio.move_on_after(SEND_TIMEOUT) as scope:
+                        for fresh in (client is None, True):
+                            try:
+                                if client is None:
+                                    client = await self._open(conn, agent)
+                                await client.request(msg)
+                                self.agent.peers.heard(agent, trio.current_time())
+                                self.messages_sent += 1
+                                break
+                            except (RpcError, wire.PeerProtocolError):
+                                client = None
+                                await conn.aclose()
+                                if fresh:
+                                    break
+                    if scope.cancelled_caught:  # a request may be half done: start over
+                        client = None
+                        await conn.aclose()
                 finally:
                     sent.one_done()
+
+    async def _open(self, stack: contextlib.AsyncExitStack, agent: str) -> RpcClient:
+        peer = self.agent.peers.get(agent)
+        if peer is None:
+            raise RpcError(f"unknown peer {agent}")
+        last = RpcError("no address")
+        for addr in list(peer.addrs):
+            try:
+                return await stack.enter_async_context(
+                    connect(addr.host, addr.rpc_port, self.agent.hello())
+                )
+            except RpcError as e:
+                last = e
+        raise last
 
     # -- what peers tell us --------------------------------------------------------------------
 
@@ -436,6 +464,7 @@ class Sharing:
             self.wake()
             return
         path = self.agent.store.partial_path(u.blob)
+        want.gate.unmark(u.blob, u.start, u.stop)  # libtorrent writes all of it
         t = swarm.add_unit(u.blob, size, u.index, span, info, path, have=False)
 
         def endpoints() -> list[tuple[str, int]]:

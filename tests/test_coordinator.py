@@ -73,9 +73,9 @@ def test_simultaneous_claims_resolve_to_the_lower_agent_id():
         c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     assert FetchFromMirror(u) in a.poll(0.0) and FetchFromMirror(u) in b.poll(0.0)
-    a.peer_claim("bb", u, 10.0)
-    b.peer_claim("aa", u, 10.0)
-    assert a.poll(0.1) == [Claim(u, 10.0)]  # repeated for a rival that may have missed it
+    a.peer_claim("bb", u, LEASE)
+    b.peer_claim("aa", u, LEASE)
+    assert a.poll(0.1) == [Claim(u, LEASE)]  # repeated for a rival that may have missed it
     assert b.poll(0.1) == [Abort(u)]
 
 
@@ -325,3 +325,16 @@ def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
     d.set_peers({"b"})
     d.want({"x": 4 * SEG})
     assert sum(isinstance(a, FetchFromMirror) for a in d.poll(0.0)) == 1
+
+
+def test_a_landed_unit_lets_the_next_one_start_but_keeps_its_lease():
+    c = Coordinator("a", max_active=1, segment=SEG)
+    c.set_peers({"b"})
+    c.want({"x": 2 * SEG})
+    (first,) = [a.unit for a in c.poll(0.0) if isinstance(a, FetchFromMirror)]
+    assert not [a for a in c.poll(0.1) if isinstance(a, FetchFromMirror)]
+    c.landed(first)
+    (second,) = [a.unit for a in c.poll(0.2) if isinstance(a, FetchFromMirror)]
+    assert second != first and c.holds(first)
+    c.fetched(first)
+    assert Done(first) in c.poll(0.3) and not c.holds(first)

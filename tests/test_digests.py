@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -131,3 +132,25 @@ def test_algorithm_and_hex_part_split_a_digest(digest: str, algo: str, hexpart: 
     """``algorithm`` and ``hex_part`` split a digest at its first colon."""
     assert algorithm(digest) == algo
     assert hex_part(digest) == hexpart
+
+
+def test_blob_hasher_fed_in_steps_matches_one_read(tmp_path: Path):
+    """The prefix hashing of a download: any cut into steps gives the one-read result."""
+    from p2pmodel.digests import BlobHasher, hash_blob
+
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    want = hash_blob(path, "sha256", len(data), 256 * 1024)
+    for cuts in (
+        [len(data)],
+        [1, 300_000, 2 * 1024 * 1024, len(data)],
+        [len(data) // 2, len(data)],
+    ):
+        h = BlobHasher("sha256", len(data), 256 * 1024)
+        for stop in cuts:
+            h.update_from(path, stop)
+        assert h.pos == len(data) and h.result() == want
+    short = BlobHasher("gitsha1", len(data), 256 * 1024)
+    with pytest.raises(OSError):
+        short.update_from(path, len(data) + 1)

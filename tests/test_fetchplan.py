@@ -380,3 +380,25 @@ def test_a_mismatch_of_a_shared_blob_ungates_it_and_blames_no_mirror():
     assert plan.mismatch("g") == []
     assert plan.blobs["g"].allowed is None
     assert isinstance(plan.assign(0, 0.0), Assignment)
+
+
+def test_an_opened_unit_is_cut_for_every_connection_so_nothing_is_split_later():
+    """Endgame splits close a response early (mirror bytes in flight are wasted): a shared
+    blob's unit is cut in connection-sized chunks up front instead."""
+    plan = FetchPlan(MirrorBoard(), per_blob=8, connections=16)
+    plan.add_blob("g", 64 * MiB, [f"{A}/g"], allowed=RangeSet())
+    plan.allow("g", 16 * MiB, 32 * MiB)
+    steps = [plan.assign(w, 0.0) for w in range(17)]
+    spans = [(s.start, s.stop) for s in steps if isinstance(s, Assignment)]
+    assert len(spans) == 16 and all(b - a == MiB for a, b in spans)
+    assert steps[16] == Wait(None)  # no split of a 1 MiB range
+
+
+def test_unit_chunks_are_cut_from_what_is_left_open_not_from_all_ever_opened():
+    plan = FetchPlan(MirrorBoard(), per_blob=8, connections=16)
+    plan.add_blob("g", 64 * MiB, [f"{A}/g"], allowed=RangeSet())
+    plan.allow("g", 0, 16 * MiB)
+    plan.mark_done("g", 0, 16 * MiB)
+    plan.allow("g", 16 * MiB, 32 * MiB)
+    step = plan.assign(0, 0.0)
+    assert isinstance(step, Assignment) and step.stop - step.start == MiB

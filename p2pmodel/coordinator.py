@@ -284,7 +284,10 @@ class Coordinator:
             and u.key not in self._leases
             and not self._holders.get(u.key)
         ]
-        own = [u for u in free if self._owner(u) == self.agent]
+        # Our own units in file order (blobs land front to back, so the digest check,
+        # which hashes each blob's prefix as it grows, has little left at the end); others'
+        # in this agent's own order, so two idle agents rarely reach for the same one.
+        own = sorted(u for u in free if self._owner(u) == self.agent)
         # Alone, claim it all (the downloader runs every connection over the whole blob, and
         # whoever joins takes the units from us as they land); with peers, a few at a time so
         # units finish one after another and spread over the LAN while the mirror works on.

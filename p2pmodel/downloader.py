@@ -4,10 +4,12 @@ Theory of operation. ``download`` opens every missing blob's partial file, resto
 state into the plan, then runs in one nursery: N workers (each loops ``plan.assign`` -> one
 Range GET streamed into the partial file -> ``plan.release``), a verifier (hashes complete
 blobs in a thread, commits or reports a mismatch), a saver (persists resume state ten times a
-second and once more on the way out, even when cancelled) and the progress renderer. Workers
-write from a thread in blocks of up to 1 MiB, or whatever arrived in the last 50 ms, so a
-crash loses at most a fraction of a second of traffic. The plan is only touched from the trio
-thread; any change wakes waiting workers.
+second and once more on the way out, even when cancelled), a prefix hasher (hashes each
+blob's contiguous on-disk prefix as it grows, so verifying reads only the rest) and the
+progress renderer. Workers write blocks of up to 1 MiB, or whatever arrived in the last
+50 ms (small writes inline, big ones from a thread), so a crash loses at most a fraction of
+a second of traffic. The plan is only touched from the trio thread; any change wakes
+waiting workers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .torrents import info_bytes, piece_size
 
 log = logging.getLogger(__name__)
 WRITE_BLOCK = 1024 * 1024
+INLINE_WRITE = 128 * 1024  # smaller writes go straight from the trio thread
 HASH_AHEAD = 16 * 1024 * 1024  # hash the on-disk prefix of a blob in steps of at least this
 HASH_STEP = 64 * 1024 * 1024  # and at most this per thread call
 WRITEBACK_EVERY = 32 * 1024 * 1024  # start writing a blob's dirty pages to disk this often
@@ -384,7 +387,10 @@ class _Run:
         n = min(len(buf), a.stop - a.pos)
         if n > 0:
             with memoryview(buf) as view, disk_errors(f"writing {self.jobs[a.blob].label}"):
-                await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
+                if n <= INLINE_WRITE:  # into the page cache: cheaper than a thread hop
+                    os.pwrite(fd, view[:n], a.pos)
+                else:
+                    await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
             self.dirty.add(a.blob)
             self.unwritten[a.blob] = self.unwritten.get(a.blob, 0) + n
             self.progress.advance(a.blob, n, a.mirror)

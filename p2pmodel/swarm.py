@@ -63,6 +63,9 @@ def session_settings(listen: Sequence[str], port: int) -> dict[str, Any]:
         "active_seeds": -1,
         "active_limit": -1,
         "close_redundant_connections": False,
+        # Every peer is an office colleague: no tit-for-tat. libtorrent's default of 8
+        # unchoked peers, re-chosen every 15 s, left newly announced units waiting.
+        "unchoke_slots_limit": -1,
     }
 
 

@@ -239,6 +239,9 @@ class Coordinator:
         """Do we lease this unit now?"""
         return unit.key in self._mine
 
+    def holds_key(self, key: tuple[str, int]) -> bool:
+        return key in self._mine
+
     def holders(self, unit: Unit) -> set[str]:
         return set(self._holders.get(unit.key, ()))
 

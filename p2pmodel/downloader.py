@@ -118,6 +118,11 @@ class Gate:
             if hashed is not None and hashed.pos > start:
                 del run.prefix[key]  # hash it again from the start
 
+    def ungate(self, key: str) -> None:
+        """Mirrors may serve all of it (sharing it out failed)."""
+        if run := self._touch(key):
+            run.plan.ungate(key)
+
     def covered(self, key: str, start: int, stop: int) -> bool:
         run = self._run
         return run is not None and key in run.plan.blobs and run.plan.covered(key, start, stop)

@@ -143,6 +143,12 @@ class Sharing:
                 box.close()
         self._alive = alive
         self.coord.set_peers(alive)
+        for blob, sharing in list(self._wants.items()):
+            if not sharing.gate.gated(blob) and sharing.gate.bound.is_set():
+                # It failed its digest: the download now fetches all of it from mirrors.
+                del self._wants[blob]
+                self.coord.drop({blob})
+        self._claims_out = {k: d for k, d in self._claims_out.items() if self.coord.holds_key(k)}
         for key, u in list(self._mirror_units.items()):
             want = self._wants.get(u.blob)
             if want is None:
@@ -281,9 +287,7 @@ class Sharing:
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
                 self.coord.peer_done(agent, u)
         elif isinstance(msg, wire.Release):
-            for u in units_of(msg.digest, self._sizes.get(msg.digest, 0), self.segment):
-                if u.index == msg.index:
-                    self.coord.peer_release(agent, u)
+            self.coord.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
         self.wake()
         return wire.Ack()
 
@@ -343,12 +347,24 @@ class Sharing:
         shared = [j for j in jobs if j.digest is not None and j.size > 0]
         gate = Gate({j.key for j in shared}, on_stored=self.agent.stored, on_change=self.wake)
         blobs = {j.key for j in shared}
+        # _join runs in the sharing loop's nursery, not one of ours: the download's own
+        # errors must leave this block as they are, not wrapped in an exception group.
+        scope = trio.CancelScope()
+
+        async def join() -> None:
+            with scope:
+                try:
+                    await self._join(gate, shared, progress)
+                except Exception:  # a bug of ours: the get goes on, mirrors only
+                    log.exception("sharing out %d blobs failed", len(shared))
+                    for key in blobs:
+                        gate.ungate(key)
+
+        self._spawn(join)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._join, gate, shared, progress)
-                yield gate
-                nursery.cancel_scope.cancel()
+            yield gate
         finally:
+            scope.cancel()
             ours = {b for b in blobs if b in self._wants and self._wants[b].gate is gate}
             for b in ours:
                 del self._wants[b]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +129,28 @@ def test_a_late_starter_takes_what_is_fetched_or_in_flight_from_the_peer(tmp_pat
         served = site.served() - before
         print(f"late starters: mirror served {served / site.total:.3f}x the model")
         assert served <= 1.05 * site.total + 64 * 1024
+
+
+FAULTS = (
+    "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+    "sys.argv[1], data=sys.argv[2].encode(), method='POST'), timeout=5).read()"
+)
+
+
+def test_a_shared_blob_that_fails_its_digest_ends_in_a_clear_error_not_a_hang(tmp_path: Path):
+    """The only mirror flips bytes: the shared copy fails its digest, each agent then tries
+    the mirror for the whole blob, fails again and says so (exit 4) in bounded time."""
+    repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=8 * MiB)
+    with Office(2, mirror_rate=16 * MiB) as office:
+        site = office_site(office, repo, tmp_path)
+        ws1 = office.workstations[0]
+        ws1.run(
+            sys.executable, "-c", FAULTS, f"{site.hub}/_faults", '{"corrupt": true}', check=True
+        )
+        procs = start_gets(site, tmp_path)
+        for name, p in procs.items():
+            rc, _, err = finish(p, timeout=90)
+            assert rc == 4, f"{name}: exit {rc}: {err}"
+            assert "digest mismatch" in err, err
+        for ws in office.workstations:
+            assert site.status(ws)["sharing"]["leases"] == []

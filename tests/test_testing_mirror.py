@@ -337,8 +337,28 @@ async def test_byte_counters_count_bodies_sent(
     assert stats["requests"] == 4
     assert stats["by_path"][f"/lfs/{shard.sha256}"] == shard.size
     assert stats["by_path"][f"/{REPO_ID}/resolve/main/{SHARD}"] == 0
+    assert stats["by_client"] == {"127.0.0.1": expected}
     await client.post(f"{mirror.hub_url}/_stats/reset")
     assert (mirror.stats.bytes_served, mirror.stats.requests, mirror.stats.by_path) == (0, 0, {})
+    assert mirror.stats.by_client == {}
+
+
+async def test_byte_counters_by_client_address(
+    nursery: trio.Nursery, repo: Repo, client: httpx.AsyncClient
+) -> None:
+    """`by_client` splits body bytes by the client's IP; control replies are not counted."""
+    mirror = await start(nursery, repo)
+    shard = file_of(repo, SHARD)
+    url = f"{mirror.cdn_url}/lfs/{shard.sha256}"
+    first = await client.get(url, headers={"Range": "bytes=0-999"})
+    async with httpx.AsyncClient(
+        timeout=10, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    ) as other:
+        second = await other.get(url)
+    await client.get(f"{mirror.hub_url}/_stats")
+    assert (len(first.content), len(second.content)) == (1000, shard.size)
+    assert mirror.stats.by_client == {"127.0.0.1": 1000, "127.0.0.2": shard.size}
+    assert mirror.stats.bytes_served == 1000 + shard.size
 
 
 # --- faults ------------------------------------------------------------------------------------

@@ -82,9 +82,16 @@ class _Torrent:
     error: str = ""
     unit: int = -1  # >= 0: the unit torrent of that unit of a shared blob
     span: range = range(0)  # a unit torrent's pieces
-    info: bytes = b""
     idle_since: float = 0.0
     path: Path | None = None
+
+    def info(self) -> bytes:
+        """The bencoded info dictionary (libtorrent's copy: a unit torrent's is not kept
+        twice; for a 10 GB file each is ~50-100 KB, hundreds of them while it is shared)."""
+        try:
+            return bytes(self.handle.torrent_file().info_section())
+        except RuntimeError:
+            return b""
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,7 @@ class Swarm:
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
         handle = self.session.add_torrent(params)
-        t = _Torrent(digest, size, handle, seeding=have, unit=index, span=span, info=info)
+        t = _Torrent(digest, size, handle, seeding=have, unit=index, span=span)
         t.path = path
         if have:
             t.finished.set()
@@ -418,9 +425,10 @@ class Swarm:
         for (d, index), t in list(self._units.items()):
             if d != digest or t.path == dest:
                 continue
+            info = t.info()
             self._forget_unit(t)
-            if t.seeding:
-                self.add_unit(d, t.size, index, t.span, t.info, dest, have=True)
+            if t.seeding and info:
+                self.add_unit(d, t.size, index, t.span, info, dest, have=True)
 
     def drop_unit(self, digest: str, index: int) -> None:
         t = self._units.get((digest, index))

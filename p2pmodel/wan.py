@@ -316,7 +316,7 @@ class Sharing:
         swarm = self.agent.swarm
         t = swarm.unit(digest, index) if swarm is not None else None
         if t is not None and t.seeding:
-            return wire.UnitInfo(digest, index, t.info)
+            return wire.UnitInfo(digest, index, t.info())
         # A blob we hold whole: derive the unit's torrent from the stored file.
         store = self.agent.store
         path = store.blob_path(digest)
@@ -327,7 +327,7 @@ class Sharing:
         if index >= len(units):
             return wire.UnitInfo(digest, index)
         t = await self._add_held(units[index], size, path)
-        return wire.UnitInfo(digest, index, t.info)
+        return wire.UnitInfo(digest, index, t.info())
 
     async def _add_held(self, u: Unit, size: int, path: Path) -> _Torrent:
         assert self.agent.swarm is not None

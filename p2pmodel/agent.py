@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
 LIVENESS_TICK = 1.0
 TRIM_EVERY = 30.0
+PRUNE_EVERY = 10.0
 
 
 def agent_id(home: Path) -> str:
@@ -199,14 +200,17 @@ class Agent:
             self.peers.gone(event.agent, now)
 
     async def liveness(self) -> None:
-        last_trim = trio.current_time()
+        last_trim = last_prune = trio.current_time()
         async with trio.open_nursery() as nursery:
             while True:
                 now = trio.current_time()
                 for peer in self.peers.due_pings(now):
                     nursery.start_soon(self.ping, peer.agent)
                 self.peers.expire(now)
-                if self.swarm is not None:
+                if self.swarm is not None and now - last_prune >= PRUNE_EVERY:
+                    # A status() of every unit torrent: not every tick (hundreds while a big
+                    # file is shared).
+                    last_prune = now
                     self.swarm.prune_units(now, self.sharing.wanted() if self.sharing else set())
                 if now - last_trim >= TRIM_EVERY:
                     last_trim = now

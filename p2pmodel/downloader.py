@@ -113,7 +113,7 @@ class Gate:
         """Peers will write these bytes (over what a mirror may have written before the
         range went to them): they are not done, and not hashed, until they did."""
         if run := self._touch(key):
-            run.plan.blobs[key].done.subtract(start, stop)
+            run.plan.unmark(key, start, stop)
             hashed = run.prefix.get(key)
             if hashed is not None and hashed.pos > start:
                 del run.prefix[key]  # hash it again from the start

@@ -149,8 +149,7 @@ class FetchPlan:
             # A shared blob opens a unit at a time: cut it so every connection has a range
             # from the start. Splitting a range later (endgame) closes the victim's response
             # early, and what the mirror had in flight on it is wasted on the internet link.
-            wanted = sum(b - a for s, e in blob.allowed for a, b in blob.done.gaps(s, e))
-            return max(MiB, min(32 * MiB, wanted // self.connections))
+            return max(MiB, min(32 * MiB, self._allowed_missing(blob) // self.connections))
         return max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
 
     def _reserved(self, blob: BlobTask) -> RangeSet:
@@ -166,9 +165,12 @@ class FetchPlan:
 
     def _open(self, blob: BlobTask) -> bool:
         """Has the blob bytes mirrors may serve that are not on disk yet?"""
-        if blob.allowed is None:
-            return True
-        return any(True for start, stop in blob.allowed for _ in blob.done.gaps(start, stop))
+        return blob.allowed is None or self._allowed_missing(blob) > 0
+
+    @staticmethod
+    def _allowed_missing(blob: BlobTask) -> int:
+        assert blob.allowed is not None
+        return sum(b - a for s, e in blob.allowed for a, b in blob.done.gaps(s, e))
 
     # -- assigning -----------------------------------------------------------------------------
 
@@ -312,7 +314,7 @@ class FetchPlan:
         blob.allowed.subtract(start, stop)
         for a in self.inflight.values():
             if a.blob == key and a.pos < stop and a.stop > start:
-                a.stop = max(a.pos, min(a.stop, start)) if a.pos < start else a.pos
+                a.stop = max(a.pos, min(a.stop, start))
 
     def mark_done(self, key: str, start: int, stop: int) -> None:
         """These bytes arrived by another way (checked pieces from LAN peers)."""
@@ -322,6 +324,10 @@ class FetchPlan:
         blob.done.add(start, stop)
         if blob.complete and not any(a.blob == key for a in self.inflight.values()):
             blob.state = BlobState.VERIFYING
+
+    def unmark(self, key: str, start: int, stop: int) -> None:
+        """These bytes will be written again (by peers): not done until they are."""
+        self.blobs[key].done.subtract(start, stop)
 
     def covered(self, key: str, start: int, stop: int) -> bool:
         blob = self.blobs[key]

@@ -249,33 +249,13 @@ class Swarm:
         handle = self.session.add_torrent(params)
         t = self._track(digest, size, handle, info, seeding=False)
         self.connect(digest, peers)
-        got, last_change = 0, trio.current_time()
         try:
-            while not t.finished.is_set():
-                with trio.move_on_after(0.25):
-                    await t.finished.wait()
-                st = handle.status()
-                done = min(st.total_wanted_done, size)
-                if done != got:
-                    if on_progress is not None:
-                        on_progress(done - got)
-                    got, last_change = done, trio.current_time()
-                    if done >= size:
-                        break
-                elif trio.current_time() - last_change > stall_timeout:
-                    await self._salvage(t)
-                    return SwarmFetch(
-                        False, f"no progress from peers for {stall_timeout:.0f} s", got
-                    )
-            with trio.move_on_after(5):
-                await t.finished.wait()  # written out, not only hashed
-            if t.error:
+            why, got = await self._follow(t, stall_timeout=stall_timeout, on_progress=on_progress)
+            if why:
                 await self._salvage(t)
-                return SwarmFetch(False, t.error, got)
+                return SwarmFetch(False, why, got)
             path = self.swarm_dir / hex_part(digest)
-            handle.flush_cache()  # asynchronous: hash only once libtorrent says it is written
-            with trio.move_on_after(30):
-                await t.flushed.wait()
+            await self._flush(t)
             actual = await trio.to_thread.run_sync(digest_file, path, algorithm(digest), size)
             if actual != digest:
                 self._forget(t, delete_files=True)
@@ -383,40 +363,65 @@ class Swarm:
     ) -> SwarmFetch:
         """Fetch a unit torrent's pieces from ``peers()`` (asked again every few seconds:
         holders come and go). Returns once the pieces are hash-checked and on disk."""
-        handle = t.handle
-        got, last_change, last_dial = 0, trio.current_time(), -math.inf
-        while not t.finished.is_set() and not t.error:
-            now = trio.current_time()
-            if now - last_dial >= 2.0:
-                last_dial = now
-                for peer in peers():
-                    with contextlib.suppress(RuntimeError):
-                        handle.connect_peer(peer)
-            with trio.move_on_after(0.25):
-                await t.finished.wait()
-            try:
-                done = handle.status().total_wanted_done
-            except RuntimeError:
-                return SwarmFetch(False, "unit torrent removed", got)
-            if done != got:
-                if on_progress is not None and done > got:
-                    on_progress(done - got)
-                got, last_change = done, trio.current_time()
-            elif trio.current_time() - last_change > stall_timeout:
-                return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", got)
-        if t.error:
-            return SwarmFetch(False, t.error, got)
-        if on_progress is not None:
-            with contextlib.suppress(RuntimeError):
-                done = handle.status().total_wanted_done
-                if done > got:
-                    on_progress(done - got)
-        t.flushed = trio.Event()
-        handle.flush_cache()  # our hash of the whole blob reads the file: written out first
-        with trio.move_on_after(30):
-            await t.flushed.wait()
+        why, got = await self._follow(
+            t, stall_timeout=stall_timeout, on_progress=on_progress, peers=peers
+        )
+        if why:
+            return SwarmFetch(False, why, got)
+        await self._flush(t)  # our hash of the whole blob reads the file: written out first
         t.seeding = True
         return SwarmFetch(True, "", got)
+
+    async def _follow(
+        self,
+        t: _Torrent,
+        *,
+        stall_timeout: float,
+        on_progress: Callable[[int], None] | None,
+        peers: Callable[[], Sequence[tuple[str, int]]] | None = None,
+    ) -> tuple[str, int]:
+        """Wait until the torrent has every wanted piece, hash-checked, reporting the bytes as
+        they arrive and (with ``peers``) dialling those every 2 s. Returns why it failed ("":
+        it did not) and the payload bytes received."""
+        got, last_change, last_dial = 0, trio.current_time(), -math.inf
+
+        def received() -> int:
+            nonlocal got, last_change
+            st = t.handle.status()
+            wanted = int(st.total_wanted)
+            done = min(int(st.total_wanted_done), wanted)
+            if done > got:
+                if on_progress is not None:
+                    on_progress(done - got)
+                got, last_change = done, trio.current_time()
+            return wanted - done
+
+        try:
+            while not t.finished.is_set():
+                if peers is not None and trio.current_time() - last_dial >= 2.0:
+                    last_dial = trio.current_time()
+                    for peer in peers():
+                        with contextlib.suppress(RuntimeError):
+                            t.handle.connect_peer(peer)
+                with trio.move_on_after(0.25):
+                    await t.finished.wait()
+                if received() == 0:
+                    break
+                if trio.current_time() - last_change > stall_timeout:
+                    return f"no progress from peers for {stall_timeout:.0f} s", got
+            with trio.move_on_after(5):
+                await t.finished.wait()  # written out, not only hashed
+            received()
+        except RuntimeError:
+            return "torrent removed", got
+        return t.error, got
+
+    async def _flush(self, t: _Torrent) -> None:
+        """Have libtorrent write out what it holds (asynchronous: wait for it to say so)."""
+        t.flushed = trio.Event()
+        t.handle.flush_cache()
+        with trio.move_on_after(30):
+            await t.flushed.wait()
 
     def rehome_units(self, digest: str) -> None:
         """The blob was verified and moved into the store: its finished unit torrents go on

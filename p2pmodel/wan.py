@@ -326,19 +326,24 @@ class Sharing:
         units = units_of(digest, size, self.segment)
         if index >= len(units):
             return wire.UnitInfo(digest, index)
-        t = await self._add_held(units[index], size, path)
+        t = await self._add_held(units[index], size)
         return wire.UnitInfo(digest, index, t.info())
 
-    async def _add_held(self, u: Unit, size: int, path: Path) -> _Torrent:
+    async def _add_held(self, u: Unit, size: int) -> _Torrent:
+        """Seed a unit whose bytes we hold, in the stored blob or else its partial file."""
         assert self.agent.swarm is not None
+        store = self.agent.store
+
+        def where() -> Path:
+            stored = store.has_blob(u.blob, size)
+            return store.blob_path(u.blob) if stored else store.partial_path(u.blob)
+
         piece = unit_piece_size(size, self.segment)
-        hashes = await trio.to_thread.run_sync(piece_hashes, path, u.start, u.stop, piece)
+        hashes = await trio.to_thread.run_sync(piece_hashes, where(), u.start, u.stop, piece)
         info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes)
         span = unit_pieces(u.start, u.stop, piece)
-        store = self.agent.store
-        if store.has_blob(u.blob, size):  # committed while we hashed: same bytes, new place
-            path = store.blob_path(u.blob)
-        return self.agent.swarm.add_unit(u.blob, size, u.index, span, info, path, have=True)
+        # where() again: committed while we hashed means same bytes, new place.
+        return self.agent.swarm.add_unit(u.blob, size, u.index, span, info, where(), have=True)
 
     # -- one get's share -----------------------------------------------------------------------
 
@@ -425,13 +430,10 @@ class Sharing:
         """A unit is on our disk (from a mirror, or an earlier run): seed it, announce it."""
         want = self._wants.get(u.blob)
         size = self._sizes.get(u.blob)
-        store = self.agent.store
         if size is None:
             return
-        path = store.blob_path(u.blob) if store.has_blob(u.blob, size) else None
-        path = path or store.partial_path(u.blob)
         try:
-            await self._add_held(u, size, path)
+            await self._add_held(u, size)
         except OSError as e:
             log.warning("cannot seed unit %s/%d: %s", u.blob, u.index, e)
             if want is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.store import Store
+from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
 
@@ -275,21 +277,20 @@ class Site:
         self.work = work
         mirror = office.mirror_host
         assert mirror is not None
-        args = []
+        paths = []
         for repo in repos:
-            path = work / f"{repo.repo_id.replace('/', '_')}.json"
-            path.write_text(repo.to_json())
-            args += ["--repo-json", str(path)]
-        ready = work / "mirror.ready"
-        office.popen(
-            mirror,
-            [sys.executable, "-m", "p2pmodel.testing.mirror", *args, "--host", mirror.ip,
-             "--port", "8000", "--cdn-port", "8001", "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "mirror.log").open("wb"),
-        )  # fmt: skip
-        wait_for(ready.exists, 30, "the mirror")
-        self.hub = f"http://{mirror.ip}:8000"
+            paths.append(work / f"{repo.repo_id.replace('/', '_')}.json")
+            paths[-1].write_text(repo.to_json())
+        with (work / "mirror.log").open("wb") as log:
+            _, urls = spawn(
+                paths,
+                work,
+                host=mirror.ip,
+                ports=(8000, 8001),
+                start=functools.partial(office.popen, mirror),
+                stderr=log,
+            )
+        self.hub = urls["hub_url"]
         self.homes: dict[str, Path] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.pids: dict[str, int] = {}

@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, RepoFile, make_model
 from p2pmodel.testing.office import (
     TBF_LATENCY,
@@ -417,20 +418,22 @@ class Bench:
         self.hub = f"http://{self.mirror.ip}:{HUB_PORT}"
         self.cdn = f"http://{self.mirror.ip}:{CDN_PORT}"
         self.tracker = f"http://{self.mirror.ip}:{TRACKER_PORT}/announce"
-        repo_args: list[str] = []
+        paths = []
         for key, repo in repos.items():
-            path = work / f"{key}.json"
-            path.write_text(repo.to_json())
-            repo_args += ["--repo-json", str(path)]
-        ready = work / "mirror.ready"
-        self.mirror_proc = self.popen_logged(
-            self.mirror,
-            [sys.executable, "-m", "p2pmodel.testing.mirror", *repo_args, "--host", self.mirror.ip,
-             "--port", str(HUB_PORT), "--cdn-port", str(CDN_PORT), "--ready-file", str(ready)],
-            work / "mirror.out",
-            work / "mirror.log",
-        )  # fmt: skip
-        wait_for(ready.exists, 30, "the mirror")
+            paths.append(work / f"{key}.json")
+            paths[-1].write_text(repo.to_json())
+        try:
+            self.mirror_proc, _ = spawn(
+                paths,
+                work,
+                host=self.mirror.ip,
+                ports=(HUB_PORT, CDN_PORT),
+                start=lambda argv, **_: self.popen_logged(
+                    self.mirror, argv, work / "mirror.out", work / "mirror.log"
+                ),
+            )
+        except RuntimeError as e:
+            raise BenchError(str(e)) from None
         with (work / "tracker.log").open("wb") as errlog:
             tracker = office.popen(
                 self.mirror,

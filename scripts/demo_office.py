@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,11 @@ class Namespaces(Place):
         self.names = [h.name for h in office.workstations]
         mirror = office.mirror_host
         assert mirror is not None
-        ready = work / "mirror.ready"
-        office.popen(
-            mirror,
-            [sys.executable, "-m", "p2pmodel.testing.mirror", "--repo-json", str(repo_json),
-             "--host", mirror.ip, "--port", "8000", "--cdn-port", "8001",
-             "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait(ready.exists, 30, "the mirror")
-        self.hub = f"http://{mirror.ip}:8000"
+        try:
+            _, urls = spawn(repo_json, work, host=mirror.ip, start=partial(office.popen, mirror))
+        except RuntimeError as e:
+            raise SystemExit(f"demo: {e}") from None
+        self.hub = urls["hub_url"]
 
     def popen(self, ws: str, argv: Sequence[str], env: dict[str, str], **kw: Any) -> Any:
         return self.office.popen(self.office.host(ws), argv, env=env, **kw)

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo
 from p2pmodel.testing.office import Host, Office
 
@@ -33,20 +35,14 @@ class Site:
         self.tmp = tmp
         mirror = office.mirror_host
         assert mirror is not None
-        repos: list[str] = []
+        paths = []
         for i, r in enumerate([repo, *others]):
-            path = tmp / f"repo{i}.json"
-            path.write_text(r.to_json())
-            repos += ["--repo-json", str(path)]
-        ready = tmp / "mirror.ready"
-        office.popen(
-            mirror,
-            [sys.executable, "-m", "p2pmodel.testing.mirror", *repos, "--host", mirror.ip,
-             "--port", "8000", "--cdn-port", "8001", "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(ready.exists, 20, "mirror start")
-        self.hub = f"http://{mirror.ip}:8000"
+            paths.append(tmp / f"repo{i}.json")
+            paths[-1].write_text(r.to_json())
+        _, urls = spawn(
+            paths, tmp, host=mirror.ip, ports=(8000, 8001), start=partial(office.popen, mirror)
+        )
+        self.hub = urls["hub_url"]
         self.homes: dict[str, Path] = {}
         self.extra_env: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -691,26 +691,33 @@ if __name__ == "__main__":
 
 
 def spawn(
-    repo_json: Path,
+    repo_json: Path | Sequence[Path],
     workdir: Path,
     *flags: str,
     name: str = "mirror",
     host: str = "127.0.0.1",
+    ports: tuple[int, int] = (0, 0),
+    start: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
     timeout: float = 30.0,
     **popen: Any,
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     """Start this mirror as a process (for scripts and tests) and wait until it listens.
 
+    ``ports`` are the hub and CDN ports (0: any free one). ``start`` runs the argv (default
+    ``subprocess.Popen``; in a virtual office, ``functools.partial(office.popen, host)``).
     Returns the process and its ready-file JSON (``hub_url``, ``cdn_url``); raises
     ``RuntimeError`` if it exits or does not start within ``timeout`` seconds."""
     ready = workdir / f"{name}.ready"
     ready.unlink(missing_ok=True)
+    repos = [repo_json] if isinstance(repo_json, Path) else list(repo_json)
     argv = [
-        sys.executable, "-m", "p2pmodel.testing.mirror", "--repo-json", str(repo_json),
-        "--host", host, "--port", "0", "--cdn-port", "0", "--ready-file", str(ready), *flags,
+        sys.executable, "-m", "p2pmodel.testing.mirror",
+        *(arg for path in repos for arg in ("--repo-json", str(path))),
+        "--host", host, "--port", str(ports[0]), "--cdn-port", str(ports[1]),
+        "--ready-file", str(ready), *flags,
     ]  # fmt: skip
     popen.setdefault("stdout", subprocess.DEVNULL)
-    proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **popen)
+    proc = start(argv, **popen)
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

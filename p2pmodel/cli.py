@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import P2PModelError, UserError
+from .core.errors import P2PModelError, UserError
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _log_traceback() -> str:
     try:
-        from .store import default_home
+        from .adapters.home import default_home
 
         log = default_home() / "log" / "p2pmodel.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +128,14 @@ def _log_traceback() -> str:
 
 
 def _home() -> Path:
-    from .store import default_home
+    from .adapters.home import default_home
 
     return default_home()
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from .get import GetRequest, fast_get
-    from .refs import parse_ref
+    from .core.refs import parse_ref
+    from .services.get import GetRequest, fast_get
 
     if args.connections is not None and not 1 <= args.connections <= 256:
         raise UserError("--connections must be from 1 to 256")
@@ -148,13 +148,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     )
     home = _home()
     if req.ref.kind == "name":  # an unknown name fails here, before any heavy import
-        from .catalog import load_catalog, lookup_name
-        from .config import load_config
+        from .adapters.home import load_catalog, load_config
+        from .core.catalog import lookup_name
 
         lookup_name(req.ref, load_config(home), load_catalog())
     result = fast_get(req, home)
     if result is None:
-        from . import control
+        from .adapters import control
 
         try:
             return _get_via_agent(req, home, args.json)
@@ -174,9 +174,9 @@ def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
     """No agent runs: fetch in this process, with an embedded agent for its duration."""
     import trio
 
-    from .config import load_config
-    from .downloader import DownloadOptions
-    from .get import get
+    from .adapters.home import load_config
+    from .services.download import DownloadOptions
+    from .services.get import get
 
     config = load_config(home)
     opts = DownloadOptions(connections=connections or config.connections)
@@ -184,7 +184,7 @@ def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
     async def run() -> Any:
         if not lan:
             return await get(req, home, options=opts)
-        from .agent import Agent, AgentOptions
+        from .services.agent import Agent, AgentOptions
 
         async with trio.open_nursery() as nursery:
             agent = Agent(home, config, AgentOptions(rpc_port=0, wait_for_peers=1.5))
@@ -198,8 +198,9 @@ def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
 
 def _get_via_agent(req: Any, home: Path, as_json: bool) -> int:
     """Hand the get to the running agent and show its progress here."""
-    from . import control
-    from .progress import Progress, make_renderer
+    from .adapters import control
+    from .adapters.terminal import make_renderer
+    from .core.progress import Progress
 
     progress = Progress()
     renderer: Any = None  # made once the agent answers (no output if there is none)
@@ -252,9 +253,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import trio
 
-    from .agent import Agent, AgentOptions
-    from .config import load_config
-    from .control import ControlServer, NoAgent, request
+    from .adapters.control import ControlServer, NoAgent, request
+    from .adapters.home import load_config
+    from .services.agent import Agent, AgentOptions
 
     level = os.environ.get("P2PMODEL_LOG", "warning").upper()
     logging.basicConfig(
@@ -304,10 +305,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Hash every blob again; a blob that no longer matches its digest is removed (the next
     get fetches it again) and reported. Exit 4 if any was bad."""
-    from .digests import algorithm, digest_file
-    from .errors import IntegrityError
-    from .refs import parse_ref
-    from .store import Store
+    from .adapters.hashing import digest_file
+    from .adapters.store import Store
+    from .core.digests import algorithm
+    from .core.errors import IntegrityError
+    from .core.refs import parse_ref
 
     store = Store(_home())
     if args.ref:
@@ -340,8 +342,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .control import NoAgent, request
-    from .progress import human
+    from .adapters.control import NoAgent, request
+    from .core.progress import human
 
     home = _home()
     try:
@@ -374,8 +376,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     if args.catalog:
-        from .catalog import load_catalog
-        from .config import load_config
+        from .adapters.home import load_catalog, load_config
 
         config, catalog = load_config(_home()), load_catalog()
         names = {**catalog.models, **{k: v.url for k, v in catalog.files.items()}}
@@ -387,9 +388,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             for k, v in sorted(names.items()):
                 print(f"{k:32} {v}")
         return 0
-    from .progress import human
-    from .refs import parse_ref
-    from .store import Store
+    from .adapters.store import Store
+    from .core.progress import human
+    from .core.refs import parse_ref
 
     store = Store(_home())
     rows: list[dict[str, Any]] = []

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pmodel.store import Store
+from p2pmodel.adapters.store import Store
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
@@ -105,7 +105,7 @@ sys.stdout.write(''.join('%.6f %d\n' % s for s in samples))
 STATUS_WATCHER = r"""
 import sys, time
 from pathlib import Path
-from p2pmodel import control
+from p2pmodel.adapters import control
 home, want, period, timeout = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 print('ready', flush=True)
 sys.stdin.readline()

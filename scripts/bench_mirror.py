@@ -11,7 +11,8 @@ in the same run, this times:
 - `aria2c -x16 -s16` on the CDN URL of the blob, with `--checksum=sha-256=HEX` (the same work)
   and without (download only);
 - single-connection `curl` on a prefix of the blob, extrapolated to the whole file;
-- hashing the file: `p2pmodel.digests.digest_file` vs `openssl dgst -sha256` (and `sha256sum`).
+- hashing the file: `p2pmodel.adapters.hashing.digest_file` vs `openssl dgst -sha256` (and
+  `sha256sum`).
 
 While each tool runs, the mirror's byte counter is polled, so the table also shows when the first
 and the last byte left the mirror: startup and ramp-up before, verification and exit after.
@@ -42,7 +43,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from p2pmodel.digests import digest_file
+from p2pmodel.adapters.hashing import digest_file
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import RepoFile, make_model
 

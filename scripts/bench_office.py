@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pmodel.core.torrents import bencode, piece_size
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, RepoFile, make_model
 from p2pmodel.testing.office import (
@@ -71,7 +72,6 @@ from p2pmodel.testing.office import (
     netns_available,
     tbf_burst,
 )
-from p2pmodel.torrents import bencode, piece_size
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -177,7 +177,7 @@ server.serve_forever()
 MESH_WAITER = r"""
 import sys, time
 from pathlib import Path
-from p2pmodel import control
+from p2pmodel.adapters import control
 home, want, timeout = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 deadline, alive = time.monotonic() + timeout, -1
 while time.monotonic() < deadline:

@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-from p2pmodel.catalog import Catalog, NameTarget, load_catalog, lookup_name
-from p2pmodel.config import Config, FileSpec
-from p2pmodel.errors import UserError
-from p2pmodel.refs import COMMIT_RE, parse_ref
+from p2pmodel.adapters.home import load_catalog
+from p2pmodel.core.catalog import Catalog, NameTarget, lookup_name, parse_catalog
+from p2pmodel.core.config import Config, FileSpec
+from p2pmodel.core.errors import UserError
+from p2pmodel.core.refs import COMMIT_RE, parse_ref
 
 SHA = "f3a90b39dd2874269e8b05a48a86745df897b848c61f3958efc80a39152bd692"
 QWEN = "hf://Qwen/Qwen-Image@75e0b4be04f60ec59a75f475837eced720f823b6"
@@ -68,7 +69,7 @@ def test_catalog_names_are_unique_across_models_and_files(shipped: Catalog):
 
 def test_load_catalog_from_text_normalises_keys():
     """A catalog given as text is parsed too, with ``name`` keys meaning ``name:latest``."""
-    cat = load_catalog(
+    cat = parse_catalog(
         f'[models]\ngpt2 = "hf://o/r@{"a" * 40}"\n'
         f'[files.tool]\nurl = "https://e.test/t.bin"\nsha256 = "{SHA}"\nsize = 3\n'
     )
@@ -79,7 +80,7 @@ def test_load_catalog_from_text_normalises_keys():
 def test_load_catalog_rejects_bad_files_table():
     """A malformed catalog ``[files]`` entry raises ``UserError`` saying it is the catalog's."""
     with pytest.raises(UserError, match="catalog"):
-        load_catalog('[files."a:1"]\nurl = "https://e.test/a"\nsha256 = "short"\n')
+        parse_catalog('[files."a:1"]\nurl = "https://e.test/a"\nsha256 = "short"\n')
 
 
 # -- lookup_name ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""User configuration and git-insteadOf-style mirror rewriting (``p2pmodel.config``)."""
+"""User configuration and git-insteadOf-style mirror rewriting (``p2pmodel.core.config``, read
+by ``adapters.home``)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from p2pmodel.config import (
+from p2pmodel.adapters.home import load_config
+from p2pmodel.core.config import (
     DEFAULT_CONNECTIONS,
     HF_ORIGIN,
     MS_ORIGIN,
     Config,
     FileSpec,
     MirrorRule,
-    load_config,
     parse_files_table,
     rewrite,
 )
-from p2pmodel.errors import UserError
+from p2pmodel.core.errors import UserError
 
 SHA = "f3a90b39dd2874269e8b05a48a86745df897b848c61f3958efc80a39152bd692"
 HF_FILE = "https://huggingface.co/Qwen/Qwen-Image/resolve/main/model_index.json"
@@ -110,7 +111,7 @@ def test_absent_file_gives_defaults(tmp_path: Path):
     assert cfg.connections == DEFAULT_CONNECTIONS == 16
     assert cfg.hf_endpoint == HF_ORIGIN
     assert cfg.ms_endpoint == MS_ORIGIN
-    assert cfg.path == tmp_path / "config.toml"
+    assert cfg.path == str(tmp_path / "config.toml")
 
 
 def test_empty_file_gives_defaults(tmp_path: Path):

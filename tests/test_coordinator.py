@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from p2pmodel.coordinator import (
+from p2pmodel.core.coordinator import (
     LEASE,
     Abort,
     Claim,

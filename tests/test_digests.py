@@ -1,4 +1,4 @@
-"""Upstream digests of bytes and files (``p2pmodel.digests``)."""
+"""Upstream digests of bytes and files (``p2pmodel.core.digests``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pmodel.digests import BUFFER, algorithm, digest_bytes, digest_file, hex_part, new_hasher
+from p2pmodel.adapters.hashing import BUFFER, digest_file
+from p2pmodel.core.digests import algorithm, digest_bytes, hex_part, new_hasher
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 EMPTY_GITSHA1 = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # `git hash-object /dev/null`
@@ -136,7 +137,8 @@ def test_algorithm_and_hex_part_split_a_digest(digest: str, algo: str, hexpart: 
 
 def test_blob_hasher_fed_in_steps_matches_one_read(tmp_path: Path):
     """The prefix hashing of a download: any cut into steps gives the one-read result."""
-    from p2pmodel.digests import BlobHasher, hash_blob
+    from p2pmodel.adapters.hashing import hash_blob, hash_into
+    from p2pmodel.core.digests import BlobHasher
 
     data = os.urandom(3 * 1024 * 1024 + 12345)
     path = tmp_path / "blob"
@@ -149,8 +151,8 @@ def test_blob_hasher_fed_in_steps_matches_one_read(tmp_path: Path):
     ):
         h = BlobHasher("sha256", len(data), 256 * 1024)
         for stop in cuts:
-            h.update_from(path, stop)
+            hash_into(h, path, stop)
         assert h.pos == len(data) and h.result() == want
     short = BlobHasher("gitsha1", len(data), 256 * 1024)
     with pytest.raises(OSError):
-        short.update_from(path, len(data) + 1)
+        hash_into(short, path, len(data) + 1)

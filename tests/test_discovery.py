@@ -22,7 +22,7 @@ import pytest
 import trio
 from zeroconf import ServiceInfo, ServiceStateChange
 
-from p2pmodel.discovery import (
+from p2pmodel.adapters.discovery import (
     SERVICE_TYPE,
     Discovery,
     DiscoveryEvent,

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from p2pmodel.fetchplan import Assignment, BlobState, FetchPlan, Finished, Wait
-from p2pmodel.mirrors import Failure, MirrorBoard
-from p2pmodel.rangeset import RangeSet
+from p2pmodel.core.fetchplan import Assignment, BlobState, FetchPlan, Finished, Wait
+from p2pmodel.core.mirrors import Failure, MirrorBoard
+from p2pmodel.core.rangeset import RangeSet
 
 MiB = 1024 * 1024
 A, B, C = "http://a.test", "http://b.test", "http://c.test"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pmodel.downloader import DownloadOptions
-from p2pmodel.errors import IntegrityError, SourceError, UserError
-from p2pmodel.get import GetRequest, fast_get, get
-from p2pmodel.http import Timeouts
-from p2pmodel.mirrors import MirrorBoard
-from p2pmodel.refs import parse_ref
-from p2pmodel.store import Store
+from p2pmodel.adapters.http import Timeouts
+from p2pmodel.adapters.store import Store
+from p2pmodel.core.errors import IntegrityError, SourceError, UserError
+from p2pmodel.core.mirrors import MirrorBoard
+from p2pmodel.core.refs import parse_ref
+from p2pmodel.services.download import DownloadOptions
+from p2pmodel.services.get import GetRequest, fast_get, get
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import Repo, make_single_file
 

@@ -1,4 +1,5 @@
-"""Manifests: path and digest rules, canonical msgpack, strict decoding (``p2pmodel.manifest``)."""
+"""Manifests: path and digest rules, canonical msgpack, strict decoding
+(``p2pmodel.core.manifest``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmodel.errors import ProtocolError
-from p2pmodel.manifest import (
+from p2pmodel.core.errors import ProtocolError
+from p2pmodel.core.manifest import (
     MAX_FILE_SIZE,
     MAX_FILES,
     MAX_MANIFEST_BYTES,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from p2pmodel.core.torrents import piece_size
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Office, netns_available
-from p2pmodel.torrents import piece_size
 
 from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
 
@@ -30,7 +30,7 @@ pytestmark = [
 GARBAGE = r"""
 import socket, struct, sys
 import msgpack
-from p2pmodel.wire import HaveQuery, Hello, MetadataQuery, Ping, Pong, ResolveQuery, encode
+from p2pmodel.core.wire import HaveQuery, Hello, MetadataQuery, Ping, Pong, ResolveQuery, encode
 
 host, port = sys.argv[1], int(sys.argv[2])
 H = struct.Struct(">I")

@@ -1,10 +1,10 @@
-"""The peer table's rules: entry, liveness, inventory and status (``p2pmodel.peers``)."""
+"""The peer table's rules: entry, liveness, inventory and status (``p2pmodel.core.peers``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from p2pmodel.peers import PeerAddr, PeerTable
+from p2pmodel.core.peers import PeerAddr, PeerTable
 
 A = [PeerAddr("10.0.0.2", 7001)]
 B = [PeerAddr("10.0.0.3", 7001), PeerAddr("192.168.1.3", 7001)]

@@ -1,4 +1,4 @@
-"""Half-open interval sets, checked against a plain set of ints (``p2pmodel.rangeset``)."""
+"""Half-open interval sets, checked against a plain set of ints (``p2pmodel.core.rangeset``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmodel.rangeset import RangeSet
+from p2pmodel.core.rangeset import RangeSet
 
 UNIVERSE = 200
 

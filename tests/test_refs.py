@@ -1,4 +1,4 @@
-"""Parsing model references as users type them (``p2pmodel.refs``)."""
+"""Parsing model references as users type them (``p2pmodel.core.refs``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmodel.errors import UserError
-from p2pmodel.refs import COMMIT_RE, Ref, parse_ref
+from p2pmodel.core.errors import UserError
+from p2pmodel.core.refs import COMMIT_RE, Ref, parse_ref
 
 COMMIT = "75e0b4be04f60ec59a75f475837eced720f823b6"
 

@@ -8,12 +8,12 @@ import stat
 
 import pytest
 
-from p2pmodel.digests import digest_bytes
-from p2pmodel.errors import LocalError
-from p2pmodel.manifest import FileEntry, Manifest
-from p2pmodel.rangeset import RangeSet
-from p2pmodel.refs import parse_ref
-from p2pmodel.store import PartialState, Store
+from p2pmodel.adapters.store import PartialState, Store
+from p2pmodel.core.digests import digest_bytes
+from p2pmodel.core.errors import LocalError
+from p2pmodel.core.manifest import FileEntry, Manifest
+from p2pmodel.core.rangeset import RangeSet
+from p2pmodel.core.refs import parse_ref
 
 
 def manifest_of(store: Store, files: dict[str, bytes]) -> Manifest:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pmodel.digests import hash_blob
-from p2pmodel.store import Store
-from p2pmodel.swarm import Swarm
-from p2pmodel.torrents import info_bytes, piece_size
+from p2pmodel.adapters.hashing import hash_blob
+from p2pmodel.adapters.store import Store
+from p2pmodel.adapters.swarm import Swarm
+from p2pmodel.core.torrents import info_bytes, piece_size
 
 pytestmark = pytest.mark.lan
 MiB = 1024 * 1024

@@ -9,8 +9,8 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from p2pmodel.digests import piece_hashes
-from p2pmodel.torrents import (
+from p2pmodel.adapters.hashing import piece_hashes
+from p2pmodel.core.torrents import (
     NO_HASH,
     info_hash,
     unit_info,

@@ -1,4 +1,4 @@
-"""Upstream URLs and HF / ModelScope listings turned into manifests (``p2pmodel.upstream``)."""
+"""Upstream URLs and HF / ModelScope listings turned into manifests (``p2pmodel.core.upstream``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from p2pmodel.manifest import FileEntry, Manifest, ManifestError
-from p2pmodel.refs import parse_ref
-from p2pmodel.upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
+from p2pmodel.core.manifest import FileEntry, Manifest, ManifestError
+from p2pmodel.core.refs import parse_ref
+from p2pmodel.core.upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
 
 HF = "https://huggingface.co"
 MS = "https://www.modelscope.cn"

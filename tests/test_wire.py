@@ -8,7 +8,7 @@ import struct
 import msgpack
 import pytest
 
-from p2pmodel.wire import (
+from p2pmodel.core.wire import (
     MAX_FRAME,
     Ack,
     Claim,

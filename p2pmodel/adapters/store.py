@@ -27,22 +27,13 @@ from typing import Any
 
 import msgpack
 
-from .digests import algorithm, hex_part
-from .errors import LocalError
-from .manifest import Manifest, ManifestError
-from .rangeset import RangeSet
-from .refs import Ref
+from ..core.digests import algorithm, hex_part
+from ..core.errors import LocalError
+from ..core.manifest import Manifest, ManifestError
+from ..core.rangeset import RangeSet
+from ..core.refs import Ref
 
 STATE_VERSION = 1
-
-
-def default_home() -> Path:
-    env = os.environ.get("P2PMODEL_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs  # only when needed: it is not free to import
-
-    return Path(platformdirs.user_data_dir("p2pmodel", appauthor=False))
 
 
 _SYNC_FILE_RANGE_WRITE = 2

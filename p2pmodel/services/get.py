@@ -15,20 +15,21 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from .catalog import NameTarget, load_catalog, lookup_name
-from .config import Config, FileSpec, load_config
-from .errors import P2PModelError, UserError
-from .manifest import FileEntry, Manifest
-from .refs import Ref
-from .store import Store
+from ..adapters.home import load_catalog, load_config
+from ..adapters.store import Store
+from ..core.catalog import NameTarget, lookup_name
+from ..core.config import Config, FileSpec
+from ..core.errors import P2PModelError, UserError
+from ..core.manifest import FileEntry, Manifest
+from ..core.refs import Ref
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     import httpx
 
-    from .downloader import BlobJob, DownloadOptions, Gate
-    from .progress import Progress
+    from ..core.progress import Progress
+    from .download import BlobJob, DownloadOptions, Gate
 
 
 @dataclass
@@ -152,10 +153,11 @@ async def get(
     Raises ``P2PModelError`` subclasses."""
     import trio
 
-    from .downloader import BlobJob, DownloadOptions
-    from .http import first_success, get_json, make_client, probe_size
-    from .progress import Progress, make_renderer
-    from .upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
+    from ..adapters.http import first_success, get_json, make_client, probe_size
+    from ..adapters.terminal import make_renderer
+    from ..core.progress import Progress
+    from ..core.upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
+    from .download import BlobJob, DownloadOptions
 
     config = load_config(home)
     store = Store(home)
@@ -253,7 +255,7 @@ async def _fetch_all(
     handed to ``lan.stored`` so it is seeded at once."""
     import trio
 
-    from .downloader import download
+    from .download import download
 
     held = await lan.locate([j.key for j in jobs if j.digest]) if lan and jobs else set()
     lan_jobs = [j for j in jobs if j.key in held]

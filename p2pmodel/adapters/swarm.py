@@ -25,10 +25,11 @@ from typing import Any
 import libtorrent as lt
 import trio
 
-from .digests import algorithm, digest_file, hex_part
-from .rangeset import RangeSet
+from ..core.digests import algorithm, hex_part
+from ..core.rangeset import RangeSet
+from ..core.torrents import expected_shape, info_hash
+from .hashing import digest_file
 from .store import PartialState, Store
-from .torrents import expected_shape, info_hash
 
 
 def _torrent_info(info: bytes) -> Any:

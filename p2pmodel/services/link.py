@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .wire import (
+from ..core.wire import (
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,

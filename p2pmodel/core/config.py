@@ -8,10 +8,8 @@ its origin only.
 
 from __future__ import annotations
 
-import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -47,7 +45,7 @@ class Config:
     connections: int = DEFAULT_CONNECTIONS
     hf_endpoint: str = HF_ORIGIN
     ms_endpoint: str = MS_ORIGIN
-    path: Path | None = None
+    path: str | None = None  # where it was read from, for messages
 
     def candidates(self, url: str) -> list[str]:
         """The URLs that may serve ``url``, in configured order (origin last if listed)."""
@@ -74,29 +72,19 @@ def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
     return out
 
 
-def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
-    """Read ``home/config.toml`` (absent = defaults) and the environment; ``UserError`` if bad."""
-    env = dict(os.environ) if env is None else env
-    path = home / "config.toml"
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raw = {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"bad config {path}: {e}") from None
+class _Bad(Exception):
+    pass
+
+
+def parse_config(raw: dict[str, Any], env: Mapping[str, str], path: str = "config.toml") -> Config:
+    """A ``Config`` from parsed TOML data and an environment map; ``UserError`` if bad."""
     try:
         return _parse(raw, env, path)
     except _Bad as e:
         raise UserError(f"bad config {path}: {e}") from None
 
 
-class _Bad(Exception):
-    pass
-
-
-def _parse(raw: dict[str, Any], env: dict[str, str], path: Path) -> Config:
+def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
     known = {"mirror", "models", "files", "peers", "interfaces", "connections"}
     unknown = sorted(set(raw) - known)
     if unknown:

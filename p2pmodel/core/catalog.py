@@ -1,11 +1,11 @@
-"""Names known without any configuration: ``catalog.toml`` shipped inside the package."""
+"""Names known without any configuration (``catalog.toml`` shipped inside the package), and the
+order in which a ``name:tag`` is looked up."""
 
 from __future__ import annotations
 
 import difflib
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .config import Config, FileSpec, parse_files_table
 from .errors import UserError
@@ -18,9 +18,8 @@ class Catalog:
     files: dict[str, FileSpec] = field(default_factory=dict)
 
 
-def load_catalog(text: str | None = None) -> Catalog:
-    if text is None:
-        text = resources.files("p2pmodel").joinpath("catalog.toml").read_text(encoding="utf-8")
+def parse_catalog(text: str) -> Catalog:
+    """A catalog from its TOML text (``adapters.home.load_catalog`` reads the shipped one)."""
     raw = tomllib.loads(text)
     models = {parse_ref(k).text: v for k, v in raw.get("models", {}).items()}
     return Catalog(models, parse_files_table(raw.get("files", {}), "catalog [files]"))

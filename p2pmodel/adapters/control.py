@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .errors import P2PModelError, ProtocolError, SourceError
-from .wire import FrameDecoder
+from ..core.errors import P2PModelError, ProtocolError, SourceError
+from ..core.wire import FrameDecoder
 
 if TYPE_CHECKING:
     import trio
 
-    from .agent import Agent
+    from ..services.agent import Agent
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
@@ -149,9 +149,9 @@ class ControlServer:
     async def _get(self, stream: trio.SocketStream, req: dict[str, Any]) -> None:
         import trio
 
-        from .get import GetRequest, get
-        from .progress import Progress
-        from .refs import parse_ref
+        from ..core.progress import Progress
+        from ..core.refs import parse_ref
+        from ..services.get import GetRequest, get
 
         progress = Progress()
         key = f"get-{id(progress)}"
@@ -195,7 +195,7 @@ class ControlServer:
                 await stream.send_all(_pack(outcome))
         finally:
             self.agent.transfers.pop(key, None)
-            from .agent import trim_memory
+            from ..services.agent import trim_memory
 
             trim_memory()
 

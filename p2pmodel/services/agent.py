@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +23,14 @@ from typing import Any
 
 import trio
 
-from .config import Config
-from .discovery import Discovery, DiscoveryEvent, PeerSeen
-from .downloader import BlobJob, Gate
-from .peers import PeerAddr, PeerTable
-from .progress import Progress
-from .rpc import RpcError, RpcServer, connect
-from .store import Store
-from .swarm import Swarm
-from .wan import Sharing, segment_from_env
-from .wire import (
+from ..adapters.discovery import Discovery, DiscoveryEvent, PeerSeen
+from ..adapters.home import agent_id, segment_from_env
+from ..adapters.store import Store
+from ..adapters.swarm import Swarm
+from ..core.config import Config
+from ..core.peers import PeerAddr, PeerTable
+from ..core.progress import Progress
+from ..core.wire import (
     PROTOCOL_VERSION,
     Claim,
     Error,
@@ -53,25 +50,15 @@ from .wire import (
     UnitDone,
     UnitQuery,
 )
+from .download import BlobJob, Gate
+from .link import RpcError, RpcServer, connect
+from .sharing import Sharing
 
 log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
 LIVENESS_TICK = 1.0
 TRIM_EVERY = 30.0
 PRUNE_EVERY = 10.0
-
-
-def agent_id(home: Path) -> str:
-    """A stable id for this home's agent (hex, kept in ``$P2PMODEL_HOME/agent-id``)."""
-    path = home / "agent-id"
-    with contextlib.suppress(OSError):
-        text = path.read_text().strip()
-        if 8 <= len(text) <= 32 and all(c in "0123456789abcdef" for c in text):
-            return text
-    new = secrets.token_hex(8)
-    home.mkdir(parents=True, exist_ok=True)
-    path.write_text(new + "\n")
-    return new
 
 
 def trim_memory() -> None:

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from .digests import BlobHasher, algorithm
-from .errors import IntegrityError, SourceError
-from .fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
-from .http import FetchFailure, RangeBody, Timeouts, make_client, open_range
-from .mirrors import Failure, MirrorBoard
-from .progress import Progress
-from .rangeset import RangeSet
-from .store import PartialState, Store, disk_errors, start_writeback
-from .torrents import info_bytes, piece_size
+from ..adapters.hashing import hash_into
+from ..adapters.http import FetchFailure, RangeBody, Timeouts, make_client, open_range
+from ..adapters.store import PartialState, Store, disk_errors, start_writeback
+from ..core.digests import BlobHasher, algorithm
+from ..core.errors import IntegrityError, SourceError
+from ..core.fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
+from ..core.mirrors import Failure, MirrorBoard
+from ..core.progress import Progress
+from ..core.rangeset import RangeSet
+from ..core.torrents import info_bytes, piece_size
 
 log = logging.getLogger(__name__)
 WRITE_BLOCK = 1024 * 1024
@@ -428,7 +429,7 @@ class _Run:
             nonlocal got, pieces
             async with self.hash_lock(blob.key):
                 h = self.prefix.pop(blob.key, None) or self.new_hasher(blob)
-                await trio.to_thread.run_sync(h.update_from, path, blob.size)
+                await trio.to_thread.run_sync(hash_into, h, path, blob.size)
                 got, pieces = h.result()
 
         # Flushing to disk and hashing overlap: both are needed before the commit.
@@ -502,7 +503,7 @@ class _Run:
                     continue
                 h = self.prefix.setdefault(blob.key, self.new_hasher(blob))
                 path = self.store.partial_path(blob.key)
-                await trio.to_thread.run_sync(h.update_from, path, stop)
+                await trio.to_thread.run_sync(hash_into, h, path, stop)
 
     # -- persistence and display ---------------------------------------------------------------
 

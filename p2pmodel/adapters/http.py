@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import trio
 
-from . import __version__
-from .errors import SourceError, UserError
-from .mirrors import Failure, mirror_key
+from .. import __version__
+from ..core.errors import SourceError, UserError
+from ..core.mirrors import Failure, mirror_key
 
 USER_AGENT = f"p2pmodel/{__version__}"
 

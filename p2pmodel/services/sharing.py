@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import wire
-from .coordinator import (
+from ..adapters.hashing import piece_hashes
+from ..core import wire
+from ..core.coordinator import (
     SEGMENT,
     Abort,
     Action,
@@ -49,16 +50,15 @@ from .coordinator import (
     Unit,
     units_of,
 )
-from .digests import hex_part, piece_hashes
-from .downloader import BlobJob, Gate
-from .errors import UserError
-from .progress import Progress
-from .rpc import RpcClient, RpcError, connect
-from .torrents import unit_info, unit_piece_size, unit_pieces, unit_shape
+from ..core.digests import hex_part
+from ..core.progress import Progress
+from ..core.torrents import unit_info, unit_piece_size, unit_pieces, unit_shape
+from .download import BlobJob, Gate
+from .link import RpcClient, RpcError, connect
 
 if TYPE_CHECKING:
+    from ..adapters.swarm import _Torrent
     from .agent import Agent
-    from .swarm import _Torrent
 
 log = logging.getLogger(__name__)
 TICK = 0.25
@@ -511,13 +511,3 @@ class Sharing:
             swarm.drop_unit(u.blob, u.index)
             self.coord.failed(u, first)
         self.wake()
-
-
-def segment_from_env(value: str | None) -> int:
-    """``P2PMODEL_SEGMENT_MIB`` (a power of two; tests and demos use small models)."""
-    if not value:
-        return SEGMENT
-    mib = int(value) if value.isdigit() else 0
-    if mib < 1 or mib & (mib - 1):
-        raise UserError(f"P2PMODEL_SEGMENT_MIB must be a power of two (MiB), not {value!r}")
-    return mib * 1024 * 1024

@@ -1,0 +1,1 @@
+"""adapters layer of p2pmodel (see docs/architecture.md)."""

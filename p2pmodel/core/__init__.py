@@ -1,0 +1,1 @@
+"""core layer of p2pmodel (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""services layer of p2pmodel (see docs/architecture.md)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -94,7 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "verify": cmd_verify,
         }[args.command]
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as eg:  # a trio nursery's: report the one cause that matters
+            from .core.errors import first_cause
+
+            cause = first_cause(eg)
+            if cause is eg:
+                raise
+            raise cause from None
     except P2PModelError as e:
         print(f"p2pmodel: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -159,7 +166,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         try:
             return _get_via_agent(req, home, args.json)
         except control.NoAgent:
-            lan = not args.no_lan and os.environ.get("P2PMODEL_LAN", "on").lower() != "off"
+            from .adapters.home import switches
+
+            lan = not args.no_lan and switches().lan
             result = _run_get(req, home, args.connections, lan)
     for w in result.warnings:
         print(f"p2pmodel: warning: {w}", file=sys.stderr)
@@ -171,29 +180,33 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def _run_get(req: Any, home: Path, connections: int | None, lan: bool) -> Any:
-    """No agent runs: fetch in this process, with an embedded agent for its duration."""
+    """No agent runs: fetch in this process, with an embedded agent for its duration (or,
+    with ``lan`` off, mirrors only). Either way the get runs in a ``GetService``."""
     import trio
 
-    from .adapters.home import load_config
-    from .services.download import DownloadOptions
-    from .services.get import get
+    from .adapters.home import load_config, switches
+    from .core.errors import first_cause
+    from .services.gets import GetService
 
     config = load_config(home)
-    opts = DownloadOptions(connections=connections or config.connections)
+    env = switches()
 
     async def run() -> Any:
         if not lan:
-            return await get(req, home, options=opts)
-        from .services.agent import Agent, AgentOptions
+            async with GetService(home, config).open() as gets:
+                return await gets.get(req, connections=connections)
+        from .services.agent import AgentOptions, open_agent
 
-        async with trio.open_nursery() as nursery:
-            agent = Agent(home, config, AgentOptions(rpc_port=0, wait_for_peers=1.5))
-            await nursery.start(agent.run)
-            result = await get(req, home, options=opts, lan=agent)
-            nursery.cancel_scope.cancel()
-        return result
+        opts = AgentOptions(
+            rpc_port=0, wait_for_peers=1.5, sharing=env.sharing, segment=env.segment
+        )
+        async with open_agent(home, config, opts) as agent:
+            return await agent.gets.get(req, connections=connections)
 
-    return trio.run(run)
+    try:
+        return trio.run(run)
+    except BaseExceptionGroup as eg:
+        raise first_cause(eg) from None
 
 
 def _get_via_agent(req: Any, home: Path, as_json: bool) -> int:
@@ -253,11 +266,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import trio
 
-    from .adapters.control import ControlServer, NoAgent, request
-    from .adapters.home import load_config
-    from .services.agent import Agent, AgentOptions
+    from .adapters.control import NoAgent, request
+    from .adapters.home import load_config, switches
+    from .services.agent import Agent, AgentOptions, trim_memory
+    from .services.control import ControlServer
 
-    level = os.environ.get("P2PMODEL_LOG", "warning").upper()
+    env = switches()
+    level = env.log.upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.WARNING),
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
@@ -276,6 +291,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rpc_port=args.port,
         torrent_port=args.torrent_port,
         discovery=not args.no_discovery,
+        sharing=env.sharing,
+        segment=env.segment,
     )
 
     async def run() -> None:
@@ -286,10 +303,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     await nursery.start(agent.run)
                 except OSError as e:
                     raise UserError(f"cannot listen on {agent.interfaces}: {e.strerror}") from None
-                await nursery.start(ControlServer(agent).run)
+                control = ControlServer(home, agent.gets, agent.status, after_get=trim_memory)
+                await nursery.start(control.run)
                 print(
                     f"p2pmodel: agent {agent.id} serving on {', '.join(agent.interfaces)} "
-                    f"(rpc {agent.rpc_port}, torrent {agent.swarm.port if agent.swarm else 0})",
+                    f"(rpc {agent.rpc_port}, torrent {agent.status()['torrent_port']})",
                     file=sys.stderr,
                     flush=True,
                 )

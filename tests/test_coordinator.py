@@ -12,14 +12,14 @@ import pytest
 
 from p2pmodel.core.coordinator import (
     LEASE,
-    Abort,
-    Claim,
+    AnnounceDone,
     Coordinator,
-    Done,
     FetchFromMirror,
     FetchFromPeer,
-    Release,
-    Renew,
+    SendClaim,
+    SendRelease,
+    SendRenew,
+    StopMirrorFetch,
     Unit,
     units_of,
 )
@@ -53,7 +53,7 @@ def test_a_lapsed_lease_is_taken_over():
     (u,) = units_of("x", SEG, SEG)
     c.peer_claim("aa", u, expires=10.0)
     assert c.poll(9.0) == []
-    assert c.poll(10.0) == [Claim(u, 10.0 + c.lease), FetchFromMirror(u)]
+    assert c.poll(10.0) == [SendClaim(u, 10.0 + c.lease), FetchFromMirror(u)]
 
 
 def test_a_gone_peer_loses_its_leases_at_once():
@@ -75,8 +75,8 @@ def test_simultaneous_claims_resolve_to_the_lower_agent_id():
     assert FetchFromMirror(u) in a.poll(0.0) and FetchFromMirror(u) in b.poll(0.0)
     a.peer_claim("bb", u, LEASE)
     b.peer_claim("aa", u, LEASE)
-    assert a.poll(0.1) == [Claim(u, LEASE)]  # repeated for a rival that may have missed it
-    assert b.poll(0.1) == [Abort(u)]
+    assert a.poll(0.1) == [SendClaim(u, LEASE)]  # repeated for a rival that may have missed it
+    assert b.poll(0.1) == [StopMirrorFetch(u)]
 
 
 def test_leases_are_renewed_while_fetching():
@@ -86,18 +86,18 @@ def test_leases_are_renewed_while_fetching():
     (u,) = units_of("x", SEG, SEG)
     c.poll(0.0)
     assert c.poll(4.0) == []
-    assert c.poll(5.0) == [Renew(u, 15.0)]
+    assert c.poll(5.0) == [SendRenew(u, 15.0)]
 
 
 def test_a_failed_fetch_is_released_and_tried_again():
-    """A failed mirror fetch gives the unit back (Release) and it is claimed anew."""
+    """A failed mirror fetch gives the unit back (SendRelease) and it is claimed anew."""
     c = Coordinator("aa", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.poll(0.0)
     c.failed(u)
     acts = c.poll(1.0)
-    assert acts[0] == Release(u) and FetchFromMirror(u) in acts
+    assert acts[0] == SendRelease(u) and FetchFromMirror(u) in acts
 
 
 # -- the simulated office --------------------------------------------------------------------
@@ -145,11 +145,11 @@ class Sim:
     def step_agent(self, name: str) -> None:
         c = self.agents[name]
         for act in c.poll(self.now):
-            if isinstance(act, Claim | Renew):
+            if isinstance(act, SendClaim | SendRenew):
                 self.broadcast(name, "claim", act.unit, act.expires)
-            elif isinstance(act, Done):
+            elif isinstance(act, AnnounceDone):
                 self.broadcast(name, "done", act.unit)
-            elif isinstance(act, Release):
+            elif isinstance(act, SendRelease):
                 self.broadcast(name, "release", act.unit)
             elif isinstance(act, FetchFromMirror):
                 token = next(self.seq)
@@ -168,7 +168,7 @@ class Sim:
                 self.inflight[(name, act.unit.key)] = token
                 took = (act.unit.stop - act.unit.start) / self.lan_rate
                 self.at(self.now + took, "peer_done_fetch", name, act.unit, token, act.agent)
-            elif isinstance(act, Abort):
+            elif isinstance(act, StopMirrorFetch):
                 self.aborted += 1
                 self.inflight.pop((name, act.unit.key), None)
                 began = self.started.pop((name, act.unit.key), self.now)
@@ -287,10 +287,10 @@ def test_drop_releases_our_leases_and_forgets_the_units():
     c.set_peers({"b"})
     c.want({"x": 3 * SEG, "y": SEG})
     acts = c.poll(0.0)
-    claimed = {a.unit for a in acts if isinstance(a, Claim)}
+    claimed = {a.unit for a in acts if isinstance(a, SendClaim)}
     assert len(claimed) == 2
     c.drop({"x", "y"})
-    released = {a.unit for a in c.poll(1.0) if isinstance(a, Release)}
+    released = {a.unit for a in c.poll(1.0) if isinstance(a, SendRelease)}
     assert released == claimed
     assert c.complete and c.claims(1.0) == []
 
@@ -337,4 +337,22 @@ def test_a_landed_unit_lets_the_next_one_start_but_keeps_its_lease():
     (second,) = [a.unit for a in c.poll(0.2) if isinstance(a, FetchFromMirror)]
     assert second != first and c.holds(first)
     c.fetched(first)
-    assert Done(first) in c.poll(0.3) and not c.holds(first)
+    assert AnnounceDone(first) in c.poll(0.3) and not c.holds(first)
+
+
+def test_next_deadline_is_the_next_renewal_or_lapse():
+    """The coordinator says when to poll next: a peer's lease lapsing, or one of ours to renew;
+    polling then does exactly that."""
+    c = Coordinator("bb", segment=SEG)
+    assert c.next_deadline() is None
+    c.want({"x": 2 * SEG})
+    u0, u1 = units_of("x", 2 * SEG, SEG)
+    c.peer_claim("aa", u0, expires=10.0)
+    c.set_peers({"aa"})
+    assert c.next_deadline() == 10.0
+    acts = c.poll(1.0)
+    assert SendClaim(u1, 1.0 + c.lease) in acts
+    assert c.next_deadline() == 10.0
+    c.peer_release("aa", u0)
+    assert c.next_deadline() == 1.0 + c.lease / 2
+    assert c.poll(c.next_deadline()) == [SendRenew(u1, 1.0 + c.lease / 2 + c.lease)]

@@ -359,7 +359,7 @@ def test_slow_hello_does_not_crash_the_agent(tmp_path: Path, repo: Repo) -> None
     """A client silent past the RPC hello timeout, then sending a frame, is only dropped."""
     slow = (
         "import socket, sys, time\n"
-        "from p2pmodel.wire import Hello, encode\n"
+        "from p2pmodel.core.wire import Hello, encode\n"
         "s = socket.create_connection((sys.argv[1], 7420), timeout=5)\n"
         "time.sleep(10.5)\n"
         "s.sendall(encode(Hello('feedfacefeedface', 1, 1, 1), 0))\n"

@@ -199,3 +199,19 @@ def test_snapshot_is_plain_data() -> None:
             "partial": 0,
         },
     ]
+
+
+def test_next_deadline_is_the_next_ping_or_expiry() -> None:
+    """The table says when its timers next have work: a ping due, then an expiry."""
+    t = table(ping_interval=2.0, dead_after=8.0, forget_after=600.0)
+    assert t.next_deadline() is None
+    t.seen("a1", [PeerAddr("10.0.0.1", 7420)], 6881, "mdns", 100.0)
+    assert t.next_deadline() == 102.0
+    assert [p.agent for p in t.due_pings(102.0)] == ["a1"]
+    assert t.next_deadline() == 104.0  # pinged at 102: the next ping, unless heard
+    t.ping_failed("a1", 103.0)
+    t.due_pings(104.0)
+    t.due_pings(106.0)
+    assert t.next_deadline() == 108.0  # silent since 100: dead at 108
+    assert t.expire(108.0) == ["a1"]
+    assert t.next_deadline() == 708.0  # forgotten 600 s after it died

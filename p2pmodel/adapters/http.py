@@ -7,7 +7,6 @@ are ranges of the file, and redirects (hub -> CDN) are followed.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import trio
 
 from .. import __version__
 from ..core.errors import SourceError, UserError
-from ..core.mirrors import Failure, mirror_key
+from ..core.mirrors import Failure, mirror_key, retry_after
 
 USER_AGENT = f"p2pmodel/{__version__}"
 
@@ -49,20 +48,6 @@ def make_client(timeouts: Timeouts = Timeouts(), connections: int = 64) -> httpx
     )
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - time.time())
-
-
 def classify_status(resp: httpx.Response) -> FetchFailure:
     code = resp.status_code
     detail = f"HTTP {code} {resp.reason_phrase}".rstrip()
@@ -70,11 +55,11 @@ def classify_status(resp: httpx.Response) -> FetchFailure:
         return FetchFailure(Failure.MISSING, detail)
     if code in (429, 503):
         return FetchFailure(
-            Failure.BUSY, detail, parse_retry_after(resp.headers.get("retry-after"))
+            Failure.BUSY, detail, retry_after(resp.headers.get("retry-after"), time.time())
         )
     if 500 <= code < 600:
         return FetchFailure(
-            Failure.SERVER, detail, parse_retry_after(resp.headers.get("retry-after"))
+            Failure.SERVER, detail, retry_after(resp.headers.get("retry-after"), time.time())
         )
     return FetchFailure(Failure.PROTOCOL, f"unexpected {detail}")
 

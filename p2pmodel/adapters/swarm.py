@@ -27,7 +27,7 @@ import trio
 
 from ..core.digests import algorithm, hex_part
 from ..core.rangeset import RangeSet
-from ..core.torrents import expected_shape, info_hash
+from ..core.torrents import SwarmFetch, expected_shape, info_hash
 from .hashing import digest_file
 from .store import PartialState, Store
 
@@ -95,13 +95,6 @@ class _Torrent:
             return b""
 
 
-@dataclass(frozen=True)
-class SwarmFetch:
-    ok: bool
-    why: str = ""
-    downloaded: int = 0  # payload bytes received from peers
-
-
 class Swarm:
     def __init__(self, store: Store, listen: Sequence[str], port: int = 0) -> None:
         self.store = store
@@ -111,6 +104,7 @@ class Swarm:
         self._by_digest: dict[str, _Torrent] = {}
         self._units: dict[tuple[str, int], _Torrent] = {}
         self.swarm_dir = store.partial / "swarm"
+        self._uploaded_before = 0
 
     @property
     def port(self) -> int:
@@ -205,7 +199,14 @@ class Swarm:
         self._by_digest[digest] = t
         return t
 
+    def _uploaded(self, t: _Torrent) -> int:
+        try:
+            return int(t.handle.status().total_payload_upload)
+        except RuntimeError:
+            return 0
+
     def _forget(self, t: _Torrent, *, delete_files: bool) -> None:
+        self._uploaded_before += self._uploaded(t)
         self._by_digest.pop(t.digest, None)
         self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
         flags = lt.session.delete_files if delete_files else 0
@@ -314,8 +315,10 @@ class Swarm:
 
     # -- unit torrents (WAN sharing: a unit of a blob nobody has whole yet) --------------------
 
-    def unit(self, digest: str, index: int) -> _Torrent | None:
-        return self._units.get((digest, index))
+    def unit_info(self, digest: str, index: int) -> bytes | None:
+        """The info of a unit torrent we seed (None: we do not hold that unit)."""
+        t = self._units.get((digest, index))
+        return t.info() or None if t is not None and t.seeding else None
 
     def add_unit(
         self,
@@ -327,13 +330,12 @@ class Swarm:
         path: Path,
         *,
         have: bool,
-    ) -> _Torrent:
+    ) -> None:
         """Add the torrent of one unit over the blob's file ``path`` (the partial file, or the
         stored blob), wanting only the unit's pieces. ``have``: we hold them (fetched from a
         mirror and hashed by us: trusted, no re-check); otherwise they come from peers."""
-        old = self._units.get((digest, index))
-        if old is not None:
-            return old
+        if (digest, index) in self._units:
+            return
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
         params.save_path = str(path.parent)
@@ -352,11 +354,11 @@ class Swarm:
             t.finished.set()
         self._by_hash[info_hash(info)] = t
         self._units[(digest, index)] = t
-        return t
 
     async def fetch_unit(
         self,
-        t: _Torrent,
+        digest: str,
+        index: int,
         peers: Callable[[], Sequence[tuple[str, int]]],
         *,
         stall_timeout: float = 10.0,
@@ -364,6 +366,9 @@ class Swarm:
     ) -> SwarmFetch:
         """Fetch a unit torrent's pieces from ``peers()`` (asked again every few seconds:
         holders come and go). Returns once the pieces are hash-checked and on disk."""
+        t = self._units.get((digest, index))
+        if t is None:
+            return SwarmFetch(False, "no such unit torrent")
         why, got = await self._follow(
             t, stall_timeout=stall_timeout, on_progress=on_progress, peers=peers
         )
@@ -441,15 +446,11 @@ class Swarm:
         if t is not None:
             self._forget_unit(t)
 
-    def drop_units(self, digest: str) -> None:
-        for (d, _), t in list(self._units.items()):
-            if d == digest:
-                self._forget_unit(t)
-
-    def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> None:
+    def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> float | None:
         """Unit torrents with no peer for ``idle`` seconds end, but for blobs in ``keep``
         (a get still wants them: peers may come for their units). A stored blob is then
-        served by its whole-blob torrent; a partial one waits for the next get."""
+        served by its whole-blob torrent; a partial one waits for the next get. Returns when
+        the next unit torrent may turn idle long enough (None: there is none)."""
         for t in list(self._units.values()):
             try:
                 busy = t.handle.status().num_peers > 0
@@ -459,8 +460,10 @@ class Swarm:
                 t.idle_since = now
             elif now - t.idle_since >= idle:
                 self._forget_unit(t)
+        return min((t.idle_since + idle for t in self._units.values()), default=None)
 
     def _forget_unit(self, t: _Torrent) -> None:
+        self._uploaded_before += self._uploaded(t)
         self._units.pop((t.digest, t.unit), None)
         self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
         with contextlib.suppress(RuntimeError):
@@ -470,8 +473,9 @@ class Swarm:
 
     def statistics(self) -> dict[str, Any]:
         seeding = [t for t in self._by_digest.values() if t.seeding]
-        uploaded = sum(
-            t.handle.status().total_payload_upload for t in [*seeding, *self._units.values()]
+        # Torrents come and go (unit torrents are pruned): what the gone ones sent is kept.
+        uploaded = self._uploaded_before + sum(
+            self._uploaded(t) for t in [*self._by_digest.values(), *self._units.values()]
         )
         return {
             "port": self.port,

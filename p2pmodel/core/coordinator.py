@@ -1,26 +1,28 @@
-"""WAN coordination (pure): agents that want the same blobs split the mirror work by leases.
+"""Sharing a model's mirror work (pure): agents that want the same blobs split it by leases.
 
 Theory of operation. Work is cut into units: a small blob is one unit, a large one is cut
 into fixed-size segments (``SEGMENT``), so a single 20 GB file is shared out like a sharded
-model. Each agent runs one ``Coordinator``. It claims a unit nobody holds or leases by sending
-a ``Claim`` (with an expiry) to its peers, fetches it from a mirror, renews the lease while it
-works, and announces ``Done`` when the unit is verified; peers then take that unit from it over
-the LAN instead of the mirror. A lease not renewed in time (the agent died) lapses and the unit
-is taken over; a peer gone (goodbye, failed pings) loses its leases at once.
+model. Each agent runs one ``Coordinator``. It claims a unit nobody holds or leases (``SendClaim``,
+with an expiry, to its peers), fetches it from a mirror, renews the lease while it works
+(``SendRenew``), and announces the unit when it is verified (``AnnounceDone``); peers then take
+that unit from it over the LAN instead of the mirror. A lease not renewed in time (the agent
+died) lapses and the unit is taken over; a peer gone (goodbye, failed pings) loses its leases
+at once.
 
 Two agents may claim the same unit at the same moment. The rule is deterministic: the claim
-of the lower agent id stands and the other agent drops its own (``Abort``), losing at most
-what it fetched of that unit; the winner repeats its claim when it hears a rival's, since
+of the lower agent id stands and the other agent drops its own (``StopMirrorFetch``), losing at
+most what it fetched of that unit; the winner repeats its claim when it hears a rival's, since
 the rival may have joined after the first one went out. A joining agent first learns the
-leases and holdings of its peers (hello), so clashes are between truly simultaneous claims.
+leases and holdings of its peers, so clashes are between truly simultaneous claims.
 To make those rare, each unit has an owner among the live agents (rendezvous hashing over
 ``set_peers``): an agent fetches its own units first and takes others' only when its own are
-all claimed (work stealing at the tail). A unit some peer announces ``Done`` is taken from it
-over the LAN, and a mirror fetch of it still running is aborted.
+all claimed (work stealing at the tail). A unit some peer announces is taken from it over the
+LAN (``FetchFromPeer``), and a mirror fetch of it still running is stopped.
 
 Events in: ``want``, ``peer_claim``, ``peer_done``, ``peer_release``, ``peer_gone``,
-``fetched``, ``failed``. ``poll(now)`` returns the actions to take now. Nothing here does IO
-or reads a clock.
+``landed``, ``fetched``, ``failed``, ``drop``. ``poll(now)`` returns the actions to take now
+and ``next_deadline()`` when to poll again if nothing else happens (aioquic's ``get_timer``).
+Nothing here does IO or reads a clock.
 """
 
 from __future__ import annotations
@@ -58,13 +60,13 @@ def units_of(blob: str, size: int, segment: int = SEGMENT) -> list[Unit]:
 
 
 @dataclass(frozen=True)
-class Claim:
+class SendClaim:
     unit: Unit
     expires: float
 
 
 @dataclass(frozen=True)
-class Renew:
+class SendRenew:
     unit: Unit
     expires: float
 
@@ -81,23 +83,31 @@ class FetchFromPeer:
 
 
 @dataclass(frozen=True)
-class Abort:
+class StopMirrorFetch:
     """Stop fetching this unit from the mirror: a peer's claim wins."""
 
     unit: Unit
 
 
 @dataclass(frozen=True)
-class Release:
+class SendRelease:
     unit: Unit
 
 
 @dataclass(frozen=True)
-class Done:
+class AnnounceDone:
     unit: Unit
 
 
-Action = Claim | Renew | FetchFromMirror | FetchFromPeer | Abort | Release | Done
+Action = (
+    SendClaim
+    | SendRenew
+    | FetchFromMirror
+    | FetchFromPeer
+    | StopMirrorFetch
+    | SendRelease
+    | AnnounceDone
+)
 
 
 @dataclass
@@ -157,16 +167,16 @@ class Coordinator:
     def peer_claim(self, agent: str, unit: Unit, expires: float) -> None:
         key = unit.key
         if key in self._have:
-            self._out.append(Done(unit))  # the claimer missed that we have it: say it again
+            self._out.append(AnnounceDone(unit))  # the claimer missed that we have it
             return
         if key in self._mine:
             if agent < self.agent:  # the lower id's claim stands
                 del self._mine[key]
-                self._out.append(Abort(unit))
+                self._out.append(StopMirrorFetch(unit))
             else:
                 # Ours stands. Say so again: the peer may have joined after our claim went
                 # out, and it aborts when it sees it.
-                self._out.append(Claim(unit, self._mine[key]))
+                self._out.append(SendClaim(unit, self._mine[key]))
                 return
         current = self._leases.get(key)
         if current is None or current.agent == agent or agent < current.agent:
@@ -175,7 +185,7 @@ class Coordinator:
     def peer_done(self, agent: str, unit: Unit) -> None:
         self._holders.setdefault(unit.key, set()).add(agent)
         if self._mine.pop(unit.key, None) is not None:
-            self._out.append(Abort(unit))  # a copy exists on the LAN: stop the mirror fetch
+            self._out.append(StopMirrorFetch(unit))  # a copy is on the LAN: stop fetching
         lease = self._leases.get(unit.key)
         if lease is not None and lease.agent == agent:
             del self._leases[unit.key]
@@ -207,7 +217,7 @@ class Coordinator:
         self._fetching_from_peer.discard(key)
         if key not in self._have:
             self._have.add(key)
-            self._out.append(Done(unit))
+            self._out.append(AnnounceDone(unit))
 
     def failed(self, unit: Unit, agent: str | None = None) -> None:
         """Our fetch of the unit failed: give it back to the office. ``agent``: the peer we
@@ -215,7 +225,7 @@ class Coordinator:
         or, with none left, to a mirror)."""
         key = unit.key
         if self._mine.pop(key, None) is not None:
-            self._out.append(Release(unit))
+            self._out.append(SendRelease(unit))
         self._fetching_from_peer.discard(key)
         if agent is not None:
             self.distrust(unit, agent)
@@ -229,7 +239,7 @@ class Coordinator:
         on them go back to the office at once."""
         for u in self._units:
             if u.blob in blobs and self._mine.pop(u.key, None) is not None:
-                self._out.append(Release(u))
+                self._out.append(SendRelease(u))
         self._units = [u for u in self._units if u.blob not in blobs]
         self._fetching_from_peer = {k for k in self._fetching_from_peer if k[0] not in blobs}
 
@@ -253,6 +263,18 @@ class Coordinator:
     def wanted(self, blob: str) -> list[Unit]:
         return [u for u in sorted(self._units) if u.blob == blob]
 
+    def next_deadline(self) -> float | None:
+        """When ``poll`` has something to do if no event comes first: a lease of ours to renew,
+        or a peer's lease to lapse (None: nothing pending)."""
+        times = [exp - self.lease * (1 - RENEW_AT) for exp in self._mine.values()]
+        times += [lease.expires for lease in self._leases.values()]
+        return min(times, default=None)
+
+    @property
+    def pending(self) -> bool:
+        """Actions wait in the outbox (an event produced some): poll now."""
+        return bool(self._out)
+
     # -- deciding ------------------------------------------------------------------------------
 
     @property
@@ -268,7 +290,7 @@ class Coordinator:
         for key, expires in list(self._mine.items()):
             if now >= expires - self.lease * (1 - RENEW_AT):
                 self._mine[key] = now + self.lease
-                out.append(Renew(units[key], now + self.lease))
+                out.append(SendRenew(units[key], now + self.lease))
         for u in self._units:
             key = u.key
             if key in self._have or key in self._mine or key in self._fetching_from_peer:
@@ -301,5 +323,5 @@ class Coordinator:
             if len(self._mine) - len(self._landed) >= limit:
                 break
             self._mine[u.key] = now + self.lease
-            out += [Claim(u, now + self.lease), FetchFromMirror(u)]
+            out += [SendClaim(u, now + self.lease), FetchFromMirror(u)]
         return out

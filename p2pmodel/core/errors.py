@@ -41,3 +41,24 @@ class ProtocolError(P2PModelError):
     """A remote answer does not have the shape we expect (a mirror's or a peer's fault)."""
 
     exit_code = 3
+
+
+def first_cause(exc: BaseException) -> BaseException:
+    """The one error to report out of an exception group (trio wraps what a nursery's tasks
+    raise): an interrupt first, then an error of ours classed above, then any other error.
+    A group of nothing but cancellations is returned as it is."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            leaves.append(e)
+    for kind in (KeyboardInterrupt, P2PModelError, Exception):
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return exc

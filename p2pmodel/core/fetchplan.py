@@ -299,6 +299,13 @@ class FetchPlan:
 
     # -- the office gate (coordinator leases) -----------------------------------------------
 
+    def gate(self, key: str) -> None:
+        """Mirrors may serve nothing of this blob until ranges are ``allow``ed (the office
+        shares its mirror work out)."""
+        blob = self.blobs[key]
+        if blob.allowed is None:
+            blob.allowed = RangeSet()
+
     def allow(self, key: str, start: int, stop: int) -> None:
         """Mirrors may now serve these bytes of a gated blob (a lease of ours)."""
         blob = self.blobs[key]

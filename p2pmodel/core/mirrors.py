@@ -15,6 +15,7 @@ row without a success in between is dead for this run. Time is always an argumen
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,6 +37,22 @@ class Failure(Enum):
     SHORT = "short"  # body ended early
     PROTOCOL = "protocol"  # malformed answer, ignored Range, wrong length
     MISSING = "missing"  # 404/410/403: this mirror does not have this file
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait (seconds, or an HTTP date compared
+    with ``now``, the wall clock in seconds since the epoch); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - now)
 
 
 TRANSIENT = {Failure.BUSY, Failure.SERVER, Failure.TIMEOUT, Failure.CONNECT, Failure.SHORT}
@@ -91,11 +108,16 @@ class MirrorBoard:
     def all_stats(self) -> list[MirrorStats]:
         return list(self._m.values())
 
-    def restore_rates(self, rates: dict[str, float]) -> None:
-        """Seed throughput estimates remembered from an earlier run (ranking only)."""
-        for key, rate in rates.items():
-            if key in self._m and self._m[key].rate is None and rate > 0:
-                self._m[key].rate = float(rate)
+    def revive(self, now: float) -> None:
+        """A new get starts (the board is the agent's, kept across gets): mirrors given up on
+        get another chance, and bans for missing files are lifted (a mirror catches up).
+        Rates and bans for bad bytes stay."""
+        for m in self._m.values():
+            if m.dead:
+                m.dead = False
+                m.consecutive = 0
+                m.backoff_until = min(m.backoff_until, now)
+            m.bans = {b: why for b, why in m.bans.items() if "mismatch" in why}
 
     def usable_for(self, key: str, blob: str) -> bool:
         m = self._m[key]

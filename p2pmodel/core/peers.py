@@ -9,11 +9,13 @@ as hearing from it (``heard``, ``inventory``). A peer is marked dead when mDNS s
 or when it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
 without refusing). A dead peer's inventory is dropped; a later announcement or a successful RPC
 brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id is never a peer.
-Time is always an argument; the table never reads a clock.
+``next_deadline`` says when the timers next have work. Time is always an argument; the table
+never reads a clock.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -165,6 +167,18 @@ class PeerTable:
             elif not peer.alive and peer.died is not None and now - peer.died >= self.forget_after:
                 del self._peers[peer.agent]
         return died
+
+    def next_deadline(self) -> float | None:
+        """When ``due_pings`` or ``expire`` next has something to do (None: no peer)."""
+        times = []
+        for peer in self._peers.values():
+            if peer.alive:
+                pinged = peer.last_pinged if peer.last_pinged is not None else -math.inf
+                times.append(max(peer.last_heard, pinged) + self.ping_interval)
+                times.append(peer.last_heard + self.dead_after)
+            elif peer.died is not None:
+                times.append(peer.died + self.forget_after)
+        return min(times, default=None)
 
     # -- queries --------------------------------------------------------------------------------
 

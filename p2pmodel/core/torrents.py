@@ -9,11 +9,23 @@ is ready to seed without a second pass.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from .digests import hex_part
 
 KiB = 1024
+
+
+@dataclass(frozen=True)
+class SwarmFetch:
+    """How fetching a torrent from peers ended (the swarm adapter's answer)."""
+
+    ok: bool
+    why: str = ""
+    downloaded: int = 0  # payload bytes received from peers
+
+
 MIN_PIECE = 256 * KiB
 MAX_PIECE = 16 * 1024 * KiB
 TARGET_PIECES = 1000

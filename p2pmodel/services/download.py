@@ -3,13 +3,20 @@
 Theory of operation. ``download`` opens every missing blob's partial file, restores its resume
 state into the plan, then runs in one nursery: N workers (each loops ``plan.assign`` -> one
 Range GET streamed into the partial file -> ``plan.release``), a verifier (hashes complete
-blobs in a thread, commits or reports a mismatch), a saver (persists resume state ten times a
-second and once more on the way out, even when cancelled), a prefix hasher (hashes each
+blobs in a thread, commits or reports a mismatch), a saver (persists resume state when ranges
+land, at most ten times a second, and once more on the way out, even when cancelled), a prefix
+hasher (hashes each
 blob's contiguous on-disk prefix as it grows, so verifying reads only the rest) and the
 progress renderer. Workers write blocks of up to 1 MiB, or whatever arrived in the last
 50 ms (small writes inline, big ones from a thread), so a crash loses at most a fraction of
-a second of traffic. The plan is only touched from the trio thread; any change wakes
-waiting workers.
+a second of traffic. Every block from a mirror goes through the agent's token bucket (its
+mirror rate limit) and is counted as it arrives. The plan is only touched from the trio
+thread; any change wakes waiting workers.
+
+A running download is a ``Download``; a ``Sharer`` (the office's sharing of a model's mirror
+work, ``services.sharing``) is attached to it before any worker starts and may gate blobs: a
+gated blob has no byte open to the mirrors until the sharer ``allow``s ranges, and bytes that
+arrive by the LAN are ``mark_done``. The plan is the one place that knows which blobs are gated.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import trio
@@ -31,7 +39,7 @@ from ..core.errors import IntegrityError, SourceError
 from ..core.fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
 from ..core.mirrors import Failure, MirrorBoard
 from ..core.progress import Progress
-from ..core.rangeset import RangeSet
+from ..core.tokenbucket import TokenBucket
 from ..core.torrents import info_bytes, piece_size
 
 log = logging.getLogger(__name__)
@@ -63,74 +71,26 @@ class DownloadOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     save_interval: float = 0.1
     render_interval: float = 0.25
-    board: MirrorBoard | None = None
+    board: MirrorBoard | None = None  # the agent's (ranks survive across gets); else a new one
+    bucket: TokenBucket | None = None  # the agent's mirror rate limit; None: unlimited
+    on_mirror_bytes: Callable[[str, int], None] | None = None  # (mirror, bytes) as they land
+    on_stored: Callable[[str, int], None] | None = None  # a blob was verified into the store
 
 
-class Gate:
-    """The office coordinator's hold on a running download: which bytes of the shared blobs
-    (``keys``) mirrors may serve, and which arrived from peers. Those blobs start with nothing
-    allowed. Every call wakes the workers and marks resume state to be saved; ``bound`` is
-    set once the download has loaded its resume state (``covered`` answers from then on)."""
+class Sharer(Protocol):
+    """What a download tells the office's sharing of its blobs (``services.sharing``)."""
 
-    def __init__(
-        self,
-        keys: set[str],
-        on_stored: Callable[[str, int], None] | None = None,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        self.keys = keys
-        self.bound = trio.Event()
-        self.on_stored = on_stored
-        self.on_change = on_change  # a worker finished a range (a unit may be complete)
-        self._run: _Run | None = None
+    def attach(self, download: Download) -> None:
+        """The download is about to start: gate the blobs to share (``Download.gate``)."""
+        ...
 
-    def _bind(self, run: _Run) -> None:
-        self._run = run
-        run.gate = self
-        self.bound.set()
+    def range_done(self) -> None:
+        """A worker finished a range: a leased unit may be complete."""
+        ...
 
-    def _touch(self, key: str) -> _Run | None:
-        run = self._run
-        if run is None or key not in run.plan.blobs:
-            return None
-        run.dirty.add(key)
-        run.changed.fire()
-        return run
-
-    def allow(self, key: str, start: int, stop: int) -> None:
-        if run := self._touch(key):
-            run.plan.allow(key, start, stop)
-
-    def disallow(self, key: str, start: int, stop: int) -> None:
-        if run := self._touch(key):
-            run.plan.disallow(key, start, stop)
-
-    def mark_done(self, key: str, start: int, stop: int) -> None:
-        if run := self._touch(key):
-            run.plan.mark_done(key, start, stop)
-            run.unwritten[key] = run.unwritten.get(key, 0) + stop - start
-
-    def unmark(self, key: str, start: int, stop: int) -> None:
-        """Peers will write these bytes (over what a mirror may have written before the
-        range went to them): they are not done, and not hashed, until they did."""
-        if run := self._touch(key):
-            run.plan.unmark(key, start, stop)
-            hashed = run.prefix.get(key)
-            if hashed is not None and hashed.pos > start:
-                del run.prefix[key]  # hash it again from the start
-
-    def ungate(self, key: str) -> None:
-        """Mirrors may serve all of it (sharing it out failed)."""
-        if run := self._touch(key):
-            run.plan.ungate(key)
-
-    def covered(self, key: str, start: int, stop: int) -> bool:
-        run = self._run
-        return run is not None and key in run.plan.blobs and run.plan.covered(key, start, stop)
-
-    def gated(self, key: str) -> bool:
-        run = self._run
-        return run is not None and key in run.plan.blobs and run.plan.blobs[key].allowed is not None
+    def ungated(self, key: str) -> None:
+        """The shared copy of this blob failed its digest: mirrors now fetch all of it."""
+        ...
 
 
 class _Changed:
@@ -157,11 +117,10 @@ async def download(
     *,
     render: Callable[[], None] | None = None,
     client: httpx.AsyncClient | None = None,
-    gate: Gate | None = None,
+    sharer: Sharer | None = None,
 ) -> dict[str, str]:
     """Fetch and verify every job; returns {job key: final digest}. Raises on what failed,
-    after every other blob was finished and kept. With a ``gate``, the blobs it names are
-    fetched from mirrors only where the gate allows (see ``Gate``)."""
+    after every other blob was finished and kept. A ``sharer`` may gate blobs (see above)."""
     opts = options or DownloadOptions()
     locks: dict[str, int] = {}
     busy: list[BlobJob] = []
@@ -173,7 +132,9 @@ async def download(
             else:
                 locks[job.key] = lock
         free = [j for j in jobs if j.key in locks]
-        results = await _download(store, free, progress, opts, render, client, gate) if free else {}
+        results = (
+            await _download(store, free, progress, opts, render, client, sharer) if free else {}
+        )
     finally:
         for lock in locks.values():
             os.close(lock)
@@ -207,7 +168,7 @@ async def _download(
     opts: DownloadOptions,
     render: Callable[[], None] | None,
     client: httpx.AsyncClient | None,
-    gate: Gate | None = None,
+    sharer: Sharer | None = None,
 ) -> dict[str, str]:
     board = opts.board or MirrorBoard()
     plan = FetchPlan(
@@ -226,22 +187,14 @@ async def _download(
                 store.open_partial, job.key, job.size, job.label
             )
             state = await trio.to_thread.run_sync(store.load_state, job.key, job.size)
-            shared = gate is not None and job.key in gate.keys
-            plan.add_blob(
-                job.key,
-                job.size,
-                job.urls,
-                done=state.done,
-                by_mirror=state.by_mirror,
-                allowed=RangeSet() if shared else None,
-            )
+            plan.add_blob(job.key, job.size, job.urls, done=state.done, by_mirror=state.by_mirror)
             progress.add(job.key, job.label, job.size, have=state.done.total())
         owns_client = client is None
         http = client or make_client(opts.timeouts, connections=opts.connections * 2)
         try:
-            run = _Run(store, plan, progress, opts, http, fds, jobs_by_key, results)
-            if gate is not None:
-                gate._bind(run)
+            run = Download(store, plan, progress, opts, http, fds, jobs_by_key, results, sharer)
+            if sharer is not None:
+                sharer.attach(run)
             await run.main(render)
         finally:
             if owns_client:
@@ -277,7 +230,10 @@ def _raise_failures(plan: FetchPlan, board: MirrorBoard, jobs: dict[str, BlobJob
     raise SourceError(f"cannot fetch {label}: {'; '.join(causes)}{more}")
 
 
-class _Run:
+class Download:
+    """One running download. The sharer's handle on it is the gate (``gate`` .. ``covered``);
+    every gate call wakes the workers and marks resume state to be saved."""
+
     def __init__(
         self,
         store: Store,
@@ -288,16 +244,76 @@ class _Run:
         fds: dict[str, int],
         jobs: dict[str, BlobJob],
         results: dict[str, str],
+        sharer: Sharer | None = None,
     ) -> None:
         self.store, self.plan, self.progress, self.opts = store, plan, progress, opts
         self.http, self.fds, self.jobs, self.results = http, fds, jobs, results
+        self.sharer = sharer
         self.changed = _Changed()
-        self.gate: Gate | None = None
+        self.dirty_signal = _Changed()
         self.dirty: set[str] = set()
         self.prefix: dict[str, BlobHasher] = {}  # blob -> hash of its on-disk prefix so far
         self.hash_locks: dict[str, trio.Lock] = {}
         self.unwritten: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
+
+    # -- the gate (the sharer's handle) --------------------------------------------------------
+
+    def has(self, key: str) -> bool:
+        """Is this blob part of the download (not waiting for another get that fetches it)?"""
+        return key in self.plan.blobs
+
+    def _touch(self, key: str) -> bool:
+        if key not in self.plan.blobs:
+            return False
+        self._dirty(key)
+        self.changed.fire()
+        return True
+
+    def gate(self, key: str) -> None:
+        """Open nothing of this blob to the mirrors until ``allow``ed (before workers start)."""
+        if self._touch(key):
+            self.plan.gate(key)
+
+    def allow(self, key: str, start: int, stop: int) -> None:
+        if self._touch(key):
+            self.plan.allow(key, start, stop)
+
+    def disallow(self, key: str, start: int, stop: int) -> None:
+        if self._touch(key):
+            self.plan.disallow(key, start, stop)
+
+    def mark_done(self, key: str, start: int, stop: int) -> None:
+        """These bytes arrived from peers (their pieces checked)."""
+        if self._touch(key):
+            self.plan.mark_done(key, start, stop)
+            self.unwritten[key] = self.unwritten.get(key, 0) + stop - start
+
+    def unmark(self, key: str, start: int, stop: int) -> None:
+        """Peers will write these bytes (over what a mirror may have written before the
+        range went to them): they are not done, and not hashed, until they did."""
+        if self._touch(key):
+            self.plan.unmark(key, start, stop)
+            hashed = self.prefix.get(key)
+            if hashed is not None and hashed.pos > start:
+                del self.prefix[key]  # hash it again from the start
+
+    def ungate(self, key: str) -> None:
+        """Mirrors may serve all of it (sharing it out failed)."""
+        if self._touch(key):
+            self.plan.ungate(key)
+
+    def covered(self, key: str, start: int, stop: int) -> bool:
+        return key in self.plan.blobs and self.plan.covered(key, start, stop)
+
+    def gated(self, key: str) -> bool:
+        return key in self.plan.blobs and self.plan.blobs[key].allowed is not None
+
+    def _dirty(self, key: str) -> None:
+        self.dirty.add(key)
+        self.dirty_signal.fire()
+
+    # -- running -------------------------------------------------------------------------------
 
     async def main(self, render: Callable[[], None] | None) -> None:
         try:
@@ -350,8 +366,8 @@ class _Run:
                             detail=failure.detail,
                         )
                     self.changed.fire()
-                    if self.gate is not None and self.gate.on_change is not None:
-                        self.gate.on_change()
+                    if self.sharer is not None:
+                        self.sharer.range_done()
 
     async def fetch(self, w: int, a: Assignment) -> None:
         fd = self.fds[a.blob]
@@ -377,9 +393,13 @@ class _Run:
     async def stream(self, w: int, a: Assignment, fd: int, body: RangeBody) -> None:
         buf = bytearray()
         last = trio.current_time()
+        bucket = self.opts.bucket
         async for chunk in body.chunks:
             buf += chunk
             now = trio.current_time()
+            if bucket is not None and (delay := bucket.reserve(len(chunk), now)) > 0:
+                await trio.sleep(delay)  # TCP holds the mirror back meanwhile
+                now = trio.current_time()
             # Write often enough that a crash loses little: by size, or by age on a slow link.
             if len(buf) >= WRITE_BLOCK or now - last >= FLUSH_AGE:
                 last = now
@@ -397,9 +417,11 @@ class _Run:
                     os.pwrite(fd, view[:n], a.pos)
                 else:
                     await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
-            self.dirty.add(a.blob)
+            self._dirty(a.blob)
             self.unwritten[a.blob] = self.unwritten.get(a.blob, 0) + n
             self.progress.advance(a.blob, n, a.mirror)
+            if self.opts.on_mirror_bytes is not None:
+                self.opts.on_mirror_bytes(a.mirror, n)
         more = self.plan.progress(w, n)
         buf.clear()
         return more
@@ -458,12 +480,15 @@ class _Run:
                 await trio.to_thread.run_sync(self.store.save_torrent_info, got, info)
             self.plan.verified(blob.key)
             self.results[blob.key] = got
-            if self.gate is not None and self.gate.on_stored is not None and blob.size:
-                self.gate.on_stored(got, blob.size)  # seed it now: peers may want it
+            if self.opts.on_stored is not None and blob.size:
+                self.opts.on_stored(got, blob.size)  # seed it now: peers may want it
             self.progress.set_state(blob.key, "done", have=blob.size)
             return
         self.prefix.pop(blob.key, None)
+        gated = blob.allowed is not None
         self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")
+        if gated and blob.allowed is None and self.sharer is not None:
+            self.sharer.ungated(blob.key)
         # The bytes on disk are worthless now: forget them so a crash does not resume them.
         await trio.to_thread.run_sync(
             self.store.save_state, blob.key, blob.size, PartialState(blob.done, {})
@@ -508,7 +533,10 @@ class _Run:
     # -- persistence and display ---------------------------------------------------------------
 
     async def saver(self) -> None:
+        """Save resume state when ranges landed, at most every ``save_interval`` seconds."""
         while True:
+            if not self.dirty:
+                await self.dirty_signal.wait(None)
             await trio.sleep(self.opts.save_interval)
             await self.save_all()
             for key, n in list(self.unwritten.items()):

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ..core.progress import Progress
-    from .download import BlobJob, DownloadOptions, Gate
+    from .download import BlobJob, DownloadOptions, Sharer
 
 
 @dataclass
@@ -118,7 +118,8 @@ def _url_path(url: str) -> str:
 
 
 class LanSource(Protocol):
-    """What the office agent offers ``get``: blobs from LAN peers, and seeding what arrives."""
+    """What the office agent offers ``get``: blobs from LAN peers, and seeding what arrives
+    (``services.swarm.SwarmService``)."""
 
     async def locate(self, digests: list[str]) -> set[str]:
         """The digests some live peer holds complete (asked now, bounded in time)."""
@@ -132,11 +133,13 @@ class LanSource(Protocol):
         """A blob was verified into the store: seed it."""
         ...
 
-    def share(
-        self, jobs: list[BlobJob], progress: Progress
-    ) -> AbstractAsyncContextManager[Gate | None]:
+
+class Sharing(Protocol):
+    """The office's sharing of mirror work (``services.sharing.SharingService``)."""
+
+    def share(self, jobs: list[BlobJob], progress: Progress) -> AbstractAsyncContextManager[Sharer]:
         """While inside: peers and this agent split the mirror work for these blobs; the
-        download obeys the gate (None: no sharing, fetch everything)."""
+        download attaches to the yielded sharer."""
         ...
 
 
@@ -147,10 +150,13 @@ async def get(
     options: DownloadOptions | None = None,
     client: httpx.AsyncClient | None = None,
     lan: LanSource | None = None,
+    sharing: Sharing | None = None,
     progress: Progress | None = None,
+    config: Config | None = None,
 ) -> GetResult:
     """Resolve, download what is missing (LAN peers first, then mirrors), verify, link.
-    Raises ``P2PModelError`` subclasses."""
+    Raises ``P2PModelError`` subclasses (possibly in an exception group: ``GetService.get``
+    is what front ends call)."""
     import trio
 
     from ..adapters.http import first_success, get_json, make_client, probe_size
@@ -159,9 +165,11 @@ async def get(
     from ..core.upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
     from .download import BlobJob, DownloadOptions
 
-    config = load_config(home)
+    config = config or load_config(home)
     store = Store(home)
     opts = options or DownloadOptions(connections=config.connections)
+    if lan is not None and opts.on_stored is None:
+        opts.on_stored = lan.stored
     sha = _check_sha(req.sha256)
     ref = req.ref
     own_client = client is None
@@ -222,7 +230,9 @@ async def get(
         progress = progress or Progress()
         renderer = make_renderer(progress, req.progress if jobs else "none")
         try:
-            results = await _fetch_all(store, jobs, progress, opts, http, lan, renderer.update)
+            results = await _fetch_all(
+                store, jobs, progress, opts, http, lan, sharing, renderer.update
+            )
         finally:
             renderer.close()  # the last state, also on failure (what was kept is visible)
 
@@ -248,11 +258,12 @@ async def _fetch_all(
     opts: DownloadOptions,
     http: httpx.AsyncClient,
     lan: LanSource | None,
+    sharing: Sharing | None,
     render: Callable[[], None],
 ) -> dict[str, str]:
     """Blobs some peer holds come over the LAN while the rest come from mirrors at the same
-    time; a blob the LAN could not deliver goes to mirrors afterwards. Every stored blob is
-    handed to ``lan.stored`` so it is seeded at once."""
+    time (shared out with the office when ``sharing``); a blob the LAN could not deliver goes
+    to mirrors afterwards."""
     import trio
 
     from .download import download
@@ -273,11 +284,11 @@ async def _fetch_all(
 
     async def from_mirrors(batch: list[BlobJob], shared: bool = False) -> None:
         try:
-            if shared and lan is not None and batch:
+            if shared and sharing is not None and batch:
                 # Nobody holds these whole: split the mirror work with the office.
-                async with lan.share(batch, progress) as gate:
+                async with sharing.share(batch, progress) as sharer:
                     got = await download(
-                        store, batch, progress, opts, render=render, client=http, gate=gate
+                        store, batch, progress, opts, render=render, client=http, sharer=sharer
                     )
             else:
                 got = await download(store, batch, progress, opts, render=render, client=http)
@@ -292,10 +303,6 @@ async def _fetch_all(
         nursery.start_soon(from_mirrors, [j for j in jobs if j.key not in held], True)
     if retry and not error:
         await from_mirrors(retry)
-    if lan is not None:
-        for job in jobs:
-            if job.key in results:
-                lan.stored(results[job.key], job.size)
     if error:
         raise error[0]
     return results

@@ -1,22 +1,39 @@
-"""Peer RPC over TCP (trio): the socket side of ``wire``.
+"""The peer link: the one place that opens connections to peers and serves theirs (trio).
 
-Theory of operation. Each agent listens on its RPC port. A connection starts with ``Hello``
-both ways (the server answers the client's); after that the client sends requests and the
-server answers each with the same request id. Frames are decoded with ``wire`` at the edge, so
-the handler only ever sees typed messages; a malformed frame, a wrong first message or a
-protocol version we do not speak closes the connection (the peer's fault), never the agent.
-Clients here send one request at a time per connection, which is all agents need.
+Theory of operation. Every agent listens on its RPC port. A connection starts with ``Hello``
+both ways (the server answers the client's; this is where the office key's handshake will
+go); after that the client sends requests and the server answers each with the same request
+id, one at a time. Frames are decoded with ``core.wire`` at the edge, so handlers only ever see
+typed messages; a malformed frame, a wrong first message or a protocol version we do not speak
+closes the connection (the peer's fault), never the agent.
+
+Outgoing traffic takes one of two ways, both over the same dialling rules: a peer's addresses
+are tried in order, the one that worked last first, and a peer that answers with another
+agent id than expected (a reused address) is not that peer.
+
+- ``request(agent, msg)``: one request and its answer, over a connection from a small pool of
+  idle ones kept per peer (a pooled connection the peer closed meanwhile is replaced once).
+- ``send(agent, msg)`` / ``broadcast``: messages that must arrive in order (claims, releases),
+  through one outbox task per peer with a connection of its own. A message that cannot be
+  delivered within ``send_timeout`` is dropped: leases lapse and liveness forgets dead peers,
+  so nothing waits on it. A ``Delivery`` tells when every peer it went to answered or gave up.
+
+``forget(agent)`` closes what the link holds for a peer that died. The link runs over a
+``Transport`` (TCP, or the in-memory one of the tests).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
+from ..adapters.transport import Transport
+from ..core.peers import PeerAddr
+from ..core.stats import LinkStats
 from ..core.wire import (
     PROTOCOL_VERSION,
     Error,
@@ -34,10 +51,17 @@ RECEIVE = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 HELLO_TIMEOUT = 10.0
+SEND_TIMEOUT = 3.0
+POOL = 2  # idle request connections kept per peer
+OUTBOX = 4096
 
 
 class RpcError(Exception):
     """The peer could not be reached or answered wrongly (drop or retry it)."""
+
+
+class _Broken(RpcError):
+    """The connection closed under us (a pooled one may just have gone stale)."""
 
 
 class Channel:
@@ -55,27 +79,103 @@ class Channel:
         while not self.ready:
             data = await self.stream.receive_some(RECEIVE)
             if not data:
-                raise RpcError("connection closed")
+                raise _Broken("connection closed")
             self.ready += self.decoder.feed(data)
         return decode(self.ready.pop(0))
 
 
-class RpcServer:
-    def __init__(self, hello: Callable[[], Hello], handler: Handler) -> None:
+@dataclass
+class _Conn:
+    """One connection to a peer after the hello exchange; used by one task at a time."""
+
+    ch: Channel
+    peer: Hello
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def request(self, msg: Message, seconds: float) -> Message:
+        rid = next(self.ids)
+        try:
+            with trio.fail_after(seconds):
+                await self.ch.send(msg, rid)
+                reply, got = await self.ch.receive()
+        except trio.TooSlowError:
+            raise RpcError(f"no answer to {msg.kind} within {seconds:g} s") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise _Broken(f"{type(e).__name__}: {e}") from None
+        if got != rid:
+            raise PeerProtocolError(f"answer to request {got}, expected {rid}")
+        return reply
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.ch.stream)
+
+
+class Delivery:
+    """A broadcast: ``event`` is set once every peer it went to answered or gave up."""
+
+    def __init__(self, peers: int) -> None:
+        self.left = peers
+        self.event = trio.Event()
+        if peers <= 0:
+            self.event.set()
+
+    def one_done(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.event.set()
+
+
+class PeerLink:
+    def __init__(
+        self,
+        transport: Transport,
+        hello: Callable[[], Hello],
+        handler: Handler,
+        addresses: Callable[[str], Sequence[PeerAddr]],
+        on_heard: Callable[[str], None] = lambda agent: None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
+        self.transport = transport
         self.hello = hello
         self.handler = handler
-        self.port = 0
+        self.addresses = addresses
+        self.on_heard = on_heard
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.send_timeout = send_timeout
+        self.stats = LinkStats()
+        self._idle: dict[str, list[_Conn]] = {}
+        self._outboxes: dict[str, trio.MemorySendChannel[tuple[Message, Delivery | None]]] = {}
+        self._preferred: dict[str, PeerAddr] = {}
+        self._nursery: trio.Nursery | None = None
 
-    async def run(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._serve, listeners)
-            task_status.started(self.port)
+    # -- lifecycle -----------------------------------------------------------------------------
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            idle = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+            for conn in idle:
+                await conn.aclose()
+
+    async def listen(self, host: str, port: int) -> int:
+        """Serve peers on ``host:port`` (0: any free port) until the link stops; the port."""
+        assert self._nursery is not None, "the link is not running"
+        bound: int = await self._nursery.start(self.transport.serve, host, port, self._serve)
+        return bound
+
+    # -- serving peers -------------------------------------------------------------------------
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         ch = Channel(stream)
         try:
             with trio.fail_after(HELLO_TIMEOUT):
@@ -86,6 +186,7 @@ class RpcServer:
             await ch.send(self.hello(), rid)
             while True:
                 msg, rid = await ch.receive()
+                self.stats.served += 1
                 reply = await self.handler(msg, first)
                 await ch.send(reply, rid)
         except (
@@ -102,50 +203,182 @@ class RpcServer:
         finally:
             await trio.aclose_forcefully(stream)
 
+    # -- dialling ------------------------------------------------------------------------------
 
-class RpcClient:
-    """One connection to a peer, after the hello exchange."""
-
-    def __init__(self, ch: Channel, peer: Hello) -> None:
-        self.ch = ch
-        self.peer = peer
-        self._ids = itertools.count(1)
-        self._lock = trio.Lock()
-
-    async def request(self, msg: Message) -> Message:
-        async with self._lock:
-            rid = next(self._ids)
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    await self.ch.send(msg, rid)
-                    reply, got = await self.ch.receive()
-            except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
-                raise RpcError(f"{type(e).__name__}: {e}") from None
-            if got != rid:
-                raise PeerProtocolError(f"answer to request {got}, expected {rid}")
-            if isinstance(reply, Error):
-                raise RpcError(f"peer says: {reply.message}")
-            return reply
-
-
-@asynccontextmanager
-async def connect(host: str, port: int, hello: Hello) -> AsyncIterator[RpcClient]:
-    """Open a connection and exchange hellos; ``RpcError`` if that fails."""
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError) as e:
-        raise RpcError(f"cannot connect to {host}:{port}: {e}") from None
-    try:
-        ch = Channel(stream)
+    async def _open(self, host: str, port: int, expect: str | None) -> _Conn:
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await ch.send(hello, 0)
-                answer, _ = await ch.receive()
-        except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
-            raise RpcError(f"no hello from {host}:{port}: {e}") from None
-        if not isinstance(answer, Hello):
-            raise RpcError(f"{host}:{port} refused the hello")
-        yield RpcClient(ch, answer)
-    finally:
-        await trio.aclose_forcefully(stream)
+            with trio.fail_after(self.connect_timeout):
+                stream = await self.transport.connect(host, port)
+        except (OSError, trio.TooSlowError) as e:
+            self.stats.connect_failures += 1
+            raise RpcError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
+        conn: _Conn | None = None
+        try:
+            ch = Channel(stream)
+            try:
+                with trio.fail_after(self.connect_timeout):
+                    await ch.send(self.hello(), 0)
+                    answer, _ = await ch.receive()
+            except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
+                raise RpcError(f"no hello from {host}:{port}: {e or 'timed out'}") from None
+            if not isinstance(answer, Hello):
+                raise RpcError(f"{host}:{port} refused the hello")
+            if expect is not None and answer.agent != expect:
+                raise RpcError(f"{host}:{port} is agent {answer.agent}, not {expect}")
+            conn = _Conn(ch, answer)
+            self.stats.connections_opened += 1
+            return conn
+        finally:
+            if conn is None:
+                self.stats.connect_failures += 1
+                await trio.aclose_forcefully(stream)
+
+    def _order(self, agent: str) -> list[PeerAddr]:
+        addrs = list(self.addresses(agent))
+        best = self._preferred.get(agent)
+        if best in addrs:
+            addrs.remove(best)
+            addrs.insert(0, best)
+        return addrs
+
+    async def _dial(self, agent: str) -> _Conn:
+        last: RpcError = RpcError(f"no address known for peer {agent}")
+        for addr in self._order(agent):
+            try:
+                conn = await self._open(addr.host, addr.rpc_port, agent)
+            except (RpcError, PeerProtocolError) as e:
+                last = RpcError(str(e))
+                continue
+            self._preferred[agent] = addr
+            return conn
+        raise last
+
+    async def probe(self, host: str, port: int) -> Hello:
+        """Who answers at ``host:port`` (a static peer): its hello."""
+        conn = await self._open(host, port, None)
+        await conn.aclose()
+        return conn.peer
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(self, agent: str, msg: Message) -> Message:
+        """One request to a peer and its answer. ``RpcError`` if it cannot be reached, does
+        not answer within ``request_timeout`` or answers with an error; ``PeerProtocolError``
+        if it breaks the protocol. (Wrap it in a cancel scope to wait less.)"""
+        self.stats.requests += 1
+        timeout = self.request_timeout
+        pooled = self._idle.get(agent)
+        conn = pooled.pop() if pooled else None
+        try:
+            try:
+                if conn is None:
+                    conn = await self._dial(agent)
+                    reply = await conn.request(msg, timeout)
+                else:
+                    try:
+                        reply = await conn.request(msg, timeout)
+                    except _Broken:  # went stale while idle: once more on a fresh one
+                        await conn.aclose()
+                        conn = None
+                        conn = await self._dial(agent)
+                        reply = await conn.request(msg, timeout)
+            except BaseException:
+                if conn is not None:
+                    await conn.aclose()
+                raise
+        except (RpcError, PeerProtocolError):
+            self.stats.request_failures += 1
+            raise
+        self._give_back(agent, conn)
+        self.on_heard(agent)
+        if isinstance(reply, Error):
+            self.stats.request_failures += 1
+            raise RpcError(f"peer says: {reply.message}")
+        return reply
+
+    def _give_back(self, agent: str, conn: _Conn) -> None:
+        idle = self._idle.setdefault(agent, [])
+        if len(idle) < POOL and self._nursery is not None:
+            idle.append(conn)
+        elif self._nursery is not None:
+            self._nursery.start_soon(conn.aclose)
+
+    # -- ordered outboxes ----------------------------------------------------------------------
+
+    def send(self, agent: str, msg: Message, delivery: Delivery | None = None) -> None:
+        """Queue ``msg`` for ``agent``, after whatever was queued for it before."""
+        box = self._outboxes.get(agent)
+        if box is None and self._nursery is not None:
+            box, inbox = trio.open_memory_channel[tuple[Message, Delivery | None]](OUTBOX)
+            self._outboxes[agent] = box
+            self._nursery.start_soon(self._deliver, agent, inbox)
+        try:
+            if box is None:
+                raise trio.ClosedResourceError
+            box.send_nowait((msg, delivery))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.stats.messages_dropped += 1
+            if delivery is not None:
+                delivery.one_done()
+
+    def broadcast(self, agents: Iterable[str], msg: Message) -> Delivery:
+        """``send`` to each of ``agents``; the delivery says when all of them answered."""
+        targets = sorted(set(agents))
+        delivery = Delivery(len(targets))
+        for agent in targets:
+            self.send(agent, msg, delivery)
+        return delivery
+
+    async def _deliver(
+        self, agent: str, inbox: trio.MemoryReceiveChannel[tuple[Message, Delivery | None]]
+    ) -> None:
+        conn: _Conn | None = None
+        try:
+            async with inbox:
+                async for msg, delivery in inbox:
+                    try:
+                        conn = await self._deliver_one(agent, conn, msg)
+                    finally:
+                        if delivery is not None:
+                            delivery.one_done()
+        finally:
+            if conn is not None:
+                await conn.aclose()
+
+    async def _deliver_one(self, agent: str, conn: _Conn | None, msg: Message) -> _Conn | None:
+        """Deliver one message over the outbox's connection; the connection to keep."""
+        delivered = False
+        with trio.move_on_after(self.send_timeout):
+            for fresh in (conn is None, True):
+                try:
+                    if conn is None:
+                        conn = await self._dial(agent)
+                    reply = await conn.request(msg, self.send_timeout)
+                    delivered = True
+                    self.on_heard(agent)
+                    if isinstance(reply, Error):
+                        log.info("peer %s refused %s: %s", agent, msg.kind, reply.message)
+                    break
+                except (RpcError, PeerProtocolError):
+                    if conn is not None:
+                        await conn.aclose()
+                        conn = None
+                    if fresh:
+                        break
+        if delivered:
+            self.stats.messages_sent += 1
+            return conn
+        self.stats.messages_dropped += 1
+        if conn is not None:  # cut off mid-request: the answer may still come, start over
+            await conn.aclose()
+        return None
+
+    def forget(self, agent: str) -> None:
+        """The peer died: close its outbox and its idle connections."""
+        box = self._outboxes.pop(agent, None)
+        if box is not None:
+            box.close()
+        idle = self._idle.pop(agent, [])
+        if self._nursery is not None:
+            for conn in idle:
+                self._nursery.start_soon(conn.aclose)

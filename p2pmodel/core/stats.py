@@ -1,0 +1,69 @@
+"""The statistics records the agent's services keep (pure data).
+
+One record per service, updated where the event happens (bytes are counted as they arrive,
+not when a get ends). ``status --json`` renders them; so will the dashboard and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+RECENT = 200
+
+
+@dataclass
+class GetStats:
+    """``GetService``: gets run and bytes fetched from mirrors, by mirror."""
+
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    running: int = 0
+    from_mirrors: dict[str, int] = field(default_factory=dict)  # mirror key -> bytes
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    failures: dict[str, int] = field(default_factory=dict)  # error class -> count
+
+    def mirror_bytes(self, mirror: str, nbytes: int) -> None:
+        self.from_mirrors[mirror] = self.from_mirrors.get(mirror, 0) + nbytes
+
+    @property
+    def from_mirrors_total(self) -> int:
+        return sum(self.from_mirrors.values())
+
+
+@dataclass
+class LanStats:
+    """Bytes and blobs that came from peers (``SwarmService``: whole blobs; ``SharingService``:
+    units of blobs being shared out)."""
+
+    from_peers: int = 0
+    blobs: int = 0
+    units: int = 0
+    failures: int = 0
+
+    def arrived(self, nbytes: int) -> None:
+        self.from_peers += nbytes
+
+
+@dataclass
+class LinkStats:
+    """``PeerLink``: connections and messages to and from peers."""
+
+    connections_opened: int = 0
+    connect_failures: int = 0
+    requests: int = 0
+    request_failures: int = 0
+    messages_sent: int = 0  # through the ordered outboxes
+    messages_dropped: int = 0
+    served: int = 0  # requests answered for peers
+
+
+@dataclass
+class SharingStats:
+    """``SharingService``: units of shared-out blobs, by where they came from."""
+
+    units_from_mirrors: int = 0
+    units_from_peers: int = 0
+    units_resumed: int = 0
+    messages: int = 0  # claims, renewals, releases and announcements, one per peer

@@ -1,0 +1,244 @@
+"""Who this agent's peers are and how to talk to them: discovery, static peers, liveness, the
+peer link and the routing of peers' requests (trio).
+
+Theory of operation. ``PeerService.run`` serves the peer link on the agent's interfaces, then
+announces the agent (mDNS, unless discovery is off), says hello to configured static peers
+every few seconds and judges liveness: the pure ``PeerTable`` says which peers to ping and when
+the next ping or expiry is due, and the loop sleeps until then (or until a new peer shows up).
+mDNS only tells of goodbyes; a peer killed without one is found dead by failed pings or
+silence, long before its mDNS records expire.
+
+Other services see peers only through this service: ``alive``/``holders``/``get`` (read-only
+views of the table), ``request``/``broadcast`` (through the link), ``route`` (the requests of a
+kind they answer) and ``watch`` (told whenever the set of live peers may have changed). Every
+answered request, ours or a peer's, counts as hearing from that peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from ..adapters.discovery import DiscoveryEvent, PeerSeen
+from ..adapters.transport import Transport
+from ..core.peers import Peer, PeerAddr, PeerTable
+from ..core.stats import LinkStats
+from ..core.wire import PROTOCOL_VERSION, Error, Hello, Message, PeerProtocolError, Ping, Pong
+from .link import Delivery, PeerLink, RpcError
+
+log = logging.getLogger(__name__)
+STATIC_EVERY = 5.0
+Route = Callable[[Any, str], Awaitable[Message]]  # (message, peer's agent id) -> answer
+
+
+class Announcer(Protocol):
+    """What discovery does for the agent (``adapters.discovery.Discovery``, or a fake)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+class AnnouncerFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        agent: str,
+        interfaces: list[str],
+        rpc_port: int,
+        torrent_port: int,
+        proto: int,
+        on_event: Callable[[DiscoveryEvent], None],
+    ) -> Announcer: ...
+
+
+class PeerService:
+    def __init__(
+        self,
+        agent: str,
+        transport: Transport,
+        *,
+        interfaces: Sequence[str],
+        rpc_port: int,
+        torrent_port: Callable[[], int],
+        discovery: AnnouncerFactory | None,
+        static_peers: Sequence[str] = (),
+    ) -> None:
+        self.id = agent
+        self.interfaces = list(interfaces)
+        self.rpc_port = rpc_port
+        self._torrent_port = torrent_port
+        self._discovery = discovery
+        self._static = list(static_peers)
+        self.table = PeerTable(agent)
+        self.link = PeerLink(transport, self.hello, self._answer, self._addresses, self._heard)
+        self._routes: dict[type[Message], Route] = {}
+        self._watchers: list[Callable[[], None]] = []
+        self._alive: frozenset[str] = frozenset()
+        self._wake = trio.Event()
+        self._peer_seen = trio.Event()
+
+    # -- what other services use ---------------------------------------------------------------
+
+    def route(self, kinds: Iterable[type[Message]], handler: Route) -> None:
+        """Peers' requests of these kinds go to ``handler``."""
+        for kind in kinds:
+            self._routes[kind] = handler
+
+    def watch(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (in trio, must not block) whenever the set of live peers may change."""
+        self._watchers.append(fn)
+
+    def alive(self) -> list[Peer]:
+        return self.table.alive()
+
+    def alive_ids(self) -> frozenset[str]:
+        return self._alive
+
+    def get(self, agent: str) -> Peer | None:
+        return self.table.get(agent)
+
+    def is_alive(self, agent: str) -> bool:
+        return agent in self._alive
+
+    def holders(self, digest: str) -> list[Peer]:
+        return self.table.holders(digest)
+
+    def endpoint(self, agent: str) -> tuple[str, int] | None:
+        """Where the peer's swarm listens (its first address and torrent port), if alive."""
+        peer = self.table.get(agent)
+        if peer is None or not peer.alive or not peer.torrent_port or not peer.addrs:
+            return None
+        return (peer.addrs[0].host, peer.torrent_port)
+
+    def inventory(self, agent: str, complete: Iterable[str], partial: Iterable[str]) -> None:
+        self.table.inventory(agent, complete, partial, trio.current_time())
+        self._changed()
+
+    async def request(self, agent: str, msg: Message) -> Message:
+        return await self.link.request(agent, msg)
+
+    def broadcast(self, msg: Message) -> Delivery:
+        """``msg`` to every live peer, in order per peer (see ``PeerLink.send``)."""
+        return self.link.broadcast(self._alive, msg)
+
+    async def wait_seen(self, seconds: float) -> None:
+        """Give discovery up to ``seconds`` to find a first peer (an embedded agent's get)."""
+        if not self._alive:
+            with trio.move_on_after(seconds):
+                await self._peer_seen.wait()
+
+    def hello(self) -> Hello:
+        return Hello(self.id, PROTOCOL_VERSION, self._torrent_port(), self.rpc_port)
+
+    @property
+    def stats(self) -> LinkStats:
+        return self.link.stats
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        return self.table.snapshot(now)
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.link.run)
+            self.rpc_port = await self.link.listen(self.interfaces[0], self.rpc_port)
+            for ip in self.interfaces[1:]:
+                await self.link.listen(ip, self.rpc_port)
+            if self._discovery is not None:
+                announcer = self._discovery(
+                    agent=self.id,
+                    interfaces=self.interfaces,
+                    rpc_port=self.rpc_port,
+                    torrent_port=self._torrent_port(),
+                    proto=PROTOCOL_VERSION,
+                    on_event=self._on_discovery,
+                )
+                await nursery.start(announcer.run)
+            nursery.start_soon(self._liveness)
+            if self._static:
+                nursery.start_soon(self._static_peers)
+            task_status.started()
+
+    def _on_discovery(self, event: DiscoveryEvent) -> None:
+        now = trio.current_time()
+        if isinstance(event, PeerSeen):
+            addrs = [PeerAddr(a, event.rpc_port) for a in event.addrs]
+            self._seen(event.agent, addrs, event.torrent_port, "mdns", now)
+        else:
+            self.table.gone(event.agent, now)
+            self._changed()
+
+    def _seen(
+        self, agent: str, addrs: list[PeerAddr], torrent_port: int, how: Any, now: float
+    ) -> None:
+        if self.table.seen(agent, addrs, torrent_port, how, now) is not None:
+            self._peer_seen.set()
+            self._wake.set()
+            self._changed()
+
+    async def _static_peers(self) -> None:
+        while True:
+            for text in self._static:
+                host, _, port = text.rpartition(":")
+                with contextlib.suppress(RpcError, PeerProtocolError):
+                    hello = await self.link.probe(host.strip("[]"), int(port))
+                    addrs = [PeerAddr(host.strip("[]"), hello.rpc_port)]
+                    self._seen(
+                        hello.agent, addrs, hello.torrent_port, "static", trio.current_time()
+                    )
+            await trio.sleep(STATIC_EVERY)
+
+    async def _liveness(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                for peer in self.table.due_pings(now):
+                    nursery.start_soon(self._ping, peer.agent)
+                self.table.expire(now)
+                self._changed()
+                deadline = self.table.next_deadline()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _ping(self, agent: str) -> None:
+        try:
+            await self.link.request(agent, Ping())
+        except (RpcError, PeerProtocolError):
+            self.table.ping_failed(agent, trio.current_time())
+            self._changed()
+
+    # -- the link's callbacks ------------------------------------------------------------------
+
+    def _addresses(self, agent: str) -> list[PeerAddr]:
+        peer = self.table.get(agent)
+        return list(peer.addrs) if peer is not None else []
+
+    def _heard(self, agent: str) -> None:
+        if self.table.heard(agent, trio.current_time()) and agent not in self._alive:
+            self._changed()
+
+    async def _answer(self, msg: Message, peer: Hello) -> Message:
+        """A peer's request: counts as hearing from it, then goes to whoever routes its kind."""
+        self._heard(peer.agent)
+        if isinstance(msg, Ping):
+            return Pong()
+        handler = self._routes.get(type(msg))
+        if handler is None:
+            return Error(f"unexpected {msg.kind}")
+        return await handler(msg, peer.agent)
+
+    def _changed(self) -> None:
+        alive = frozenset(p.agent for p in self.table.alive())
+        if alive == self._alive:
+            return
+        for gone in self._alive - alive:
+            self.link.forget(gone)
+        self._alive = alive
+        for fn in self._watchers:
+            fn()

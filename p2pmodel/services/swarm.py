@@ -1,0 +1,314 @@
+"""The agent's swarm: seeds every verified blob, answers peers' ``have?``/``meta?``, fetches
+whole blobs that peers hold, and keeps the unit torrents of blobs being shared out (trio).
+
+Theory of operation. The swarm adapter (``adapters.swarm``: one libtorrent session; the tests'
+``testing.fakes.FakeSwarm``) does the transfers; this service decides which. At start it seeds
+the store from the saved torrent infos (no re-hash). A get asks ``locate`` which of its missing
+blobs live peers hold (``have?``, bounded in time) and ``fetch``es each from its holders: the
+info dict comes from a holder (``meta?``; its shape must match our rule, its pieces are
+checked by libtorrent, the blob by its digest), and the fetch gives up at once when liveness
+says every holder died (the pieces that passed their hash are kept for the mirrors). A blob
+comes from the LAN at most once at a time: a second get wanting it waits for the first.
+Every blob a get stores is seeded at once (``stored``). Unit torrents of blobs nobody wants
+any more end after a minute without peers; the loop sleeps until the next may.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from ..adapters.store import Store
+from ..core.progress import Progress
+from ..core.stats import LanStats
+from ..core.torrents import SwarmFetch
+from ..core.wire import Have, HaveQuery, Message, Metadata, MetadataQuery, PeerProtocolError
+from .download import BlobJob
+from .link import RpcError
+from .peers import PeerService
+
+log = logging.getLogger(__name__)
+UNIT_IDLE = 60.0
+
+
+class SwarmAdapter(Protocol):
+    """What the agent needs of a BitTorrent session (``adapters.swarm.Swarm``)."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def seed(self, digest: str, size: int) -> bool: ...
+
+    def seeding(self, digest: str) -> bool: ...
+
+    def holds_partial(self, digest: str) -> bool: ...
+
+    def info(self, digest: str) -> bytes | None: ...
+
+    async def fetch(
+        self,
+        digest: str,
+        size: int,
+        info: bytes,
+        peers: Sequence[tuple[str, int]],
+        *,
+        stall_timeout: float = ...,
+        on_progress: Callable[[int], None] | None = ...,
+    ) -> SwarmFetch: ...
+
+    def unit_info(self, digest: str, index: int) -> bytes | None: ...
+
+    def add_unit(
+        self,
+        digest: str,
+        size: int,
+        index: int,
+        span: range,
+        info: bytes,
+        path: Path,
+        *,
+        have: bool,
+    ) -> None: ...
+
+    async def fetch_unit(
+        self,
+        digest: str,
+        index: int,
+        peers: Callable[[], Sequence[tuple[str, int]]],
+        *,
+        stall_timeout: float = ...,
+        on_progress: Callable[[int], None] | None = ...,
+    ) -> SwarmFetch: ...
+
+    def rehome_units(self, digest: str) -> None: ...
+
+    def drop_unit(self, digest: str, index: int) -> None: ...
+
+    def prune_units(self, now: float, keep: set[str], idle: float = ...) -> float | None: ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class SwarmService:
+    def __init__(
+        self,
+        swarm: SwarmAdapter,
+        store: Store,
+        peers: PeerService,
+        *,
+        stall_timeout: float = 10.0,
+        locate_timeout: float = 2.0,
+        wait_for_peers: float = 0.0,
+    ) -> None:
+        self.swarm = swarm
+        self.store = store
+        self.peers = peers
+        self.stall_timeout = stall_timeout
+        self.locate_timeout = locate_timeout
+        self.wait_for_peers = wait_for_peers
+        self.stats = LanStats()
+        self.keep_units: Callable[[], set[str]] = set  # blobs a get shares out now
+        self._lan_fetches: dict[str, trio.Event] = {}  # digest -> set when its LAN fetch ends
+        self._holder_checks: set[Callable[[], None]] = set()
+        self._prune_wake = trio.Event()
+        peers.route([HaveQuery, MetadataQuery], self._answer)
+        peers.watch(self._peers_changed)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self._seed_store)
+        task_status.started()
+        while True:
+            deadline = self.swarm.prune_units(trio.current_time(), self.keep_units(), UNIT_IDLE)
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._prune_wake.wait()
+            self._prune_wake = trio.Event()
+
+    def _seed_store(self) -> None:
+        """Seed every verified blob (in a thread: listing a big store takes a while)."""
+        for digest, size in self.store.verified_blobs():
+            trio.from_thread.run_sync(self.swarm.seed, digest, size)
+
+    def statistics(self) -> dict[str, Any]:
+        return self.swarm.statistics()
+
+    # -- peers' requests -----------------------------------------------------------------------
+
+    async def _answer(self, msg: HaveQuery | MetadataQuery, agent: str) -> Message:
+        if isinstance(msg, HaveQuery):
+            complete = tuple(d for d in msg.digests if self.swarm.seeding(d))
+            partial = tuple(d for d in msg.digests if self.swarm.holds_partial(d))
+            return Have(complete, partial)
+        return Metadata(msg.digest, self.swarm.info(msg.digest) or b"")
+
+    # -- whole blobs from peers (what a get uses) ----------------------------------------------
+
+    async def locate(self, digests: list[str]) -> set[str]:
+        """The digests some live peer holds complete (asked now, bounded in time)."""
+        if self.wait_for_peers:
+            await self.peers.wait_seen(self.wait_for_peers)
+        if not digests:
+            return set()
+        asked = set(digests)
+
+        async def query(agent: str) -> None:
+            try:
+                reply = await self.peers.request(agent, HaveQuery(tuple(digests)))
+            except (RpcError, PeerProtocolError):
+                return
+            if isinstance(reply, Have):
+                # The answer is about these digests only: what the peer said of others (another
+                # get's, running at the same time) still stands.
+                peer = self.peers.get(agent)
+                complete = (peer.holds - asked if peer else set()) | set(reply.complete)
+                partial = (peer.partial - asked if peer else set()) | set(reply.partial)
+                self.peers.inventory(agent, complete, partial)
+
+        with trio.move_on_after(self.locate_timeout):
+            async with trio.open_nursery() as nursery:
+                for agent in sorted(self.peers.alive_ids()):
+                    nursery.start_soon(query, agent)
+        return {d for d in digests if self.peers.holders(d)}
+
+    async def fetch(self, job: BlobJob, progress: Progress) -> bool:
+        """Fetch one blob from the peers that hold it into the store (verified). False: the
+        get fetches it from mirrors instead."""
+        assert job.digest is not None
+        # Another get (of a model sharing this blob) may be fetching it, or have fetched it since
+        # this get looked: use that rather than fetch it twice.
+        running = self._lan_fetches.get(job.digest)
+        if running is not None:
+            progress.add(job.key, job.label, job.size, state="waiting")
+            await running.wait()
+        if self.store.has_blob(job.digest, job.size):
+            progress.add(job.key, job.label, job.size, have=job.size, state="done")
+            return True
+        if running is not None:
+            return False
+        done = self._lan_fetches[job.digest] = trio.Event()
+        try:
+            return await self._fetch(job, progress)
+        finally:
+            del self._lan_fetches[job.digest]
+            done.set()
+
+    async def _fetch(self, job: BlobJob, progress: Progress) -> bool:
+        assert job.digest is not None
+        holders = [p.agent for p in self.peers.holders(job.digest)]
+        info = b""
+        for agent in holders:
+            with contextlib.suppress(RpcError, PeerProtocolError):
+                reply = await self.peers.request(agent, MetadataQuery(job.digest))
+                if isinstance(reply, Metadata) and reply.info:
+                    info = reply.info
+                    break
+        if not info:
+            return False
+        endpoints = [e for a in holders if (e := self.peers.endpoint(a)) is not None]
+        progress.add(job.key, job.label, job.size, state="fetching")
+        source = f"LAN ({len(endpoints)} peer{'s' if len(endpoints) != 1 else ''})"
+
+        def advance(n: int) -> None:
+            progress.advance(job.key, n, source, lan=True)
+            self.stats.arrived(n)
+
+        got = SwarmFetch(False, "every holder is gone")
+        with trio.CancelScope() as scope:
+
+            def check() -> None:
+                # Liveness tells within seconds that every holder died (kill -9, power cut);
+                # the swarm alone would wait out its stall timeout. Cancelled, it keeps the
+                # pieces that passed their hash.
+                if not any(self.peers.is_alive(a) for a in holders):
+                    scope.cancel()
+
+            self._holder_checks.add(check)
+            try:
+                got = await self.swarm.fetch(
+                    job.digest,
+                    job.size,
+                    info,
+                    endpoints,
+                    stall_timeout=self.stall_timeout,
+                    on_progress=advance,
+                )
+            except Exception:  # the LAN is only a shortcut: whatever went wrong, mirrors remain
+                log.exception("fetching %s from peers failed", job.digest)
+                got = SwarmFetch(False, "the swarm failed")
+            finally:
+                self._holder_checks.discard(check)
+        if got.ok:
+            self.stats.blobs += 1
+            progress.set_state(job.key, "done", have=job.size)
+        else:
+            self.stats.failures += 1
+            log.warning("fetching %s from peers failed: %s", job.digest, got.why)
+            progress.set_state(job.key, "waiting", have=0)
+        return got.ok
+
+    def _peers_changed(self) -> None:
+        for check in list(self._holder_checks):
+            check()
+
+    def stored(self, digest: str, size: int) -> None:
+        """A blob was verified into the store: seed it; its unit torrents serve from there."""
+        self.swarm.seed(digest, size)
+        self.swarm.rehome_units(digest)
+
+    # -- unit torrents (for ``services.sharing``) ----------------------------------------------
+
+    def seeding(self, digest: str) -> bool:
+        return self.swarm.seeding(digest)
+
+    def unit_info(self, digest: str, index: int) -> bytes | None:
+        return self.swarm.unit_info(digest, index)
+
+    def add_unit(
+        self,
+        digest: str,
+        size: int,
+        index: int,
+        span: range,
+        info: bytes,
+        path: Path,
+        *,
+        have: bool,
+    ) -> None:
+        self.swarm.add_unit(digest, size, index, span, info, path, have=have)
+        self._prune_wake.set()
+
+    async def fetch_unit(
+        self,
+        digest: str,
+        index: int,
+        holders: Callable[[], list[str]],
+        on_progress: Callable[[int], None],
+    ) -> SwarmFetch:
+        """Fetch a unit's pieces from the live ones of ``holders()`` (asked again as they come
+        and go) into the blob's partial file."""
+
+        def endpoints() -> list[tuple[str, int]]:
+            return [e for a in holders() if (e := self.peers.endpoint(a)) is not None]
+
+        def advance(n: int) -> None:
+            on_progress(n)
+            self.stats.arrived(n)
+
+        got = await self.swarm.fetch_unit(
+            digest, index, endpoints, stall_timeout=self.stall_timeout, on_progress=advance
+        )
+        if got.ok:
+            self.stats.units += 1
+        else:
+            self.stats.failures += 1
+            self.swarm.drop_unit(digest, index)
+        return got

@@ -1,0 +1,534 @@
+"""In-memory stand-ins for the agent's outside things, so real agents run without root, sockets
+or libtorrent: many of them in one trio run, under a fake clock if a test wants.
+
+- ``MemoryNetwork`` / ``MemoryTransport``: the peer link's transport over in-memory streams.
+  Connecting where nobody listens is refused; an agent that stops takes its connections down.
+- ``MemoryMdns``: discovery on a shared bus. Stopping says goodbye; ``crash`` first makes the
+  agent vanish without one (like ``kill -9``: peers must find out by themselves).
+- ``SwarmNet`` / ``FakeSwarm``: the swarm adapter's interface (``services.swarm.SwarmAdapter``).
+  Transfers copy bytes between agents' files at a set LAN rate, checking every piece against
+  the torrent info's hashes (a bad piece is never written), and whole blobs against their
+  digest before they enter the store, as libtorrent and the real adapter do.
+- ``MemoryMirror``: ``testing.mirror.Mirror``'s decisions (routes, faults, byte counters)
+  behind an ``httpx.MockTransport``, with its pacing on trio's clock.
+
+The contract tests (``tests/test_contracts.py``) run the same checks against these and the
+real adapters.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+
+from p2pmodel.adapters.hashing import digest_file
+from p2pmodel.adapters.store import Store
+from p2pmodel.adapters.transport import StreamHandler
+from p2pmodel.core.digests import algorithm, hex_part
+from p2pmodel.core.torrents import SwarmFetch, expected_shape
+from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, corrupt_block
+from p2pmodel.testing.models import Repo
+
+MiB = 1024 * 1024
+
+# -- the peer link's transport ---------------------------------------------------------------------
+
+
+@dataclass
+class _Listener:
+    handler: StreamHandler
+    nursery: trio.Nursery
+
+
+class MemoryNetwork:
+    """Who listens where, for every ``MemoryTransport`` made from it."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[tuple[str, int], _Listener] = {}
+        self._ports = itertools.count(20000)
+        self.connections = 0
+
+    def transport(self) -> MemoryTransport:
+        return MemoryTransport(self)
+
+
+class MemoryTransport:
+    def __init__(self, net: MemoryNetwork) -> None:
+        self.net = net
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        listener = self.net.listeners.get((host, port))
+        if listener is None:
+            raise ConnectionRefusedError(f"nothing listens on {host}:{port}")
+        client, server = trio.testing.memory_stream_pair()
+        self.net.connections += 1
+        listener.nursery.start_soon(listener.handler, server)
+        return client
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        handler: StreamHandler,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        port = port or next(self.net._ports)
+        if (host, port) in self.net.listeners:
+            raise OSError(98, f"{host}:{port} is in use")
+        async with trio.open_nursery() as nursery:
+            self.net.listeners[(host, port)] = _Listener(handler, nursery)
+            try:
+                task_status.started(port)
+                await trio.sleep_forever()
+            finally:
+                del self.net.listeners[(host, port)]
+                nursery.cancel_scope.cancel()
+
+
+# -- discovery -------------------------------------------------------------------------------------
+
+
+class MemoryMdns:
+    """A shared announcement bus: every announcer hears every other one."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, tuple[Any, Callable[[Any], None]]] = {}
+        self.crashed: set[str] = set()
+
+    def factory(self) -> Callable[..., FakeAnnouncer]:
+        return functools.partial(FakeAnnouncer, self)
+
+    def crash(self, agent: str) -> None:
+        """The agent's next stop sends no goodbye (a power cut, ``kill -9``)."""
+        self.crashed.add(agent)
+
+
+class FakeAnnouncer:
+    def __init__(
+        self,
+        bus: MemoryMdns,
+        *,
+        agent: str,
+        interfaces: list[str],
+        rpc_port: int,
+        torrent_port: int,
+        proto: int,
+        on_event: Callable[[Any], None],
+    ) -> None:
+        from p2pmodel.adapters.discovery import PeerSeen
+
+        self.bus = bus
+        self.agent = agent
+        self.on_event = on_event
+        self.seen = PeerSeen(agent, tuple(interfaces), rpc_port, torrent_port, proto)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from p2pmodel.adapters.discovery import PeerGone
+
+        bus = self.bus
+        bus.crashed.discard(self.agent)
+        others = list(bus._members.values())
+        bus._members[self.agent] = (self.seen, self.on_event)
+        try:
+            for seen, on_event in others:
+                on_event(self.seen)
+                self.on_event(seen)
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            bus._members.pop(self.agent, None)
+            if self.agent not in bus.crashed:
+                for _, on_event in list(bus._members.values()):
+                    on_event(PeerGone(self.agent))
+
+
+# -- the swarm -------------------------------------------------------------------------------------
+
+
+def bdecode(data: bytes) -> Any:
+    """Decode bencoded bytes (enough for torrent info dicts)."""
+
+    def at(i: int) -> tuple[Any, int]:
+        c = data[i : i + 1]
+        if c == b"i":
+            end = data.index(b"e", i)
+            return int(data[i + 1 : end]), end + 1
+        if c == b"l":
+            out, i = [], i + 1
+            while data[i : i + 1] != b"e":
+                item, i = at(i)
+                out.append(item)
+            return out, i + 1
+        if c == b"d":
+            d, i = {}, i + 1
+            while data[i : i + 1] != b"e":
+                k, i = at(i)
+                v, i = at(i)
+                d[k] = v
+            return d, i + 1
+        colon = data.index(b":", i)
+        n = int(data[i:colon])
+        return data[colon + 1 : colon + 1 + n], colon + 1 + n
+
+    value, end = at(0)
+    if end != len(data):
+        raise ValueError("trailing bytes")
+    return value
+
+
+def _pieces_ok(data: bytes, start: int, info: dict[bytes, Any]) -> bool:
+    """Do the bytes at file offset ``start`` match the info's piece hashes?"""
+    piece = info[b"piece length"]
+    hashes = info[b"pieces"]
+    for pos in range(0, len(data), piece):
+        i = (start + pos) // piece
+        want = hashes[20 * i : 20 * i + 20]
+        if hashlib.sha1(data[pos : pos + piece], usedforsecurity=False).digest() != want:
+            return False
+    return True
+
+
+class SwarmNet:
+    """Every ``FakeSwarm`` by endpoint, and the LAN rate of each agent's link."""
+
+    def __init__(self, lan_rate: float | None = 100 * MiB) -> None:
+        self.lan_rate = lan_rate
+        self.swarms: dict[tuple[str, int], FakeSwarm] = {}
+        self._ports = itertools.count(30000)
+        self.pieces_refused = 0
+
+    def factory(self) -> Callable[[Store, list[str], int], FakeSwarm]:
+        return lambda store, listen, port: FakeSwarm(self, store, listen, port)
+
+
+@dataclass
+class _Unit:
+    size: int
+    start: int
+    stop: int
+    info: bytes
+    path: Path
+    seeding: bool
+    idle_since: float = 0.0
+
+
+class FakeSwarm:
+    """The swarm adapter's interface over plain file copies between agents' stores."""
+
+    def __init__(self, net: SwarmNet, store: Store, listen: Sequence[str], port: int = 0) -> None:
+        self.net = net
+        self.store = store
+        self.host = next(iter(listen))
+        self._port = port or next(net._ports)
+        self._seeding: dict[str, int] = {}
+        self._fetching: set[str] = set()
+        self._units: dict[tuple[str, int], _Unit] = {}
+        self.uploaded = 0
+        self.downloaded = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.net.swarms[(self.host, self._port)] = self
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self.net.swarms.pop((self.host, self._port), None)
+
+    def _peer(self, endpoint: tuple[str, int]) -> FakeSwarm | None:
+        other = self.net.swarms.get(endpoint)
+        return other if other is not self else None
+
+    async def _carry(self, source: FakeSwarm, nbytes: int) -> None:
+        """The time ``nbytes`` take over the LAN (the slower of the two links)."""
+        if self.net.lan_rate:
+            await trio.sleep(nbytes / self.net.lan_rate)
+        else:
+            await trio.lowlevel.checkpoint()
+        source.uploaded += nbytes
+        self.downloaded += nbytes
+
+    # -- whole blobs -------------------------------------------------------------------------
+
+    def seed(self, digest: str, size: int) -> bool:
+        if size == 0 or self.store.torrent_info(digest) is None:
+            return digest in self._seeding
+        self._seeding[digest] = size
+        return True
+
+    def seeding(self, digest: str) -> bool:
+        return digest in self._seeding
+
+    def holds_partial(self, digest: str) -> bool:
+        return digest in self._fetching
+
+    def info(self, digest: str) -> bytes | None:
+        if digest in self._seeding or digest in self._fetching:
+            return self.store.torrent_info(digest)
+        return None
+
+    async def fetch(
+        self,
+        digest: str,
+        size: int,
+        info: bytes,
+        peers: Sequence[tuple[str, int]],
+        *,
+        stall_timeout: float = 10.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SwarmFetch:
+        if not expected_shape(info, digest, size):
+            return SwarmFetch(False, "peer sent torrent info of the wrong shape")
+        if digest in self._seeding or digest in self._fetching:
+            return SwarmFetch(False, "already in the swarm")
+        sources = [s for p in peers if (s := self._peer(p)) is not None and s.seeding(digest)]
+        if not sources:
+            await trio.sleep(stall_timeout)
+            return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s")
+        source = sources[0]
+        self._fetching.add(digest)
+        try:
+            data = source.store.blob_path(digest).read_bytes()
+            await self._carry(source, len(data))
+            if not _pieces_ok(data, 0, bdecode(info)):
+                self.net.pieces_refused += 1
+                return SwarmFetch(False, "pieces failed their hash")
+            if on_progress is not None:
+                on_progress(len(data))
+            tmp = self.store.partial / "swarm" / hex_part(digest)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            if digest_file(tmp, algorithm(digest), size) != digest:
+                tmp.unlink()
+                return SwarmFetch(False, "bytes from peers failed the digest", len(data))
+            self.store.save_torrent_info(digest, info)
+            dest = self.store.blob_path(digest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+            self._seeding[digest] = size
+            return SwarmFetch(True, "", len(data))
+        finally:
+            self._fetching.discard(digest)
+
+    # -- unit torrents ---------------------------------------------------------------------
+
+    def unit_info(self, digest: str, index: int) -> bytes | None:
+        u = self._units.get((digest, index))
+        return u.info if u is not None and u.seeding else None
+
+    def add_unit(
+        self,
+        digest: str,
+        size: int,
+        index: int,
+        span: range,
+        info: bytes,
+        path: Path,
+        *,
+        have: bool,
+    ) -> None:
+        if (digest, index) in self._units:
+            return
+        start, stop = bdecode(info)[b"p2pmodel unit"][1:]
+        self._units[(digest, index)] = _Unit(size, start, stop, info, path, have)
+
+    async def fetch_unit(
+        self,
+        digest: str,
+        index: int,
+        peers: Callable[[], Sequence[tuple[str, int]]],
+        *,
+        stall_timeout: float = 10.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SwarmFetch:
+        u = self._units.get((digest, index))
+        if u is None:
+            return SwarmFetch(False, "no such unit torrent")
+        info = bdecode(u.info)
+        deadline = trio.current_time() + stall_timeout
+        while trio.current_time() < deadline:
+            for endpoint in peers():
+                source = self._peer(endpoint)
+                held = source._units.get((digest, index)) if source is not None else None
+                if source is None or held is None or not held.seeding or held.info != u.info:
+                    continue
+                try:
+                    # Blocking reads of small test files, on purpose: a thread would let the
+                    # fake clock jump while it runs.
+                    with open(held.path, "rb") as f:  # noqa: ASYNC230
+                        f.seek(u.start)
+                        data = f.read(u.stop - u.start)
+                except OSError:  # moved into the store just now: its seeder re-points it
+                    continue
+                await self._carry(source, len(data))
+                if (digest, index) not in self._units:
+                    return SwarmFetch(False, "torrent removed")
+                if len(data) != u.stop - u.start or not _pieces_ok(data, u.start, info):
+                    self.net.pieces_refused += 1
+                    continue  # a bad piece is never written: try another holder
+                fd = os.open(u.path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, u.start)
+                finally:
+                    os.close(fd)
+                if on_progress is not None:
+                    on_progress(len(data))
+                u.seeding = True
+                return SwarmFetch(True, "", len(data))
+            await trio.sleep(0.5)
+        return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s")
+
+    def rehome_units(self, digest: str) -> None:
+        dest = self.store.blob_path(digest)
+        for (d, index), u in list(self._units.items()):
+            if d != digest:
+                continue
+            if u.seeding:
+                u.path = dest
+            else:
+                del self._units[(d, index)]
+
+    def drop_unit(self, digest: str, index: int) -> None:
+        self._units.pop((digest, index), None)
+
+    def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> float | None:
+        for key, u in list(self._units.items()):
+            if not u.idle_since or key[0] in keep:
+                u.idle_since = now
+            elif now - u.idle_since >= idle:
+                del self._units[key]
+        return min((u.idle_since + idle for u in self._units.values()), default=None)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "port": self._port,
+            "seeding": len(self._seeding),
+            "fetching": len(self._fetching),
+            "units": len(self._units),
+            "uploaded": self.uploaded,
+        }
+
+    def close(self) -> None:
+        self._units.clear()
+
+
+# -- the mirror ------------------------------------------------------------------------------------
+
+HUB = "http://hub.mirror.test"
+CDN = "http://cdn.mirror.test"
+BLOCK = 256 * 1024
+
+
+class MemoryMirror:
+    """``testing.mirror.Mirror`` served through ``httpx.MockTransport`` (no sockets)."""
+
+    def __init__(self, repos: Sequence[Repo], faults: Faults | None = None) -> None:
+        self.mirror = Mirror(list(repos), faults=faults or Faults())
+        self.mirror._urls = {"hub": HUB, "cdn": CDN}
+        self._total = Pacer()
+
+    @property
+    def hub_url(self) -> str:
+        return HUB
+
+    @property
+    def faults(self) -> Faults:
+        return self.mirror.faults
+
+    @property
+    def served(self) -> int:
+        return self.mirror.stats.bytes_served
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.MockTransport(self.handle),
+            follow_redirects=True,
+            headers={"Accept-Encoding": "identity"},
+        )
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        port: Port = "cdn" if request.url.host == "cdn.mirror.test" else "hub"
+        target = request.url.raw_path.decode("latin-1")
+        body = await request.aread()
+        reply = self.mirror.decide(port, request.method, target, request.headers.get("range"), body)
+        if reply.hang_up:
+            raise httpx.ConnectError("the mirror hung up", request=request)
+        if reply.delay:
+            await trio.sleep(reply.delay)
+        length = reply.length if reply.file is not None else len(reply.body)
+        headers = [*reply.headers, ("Content-Length", str(length))]
+        path = target.partition("?")[0]
+        if request.method == "HEAD":
+            return httpx.Response(reply.status, headers=headers)
+        if reply.file is None:
+            if reply.counted:
+                self.mirror.stats.count(path, len(reply.body))
+            return httpx.Response(reply.status, headers=headers, content=reply.body)
+        return httpx.Response(reply.status, headers=headers, content=self._body(reply, path))
+
+    async def _body(self, reply: Any, path: str) -> AsyncIterator[bytes]:
+        assert reply.file is not None
+        pacer = Pacer()
+        offset = reply.start
+        stop = reply.start + (reply.length if reply.cut_at is None else reply.cut_at)
+        with open(reply.file.data_path, "rb") as f:  # noqa: ASYNC230 (see fetch_unit)
+            f.seek(offset)
+            while offset < stop:
+                faults = self.mirror.faults
+                chunk = f.read(min(BLOCK, stop - offset))
+                if faults.corrupt:
+                    chunk = corrupt_block(chunk, offset, reply.file.size)
+                await pacer.wait(len(chunk), faults.per_conn_rate)
+                await self._total.wait(len(chunk), faults.total_rate)
+                self.mirror.stats.count(path, len(chunk))
+                offset += len(chunk)
+                yield chunk
+        if reply.cut_at is not None:
+            raise httpx.RemoteProtocolError("the mirror cut the body short")
+
+
+# -- a simulated office of real agents -------------------------------------------------------------
+
+
+@dataclass
+class SimOffice:
+    """Real agents on the fakes above: one network, one mDNS bus, one swarm net, one mirror."""
+
+    mirror: MemoryMirror
+    lan_rate: float | None = 100 * MiB
+    net: MemoryNetwork = field(default_factory=MemoryNetwork)
+    mdns: MemoryMdns = field(default_factory=MemoryMdns)
+    swarms: SwarmNet = field(init=False)
+    _ips: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.swarms = SwarmNet(self.lan_rate)
+
+    def outside(self) -> Any:
+        from p2pmodel.services.agent import Outside
+
+        n = next(self._ips)
+        ip = f"10.0.{n // 250}.{n % 250 + 1}"
+        return Outside(
+            transport=self.net.transport(),
+            swarm=self.swarms.factory(),
+            discovery=self.mdns.factory(),
+            http=self.mirror.client,
+            interfaces=lambda: [ip],
+        )

@@ -356,3 +356,18 @@ def test_next_deadline_is_the_next_renewal_or_lapse():
     c.peer_release("aa", u0)
     assert c.next_deadline() == 1.0 + c.lease / 2
     assert c.poll(c.next_deadline()) == [SendRenew(u1, 1.0 + c.lease / 2 + c.lease)]
+
+
+def test_a_blob_wanted_again_after_a_drop_is_fetched_again():
+    """A get that failed (its bytes thrown away) and is run again claims the units anew: what
+    the first one had fetched no longer counts as held."""
+    c = Coordinator("aa", segment=SEG)
+    c.want({"x": SEG})
+    (u,) = units_of("x", SEG, SEG)
+    assert c.poll(0.0) == [SendClaim(u, c.lease), FetchFromMirror(u)]
+    c.fetched(u)
+    c.poll(1.0)
+    c.drop({"x"})
+    c.poll(2.0)
+    c.want({"x": SEG})
+    assert c.poll(3.0) == [SendClaim(u, 3.0 + c.lease), FetchFromMirror(u)]

@@ -236,12 +236,16 @@ class Coordinator:
 
     def drop(self, blobs: set[str]) -> None:
         """This agent no longer wants these blobs (its get ended or failed): leases it holds
-        on them go back to the office at once."""
+        on them go back to the office at once, and what it had of them is forgotten."""
         for u in self._units:
             if u.blob in blobs and self._mine.pop(u.key, None) is not None:
                 self._out.append(SendRelease(u))
         self._units = [u for u in self._units if u.blob not in blobs]
         self._fetching_from_peer = {k for k in self._fetching_from_peer if k[0] not in blobs}
+        # What we held of them counts no more: a later want learns it again from the disk
+        # (a failed blob's bytes were thrown away; a stored blob is wanted no more).
+        self._have = {k for k in self._have if k[0] not in blobs}
+        self._landed = {k for k in self._landed if k[0] not in blobs}
 
     # -- questions -----------------------------------------------------------------------------
 

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("get", help="fetch a model and print the path of its directory")
     g.add_argument("ref", help="name:tag, hf://org/repo[@rev], ms://org/repo[@rev] or https://URL")
     g.add_argument("--to", type=Path, metavar="DIR", help="also place the files under DIR")
+    g.add_argument(
+        "--hf-cache",
+        action="store_true",
+        help="also lay the model out in the Hugging Face cache ($HF_HUB_CACHE), so "
+        "HF_HUB_OFFLINE=1 from_pretrained finds it",
+    )
     g.add_argument("--sha256", metavar="HEX", help="expected digest of a single-file URL")
     g.add_argument("--refresh", action="store_true", help="resolve the reference again upstream")
     g.add_argument("--connections", type=int, metavar="N", help="parallel connections (16)")
@@ -140,6 +146,12 @@ def _home() -> Path:
     return default_home()
 
 
+def _hf_cache() -> Path:
+    from .adapters.hfcache import cache_root
+
+    return cache_root().resolve()
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     from .core.refs import parse_ref
     from .services.get import GetRequest, fast_get
@@ -152,6 +164,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         sha256=args.sha256,
         refresh=args.refresh,
         progress="none" if args.json and args.progress == "auto" else args.progress,
+        hf_cache=_hf_cache() if args.hf_cache else None,
     )
     home = _home()
     if req.ref.kind == "name":  # an unknown name fails here, before any heavy import
@@ -225,6 +238,7 @@ def _get_via_agent(req: Any, home: Path, as_json: bool) -> int:
                 "op": "get",
                 "ref": req.ref.text,
                 "to": str(req.to) if req.to else None,
+                "hf_cache": str(req.hf_cache) if req.hf_cache else None,
                 "sha256": req.sha256,
                 "refresh": req.refresh,
             },
@@ -293,7 +307,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         discovery=not args.no_discovery,
         sharing=env.sharing,
         segment=env.segment,
+        hf_endpoint=config.hf_endpoint,
     )
+    if config.hf_endpoint and not config.hf_endpoint.startswith("127."):
+        print(
+            f"p2pmodel: warning: the Hugging Face endpoint listens on {config.hf_endpoint}: "
+            "it serves anyone who can reach that address",
+            file=sys.stderr,
+        )
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -20,8 +20,10 @@ from p2pmodel.testing.models import Repo, make_model
 MiB = 1024 * 1024
 
 
-def run_cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "P2PMODEL_HOME": str(home)}
+def run_cli(
+    home: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "P2PMODEL_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "p2pmodel", *args],
         env=env,

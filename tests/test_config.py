@@ -109,8 +109,8 @@ def test_absent_file_gives_defaults(tmp_path: Path):
     assert cfg.files == {}
     assert cfg.peers == ()
     assert cfg.connections == DEFAULT_CONNECTIONS == 16
-    assert cfg.hf_endpoint == HF_ORIGIN
-    assert cfg.ms_endpoint == MS_ORIGIN
+    assert cfg.hf_origin == HF_ORIGIN
+    assert cfg.ms_origin == MS_ORIGIN
     assert cfg.path == str(tmp_path / "config.toml")
 
 
@@ -232,14 +232,14 @@ def test_connections_in_range(tmp_path: Path, connections: int):
 def test_endpoints_from_environment(tmp_path: Path, env: dict[str, str], hf: str, ms: str):
     """``HF_ENDPOINT`` and ``MODELSCOPE_ENDPOINT`` override the origins, trailing '/' stripped."""
     cfg = load_config(tmp_path, env)
-    assert (cfg.hf_endpoint, cfg.ms_endpoint) == (hf, ms)
+    assert (cfg.hf_origin, cfg.ms_origin) == (hf, ms)
 
 
 def test_env_defaults_to_process_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """With no ``env`` argument the process environment is read."""
     monkeypatch.setenv("HF_ENDPOINT", "https://from-os.test/")
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    assert load_config(tmp_path).hf_endpoint == "https://from-os.test"
+    assert load_config(tmp_path).hf_origin == "https://from-os.test"
 
 
 # -- bad configs ---------------------------------------------------------------------------------
@@ -391,3 +391,37 @@ def test_interfaces_are_ipv4_addresses(tmp_path):
     (tmp_path / "config.toml").write_text('interfaces = ["eth0"]\n')
     with pytest.raises(UserError, match="IPv4"):
         load_config(tmp_path, env={})
+
+
+def test_hf_endpoint_defaults_to_loopback_and_can_be_off(tmp_path: Path):
+    """The agent's Hugging Face endpoint: 127.0.0.1:7421 unless set; "off" turns it off; a
+    bad value is one clear line."""
+    assert load(tmp_path, "").hf_endpoint == "127.0.0.1:7421"
+    assert load(tmp_path, 'hf_endpoint = "off"\n').hf_endpoint is None
+    assert load(tmp_path, 'hf_endpoint = "10.0.0.7:8000"\n').hf_endpoint == "10.0.0.7:8000"
+    for bad in ('"localhost:7421"', '"127.0.0.1"', "7421", '"127.0.0.1:99999"'):
+        with pytest.raises(UserError, match="hf_endpoint"):
+            load(tmp_path, f"hf_endpoint = {bad}\n")
+
+
+def test_an_hf_endpoint_pointing_at_this_agent_is_not_the_upstream(tmp_path: Path):
+    """A shell that sends the HF tools to the agent (HF_ENDPOINT=http://127.0.0.1:7421) must
+    not make the agent fetch from itself: upstream stays the Hub."""
+    for value in ("http://127.0.0.1:7421", "http://localhost:7421/"):
+        assert load(tmp_path, "", {"HF_ENDPOINT": value}).hf_origin == HF_ORIGIN
+    assert load(tmp_path, "", {"HF_ENDPOINT": "http://olah.lan:8090"}).hf_origin == (
+        "http://olah.lan:8090"
+    )
+
+
+def test_token_hosts_default_to_the_origin(tmp_path: Path):
+    """The user's HF token may go to the origin only, unless the config lists more."""
+    cfg = load(tmp_path, "")
+    assert cfg.trusts("https://huggingface.co/api/models/a/b")
+    assert not cfg.trusts("https://hf-mirror.com/api/models/a/b")
+    assert cfg.auth_headers("https://hf-mirror.com/x", "hf_t") is None
+    cfg = load(tmp_path, 'hf_token_hosts = ["https://hf-mirror.com/"]\n')
+    assert cfg.auth_headers("https://hf-mirror.com/x", "hf_t") == {"Authorization": "Bearer hf_t"}
+    assert not cfg.trusts("https://huggingface.co/x")
+    with pytest.raises(UserError, match="hf_token_hosts"):
+        load(tmp_path, 'hf_token_hosts = ["hf-mirror.com"]\n')

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,10 +29,14 @@ INTERRUPTED = "p2pmodel: interrupted; progress is saved, run it again to resume"
 
 
 class Mirror:
-    def __init__(self, repo: Repo, workdir: Path, *flags: str) -> None:
-        repo_json = workdir / "repo.json"
-        repo_json.write_text(repo.to_json())
-        self.proc, urls = spawn(repo_json, workdir, *flags)
+    """The test mirror as a process on loopback, serving ``repos``."""
+
+    def __init__(self, repos: Repo | Sequence[Repo], workdir: Path, *flags: str) -> None:
+        paths = []
+        for i, repo in enumerate([repos] if isinstance(repos, Repo) else repos):
+            paths.append(workdir / f"repo{i}.json")
+            paths[-1].write_text(repo.to_json())
+        self.proc, urls = spawn(paths, workdir, *flags)
         self.hub_url = urls["hub_url"]
 
     def served(self) -> int:

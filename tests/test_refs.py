@@ -24,6 +24,7 @@ COMMIT = "75e0b4be04f60ec59a75f475837eced720f823b6"
         (f"hf://Qwen/Qwen-Image@{COMMIT}", Ref("hf", "Qwen/Qwen-Image", COMMIT)),
         ("hf://org/repo@refs/pr/1", Ref("hf", "org/repo", "refs/pr/1")),
         ("hf://org/repo/", Ref("hf", "org/repo", "")),
+        ("hf://datasets/org/data@v2", Ref("hf", "datasets/org/data", "v2")),
         ("ms://Qwen/Qwen-Image", Ref("ms", "Qwen/Qwen-Image", "")),
         ("ms://Qwen/Qwen-Image@v1.0", Ref("ms", "Qwen/Qwen-Image", "v1.0")),
         ("https://example.com/a/b.bin", Ref("url", "https://example.com/a/b.bin")),
@@ -205,3 +206,16 @@ def test_distinct_revisions_get_distinct_single_component_snapshots(one: str, tw
     for parts in (a, b):
         assert all("/" not in p and p not in ("", ".", "..") for p in parts)
     assert (a == b) == (one == two)
+
+
+def test_a_dataset_reference_knows_its_type_and_repository():
+    """``hf://datasets/org/name`` is a dataset: its repo id drops the prefix, its snapshot
+    lives apart from a model of the same name, and its listing is the datasets API."""
+    from p2pmodel.core.upstream import listing_url
+
+    ref = parse_ref("hf://datasets/org/data")
+    assert (ref.repo_type, ref.repo, ref.text) == ("dataset", "org/data", "hf://datasets/org/data")
+    assert ref.snapshot_parts() == ("hf-datasets", "org", "data", "main")
+    assert parse_ref("hf://org/data").snapshot_parts() == ("hf", "org", "data", "main")
+    url = listing_url(ref, "https://hub.test", "https://ms.test")
+    assert url == "https://hub.test/api/datasets/org/data/revision/main?blobs=true"

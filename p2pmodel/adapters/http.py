@@ -18,18 +18,25 @@ import httpx
 import trio
 
 from .. import __version__
-from ..core.errors import SourceError, UserError
+from ..core.errors import NotFound, SourceError
 from ..core.mirrors import Failure, mirror_key, retry_after
 
 USER_AGENT = f"p2pmodel/{__version__}"
 
 
 class FetchFailure(Exception):
-    def __init__(self, kind: Failure, detail: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: Failure,
+        detail: str,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.retry_after = retry_after
+        self.code = code  # the Hub's X-Error-Code, if it sent one
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ def classify_status(resp: httpx.Response) -> FetchFailure:
     code = resp.status_code
     detail = f"HTTP {code} {resp.reason_phrase}".rstrip()
     if code in (404, 410, 403, 401):
-        return FetchFailure(Failure.MISSING, detail)
+        return FetchFailure(Failure.MISSING, detail, code=resp.headers.get("x-error-code"))
     if code in (429, 503):
         return FetchFailure(
             Failure.BUSY, detail, retry_after(resp.headers.get("retry-after"), time.time())
@@ -98,10 +105,16 @@ class RangeBody:
 
 @asynccontextmanager
 async def open_range(
-    client: httpx.AsyncClient, url: str, start: int, stop: int, size: int
+    client: httpx.AsyncClient,
+    url: str,
+    start: int,
+    stop: int,
+    size: int,
+    extra: dict[str, str] | None = None,
 ) -> AsyncIterator[RangeBody]:
     """GET ``[start, stop)`` of a ``size``-byte file; yields the body's chunks."""
     headers = {} if (start == 0 and stop == size) else {"Range": f"bytes={start}-{stop - 1}"}
+    headers.update(extra or {})
     async with translate_errors():
         resp = await client.send(client.build_request("GET", url, headers=headers), stream=True)
     try:
@@ -130,9 +143,9 @@ async def open_range(
             await resp.aclose()
 
 
-async def get_json(client: httpx.AsyncClient, url: str) -> Any:
+async def get_json(client: httpx.AsyncClient, url: str, extra: dict[str, str] | None = None) -> Any:
     async with translate_errors():
-        resp = await client.get(url, headers={"Accept": "application/json"})
+        resp = await client.get(url, headers={"Accept": "application/json", **(extra or {})})
     if resp.status_code != 200:
         raise classify_status(resp)
     try:
@@ -191,5 +204,10 @@ async def first_success(
             await trio.sleep(min(max(waits, default=backoff * 2**round_), 10.0))
     causes = "; ".join(f"{mirror_key(u)}: {f.detail}" for u, f in last.items())
     if last and all(f.kind is Failure.MISSING for f in last.values()):
-        raise UserError(f"{what} not found ({causes})")
+        # The most telling answer wins: a mirror that has the repository but not the revision
+        # knows more than one that lacks the repository (a partial mirror).
+        codes = {f.code for f in last.values() if f.code}
+        order = ("GatedRepo", "RevisionNotFound", "EntryNotFound", "RepoNotFound")
+        code = next((c for c in order if c in codes), None)
+        raise NotFound(f"{what} not found ({causes})", code)
     raise SourceError(f"cannot reach {what}: {causes}")

@@ -300,6 +300,19 @@ class Store:
             refs[ref] = manifest_digest
             _atomic_write(self.refs_file, msgpack.packb(dict(sorted(refs.items()))))
 
+    def gated(self) -> set[str]:
+        """Digests of manifests of gated repositories (served only to a token upstream took)."""
+        try:
+            raw = msgpack.unpackb((self.root / "gated.msgpack").read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return set()
+        return {d for d in raw if isinstance(d, str)} if isinstance(raw, list) else set()
+
+    def mark_gated(self, manifest_digest: str) -> None:
+        with self._lock(), disk_errors("recording a gated repository"):
+            gated = self.gated() | {manifest_digest}
+            _atomic_write(self.root / "gated.msgpack", msgpack.packb(sorted(gated)))
+
     def lookup(self, ref: str) -> Manifest | None:
         digest = self.refs().get(ref)
         return self.load_manifest(digest) if digest else None

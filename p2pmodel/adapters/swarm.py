@@ -446,6 +446,11 @@ class Swarm:
         if t is not None:
             self._forget_unit(t)
 
+    def drop_units(self, digest: str) -> None:
+        for (d, _), t in list(self._units.items()):
+            if d == digest:
+                self._forget_unit(t)
+
     def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> float | None:
         """Unit torrents with no peer for ``idle`` seconds end, but for blobs in ``keep``
         (a get still wants them: peers may come for their units). A stored blob is then

@@ -18,6 +18,7 @@ from .refs import parse_ref
 HF_ORIGIN = "https://huggingface.co"
 MS_ORIGIN = "https://www.modelscope.cn"
 DEFAULT_CONNECTIONS = 16
+DEFAULT_HF_ENDPOINT = "127.0.0.1:7421"
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,22 @@ class Config:
     peers: tuple[str, ...] = ()
     interfaces: tuple[str, ...] = ()  # IPv4 addresses the agent listens and announces on
     connections: int = DEFAULT_CONNECTIONS
-    hf_endpoint: str = HF_ORIGIN
-    ms_endpoint: str = MS_ORIGIN
+    hf_origin: str = HF_ORIGIN  # where hf:// lives upstream (HF_ENDPOINT, as the HF tools)
+    ms_origin: str = MS_ORIGIN  # where ms:// lives upstream (MODELSCOPE_ENDPOINT)
     path: str | None = None  # where it was read from, for messages
+    hf_endpoint: str | None = DEFAULT_HF_ENDPOINT  # host:port the agent serves; None: off
+    token_hosts: tuple[str, ...] = (HF_ORIGIN + "/",)  # URL prefixes a user's HF token may go to
 
     def candidates(self, url: str) -> list[str]:
         """The URLs that may serve ``url``, in configured order (origin last if listed)."""
         return rewrite(self.mirrors, url)
+
+    def trusts(self, url: str) -> bool:
+        """May a request to ``url`` carry the user's Hugging Face token?"""
+        return any(url.startswith(prefix) for prefix in self.token_hosts)
+
+    def auth_headers(self, url: str, token: str | None) -> dict[str, str] | None:
+        return {"Authorization": f"Bearer {token}"} if token and self.trusts(url) else None
 
 
 def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
@@ -85,7 +95,16 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str], path: str = "confi
 
 
 def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
-    known = {"mirror", "models", "files", "peers", "interfaces", "connections"}
+    known = {
+        "mirror",
+        "models",
+        "files",
+        "peers",
+        "interfaces",
+        "connections",
+        "hf_endpoint",
+        "hf_token_hosts",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _Bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -138,6 +157,18 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
     conns = raw.get("connections", DEFAULT_CONNECTIONS)
     if not isinstance(conns, int) or isinstance(conns, bool) or not 1 <= conns <= 256:
         raise _Bad("connections must be an integer from 1 to 256")
+    serve = _parse_hf_endpoint(raw.get("hf_endpoint", DEFAULT_HF_ENDPOINT))
+    hf_origin = (env.get("HF_ENDPOINT") or HF_ORIGIN).rstrip("/")
+    if serve is not None and _is_local_endpoint(hf_origin, serve):
+        # A shell that points the HF tools at this agent (HF_ENDPOINT=http://127.0.0.1:7421)
+        # must not make the agent ask itself: upstream stays the Hub.
+        hf_origin = HF_ORIGIN
+    hosts = raw.get("hf_token_hosts", [hf_origin + "/"])
+    if not (isinstance(hosts, list) and all(isinstance(h, str) for h in hosts)):
+        raise _Bad("hf_token_hosts must be a list of URL prefixes")
+    for h in hosts:
+        if not h.startswith(("https://", "http://")) or h.count("/") < 3:
+            raise _Bad(f"hf_token_hosts: {h!r} is not a URL prefix like 'https://huggingface.co/'")
     return Config(
         mirrors=tuple(rules),
         models={parse_ref(k).text: v for k, v in models.items()},
@@ -145,10 +176,33 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         peers=tuple(peers),
         interfaces=tuple(interfaces),
         connections=conns,
-        hf_endpoint=(env.get("HF_ENDPOINT") or HF_ORIGIN).rstrip("/"),
-        ms_endpoint=(env.get("MODELSCOPE_ENDPOINT") or MS_ORIGIN).rstrip("/"),
+        hf_origin=hf_origin,
+        ms_origin=(env.get("MODELSCOPE_ENDPOINT") or MS_ORIGIN).rstrip("/"),
+        hf_endpoint=serve,
+        token_hosts=tuple(hosts),
         path=path,
     )
+
+
+def _parse_hf_endpoint(value: Any) -> str | None:
+    """``hf_endpoint``: "host:port" the agent serves the Hugging Face API on, or "off"."""
+    if value == "off":
+        return None
+    if not isinstance(value, str):
+        raise _Bad('hf_endpoint must be "host:port" or "off"')
+    host, _, port = value.rpartition(":")
+    parts = host.split(".")
+    if not (len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)):
+        raise _Bad(f"hf_endpoint {value!r}: the host must be an IPv4 address (127.0.0.1)")
+    if not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port (status says)
+        raise _Bad(f"hf_endpoint {value!r}: bad port")
+    return value
+
+
+def _is_local_endpoint(url: str, serve: str) -> bool:
+    host, _, port = serve.rpartition(":")
+    hosts = {host, "localhost", "127.0.0.1"} if host.startswith("127.") else {host}
+    return any(url.rstrip("/") == f"http://{h}:{port}" for h in hosts)
 
 
 def parse_files_table(raw: Any, where: str) -> dict[str, FileSpec]:

@@ -19,6 +19,16 @@ class UserError(P2PModelError):
     exit_code = 2
 
 
+class NotFound(UserError):
+    """Every source says the thing does not exist (or is not ours to see). ``code`` is the
+    Hub's ``X-Error-Code`` when a source gave one (``RepoNotFound``, ``RevisionNotFound``,
+    ``EntryNotFound``, ``GatedRepo``)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class SourceError(P2PModelError):
     """Every source that could serve something failed (network, HTTP errors, missing files)."""
 

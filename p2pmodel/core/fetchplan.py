@@ -76,6 +76,7 @@ class BlobTask:
     source_lock: str | None = None  # in single-source mode, the mirror in use
     error: str = ""
     restored: bool = False  # holds bytes from an earlier run (maybe lost by a power cut)
+    attempt: int = 0  # how many times its bytes failed the digest and were thrown away
     # The ranges mirrors may serve (None: all). Set when the office coordinator shares the
     # blob out: only the units this agent leases are fetched here, the rest come from peers.
     allowed: RangeSet | None = None
@@ -372,6 +373,7 @@ class FetchPlan:
         blob.done = RangeSet()
         blob.by_mirror = {}
         blob.source_lock = None
+        blob.attempt += 1
         blob.state = BlobState.FETCHING
         if self.board.hopeless(list(blob.urls), key):
             self._fail(blob, f"{detail} from every mirror")

@@ -1,7 +1,8 @@
 """Model references as users type them.
 
-``name:tag`` (a catalog or config name), ``hf://org/repo[@rev]``, ``ms://org/repo[@rev]`` and plain
-``https://`` URLs of single files. Parsing is pure; resolving to a manifest is ``resolver``'s job.
+``name:tag`` (a catalog or config name), ``hf://org/repo[@rev]`` (a model; a dataset is
+``hf://datasets/org/repo[@rev]``), ``ms://org/repo[@rev]`` and plain ``https://`` URLs of single
+files. Parsing is pure; resolving to a manifest is ``resolver``'s job.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 REPO_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}\Z")
 REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\Z")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
+DATASETS = "datasets/"
 
 Kind = Literal["name", "hf", "ms", "url"]
 
@@ -28,8 +30,17 @@ class Ref:
     """A parsed reference. ``text`` is the canonical spelling, used as the key in the store."""
 
     kind: Kind
-    name: str = ""  # name:tag -> name; hf/ms -> "org/repo"; url -> the URL
+    name: str = ""  # name:tag -> name; hf/ms -> "org/repo" ("datasets/org/repo"); url -> the URL
     tag: str = ""  # name:tag -> tag; hf/ms -> revision ("" = default branch)
+
+    @property
+    def repo_type(self) -> Literal["model", "dataset"]:
+        return "dataset" if self.name.startswith(DATASETS) else "model"
+
+    @property
+    def repo(self) -> str:
+        """``org/repo`` of an hf/ms reference (without ``datasets/``)."""
+        return self.name.removeprefix(DATASETS)
 
     @property
     def text(self) -> str:
@@ -49,10 +60,11 @@ class Ref:
         if self.kind == "name":
             return (self.name, self.tag)
         if self.kind in ("hf", "ms"):
-            org, repo = self.name.split("/")
+            org, repo = self.repo.split("/")
             # One path component per ref: a revision like "v1/fix" must not nest directories.
             default = "main" if self.kind == "hf" else "master"
-            return (self.kind, org, repo, (self.tag or default).replace("/", "%2F"))
+            kind = self.kind if self.repo_type == "model" else f"{self.kind}-datasets"
+            return (kind, org, repo, (self.tag or default).replace("/", "%2F"))
         parts = urlsplit(self.name)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{parts.netloc}{parts.path}").strip("_.")
         return ("url", safe[:200] or "file")
@@ -69,11 +81,14 @@ def parse_ref(text: str) -> Ref:
             body = text[len(prefix) :]
             repo, _, rev = body.partition("@")
             repo = repo.strip("/")
+            dataset = kind == "hf" and repo.startswith(DATASETS)
+            if dataset:
+                repo = repo.removeprefix(DATASETS)
             if not REPO_RE.match(repo) or ".." in repo:
                 raise UserError(f"bad repository in {text!r}: expected {prefix}org/repo[@revision]")
             if rev and (not REV_RE.match(rev) or ".." in rev):
                 raise UserError(f"bad revision {rev!r} in {text!r}")
-            return Ref("hf" if kind == "hf" else "ms", repo, rev)
+            return Ref("hf" if kind == "hf" else "ms", DATASETS + repo if dataset else repo, rev)
     if text.startswith(("https://", "http://")):
         parts = urlsplit(text)
         if not parts.netloc or not parts.path.strip("/"):

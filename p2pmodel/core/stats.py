@@ -23,6 +23,7 @@ class GetStats:
     from_mirrors: dict[str, int] = field(default_factory=dict)  # mirror key -> bytes
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     failures: dict[str, int] = field(default_factory=dict)  # error class -> count
+    blob_fetches: int = 0  # single blobs fetched for the HF endpoint's readers
 
     def mirror_bytes(self, mirror: str, nbytes: int) -> None:
         self.from_mirrors[mirror] = self.from_mirrors.get(mirror, 0) + nbytes

@@ -2,7 +2,8 @@
 
 Hugging Face: ``GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true`` gives ``sha`` (the
 commit) and ``siblings[{rfilename, size, blobId, lfs{sha256, size}}]``; files come from
-``{endpoint}/{repo}/resolve/{commit}/{path}``. ModelScope: ``GET {endpoint}/api/v1/models/{repo}/
+``{endpoint}/{repo}/resolve/{commit}/{path}`` (datasets: ``/api/datasets/...`` and
+``/datasets/{repo}/resolve/...``). ModelScope: ``GET {endpoint}/api/v1/models/{repo}/
 repo/files?Revision={rev}&Recursive=true`` gives ``Data.Files[{Path, Type, Size, Sha256}]``;
 files come from ``{endpoint}/models/{repo}/resolve/{rev}/{path}``. A branch is resolved to a
 commit once and the manifest pins it.
@@ -23,7 +24,8 @@ MS_DEFAULT_REV = "master"
 def listing_url(ref: Ref, hf_endpoint: str, ms_endpoint: str) -> str:
     if ref.kind == "hf":
         rev = quote(ref.tag or HF_DEFAULT_REV, safe="")
-        return f"{hf_endpoint}/api/models/{ref.name}/revision/{rev}?blobs=true"
+        plural = "models" if ref.repo_type == "model" else "datasets"
+        return f"{hf_endpoint}/api/{plural}/{ref.repo}/revision/{rev}?blobs=true"
     if ref.kind == "ms":
         rev = quote(ref.tag or MS_DEFAULT_REV, safe="")
         return f"{ms_endpoint}/api/v1/models/{ref.name}/repo/files?Revision={rev}&Recursive=true"
@@ -70,6 +72,12 @@ def parse_hf_listing(ref: Ref, name: str, data: Any) -> Manifest:
     if not files:
         raise ManifestError(f"{where}: the repository has no files")
     return Manifest(name, f"hf://{ref.name}", commit, tuple(files))
+
+
+def listing_gated(data: Any) -> bool:
+    """Does a Hugging Face model-info answer say the repository is gated (access by token)?"""
+    gated = data.get("gated") if isinstance(data, dict) else None
+    return gated not in (None, False, "false", "False")
 
 
 def parse_ms_listing(ref: Ref, name: str, data: Any) -> Manifest:

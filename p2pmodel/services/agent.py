@@ -28,6 +28,7 @@ from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
 from .gets import GetService, HttpFactory
+from .hfendpoint import HfEndpoint
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
@@ -68,6 +69,7 @@ class AgentOptions:
     wait_for_peers: float = 0.0  # embedded agent: give discovery a moment before a get
     sharing: bool = True  # share the mirror work of a model with the office
     segment: int = SEGMENT  # the unit of that sharing (every agent of an office alike)
+    hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
 
 
 def _real_swarm(store: Store, interfaces: list[str], port: int) -> SwarmAdapter:
@@ -98,6 +100,7 @@ class Agent:
     peers: PeerService
     sharing: SharingService | None
     gets: GetService
+    hf: HfEndpoint | None = None
 
     def __init__(
         self,
@@ -159,6 +162,9 @@ class Agent:
                 if self.sharing is not None:
                     await nursery.start(self.sharing.run)
                 await nursery.start(self.gets.run)
+                if opts.hf_endpoint is not None:
+                    self.hf = HfEndpoint(self.gets, opts.hf_endpoint)
+                    await nursery.start(self.hf.run)
                 nursery.start_soon(_trim_every, TRIM_EVERY)
                 task_status.started(self)
         finally:
@@ -195,6 +201,7 @@ class Agent:
             },
             "link": vars(self.peers.stats).copy(),
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
+            "hf_endpoint": self.hf.url if self.hf is not None else None,
         }
 
 

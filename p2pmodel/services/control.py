@@ -98,10 +98,11 @@ class ControlServer:
 
         async def run() -> None:
             try:
-                to = req.get("to")
+                to, cache = req.get("to"), req.get("hf_cache")
                 greq = GetRequest(
                     parse_ref(str(req["ref"])),
                     to=Path(to) if to else None,
+                    hf_cache=Path(cache) if cache else None,
                     sha256=req.get("sha256"),
                     refresh=bool(req.get("refresh")),
                     progress="none",

@@ -61,6 +61,14 @@ class BlobJob:
     size: int
     urls: list[str]
     label: str
+    token: str | None = field(default=None, repr=False)  # the user's, for ``trusted`` URLs only
+    trusted: frozenset[str] = frozenset()  # the candidates that may see the token
+
+    def headers(self, url: str) -> dict[str, str] | None:
+        """What a request to ``url`` (a candidate, not a redirect's target) carries."""
+        if self.token and url in self.trusted:
+            return {"Authorization": f"Bearer {self.token}"}
+        return None
 
 
 @dataclass
@@ -75,6 +83,19 @@ class DownloadOptions:
     bucket: TokenBucket | None = None  # the agent's mirror rate limit; None: unlimited
     on_mirror_bytes: Callable[[str, int], None] | None = None  # (mirror, bytes) as they land
     on_stored: Callable[[str, int], None] | None = None  # a blob was verified into the store
+    watch: DownloadWatch | None = None  # told when a download starts and ends
+
+
+class DownloadWatch(Protocol):
+    """Who follows running downloads (``GetService``: the HF endpoint streams from them)."""
+
+    def started(self, download: Download) -> None: ...
+
+    def ended(self, download: Download) -> None: ...
+
+    def discarded(self, key: str, attempt: int) -> None:
+        """The bytes of this attempt at the blob failed the digest and are thrown away."""
+        ...
 
 
 class Sharer(Protocol):
@@ -195,7 +216,13 @@ async def _download(
             run = Download(store, plan, progress, opts, http, fds, jobs_by_key, results, sharer)
             if sharer is not None:
                 sharer.attach(run)
-            await run.main(render)
+            if opts.watch is not None:
+                opts.watch.started(run)
+            try:
+                await run.main(render)
+            finally:
+                if opts.watch is not None:
+                    opts.watch.ended(run)
         finally:
             if owns_client:
                 with trio.CancelScope(shield=True):
@@ -251,6 +278,7 @@ class Download:
         self.sharer = sharer
         self.changed = _Changed()
         self.dirty_signal = _Changed()
+        self.landed = _Changed()  # bytes reached the disk, or a blob was verified or failed
         self.dirty: set[str] = set()
         self.prefix: dict[str, BlobHasher] = {}  # blob -> hash of its on-disk prefix so far
         self.hash_locks: dict[str, trio.Lock] = {}
@@ -288,6 +316,7 @@ class Download:
         if self._touch(key):
             self.plan.mark_done(key, start, stop)
             self.unwritten[key] = self.unwritten.get(key, 0) + stop - start
+            self.landed.fire()
 
     def unmark(self, key: str, start: int, stop: int) -> None:
         """Peers will write these bytes (over what a mirror may have written before the
@@ -308,6 +337,20 @@ class Download:
 
     def gated(self, key: str) -> bool:
         return key in self.plan.blobs and self.plan.blobs[key].allowed is not None
+
+    # -- following a blob (what the HF endpoint streams) ---------------------------------------
+
+    def frontier(self, key: str, pos: int) -> int:
+        """How far the bytes on disk reach without a gap from ``pos``."""
+        blob = self.plan.blobs[key]
+        return next((b for a, b in blob.done if a <= pos < b), pos)
+
+    def attempt(self, key: str) -> int:
+        """Bumps each time the blob's bytes failed the digest and were thrown away."""
+        return self.plan.blobs[key].attempt
+
+    def state(self, key: str) -> BlobState:
+        return self.plan.blobs[key].state
 
     def _dirty(self, key: str) -> None:
         self.dirty.add(key)
@@ -375,8 +418,11 @@ class Download:
         # A hub answers each file with a redirect to its CDN: ask the hub once per blob and
         # mirror, then go to the CDN directly until it stops answering (signed URLs expire).
         cached = self.redirects.get(a.url)
+        # The token goes to the trusted candidate only; a redirect's target (a CDN) never
+        # sees it (httpx drops it across origins, and a cached target is asked without it).
+        headers = None if cached else self.jobs[a.blob].headers(a.url)
         try:
-            async with open_range(self.http, cached or a.url, a.pos, a.stop, size) as body:
+            async with open_range(self.http, cached or a.url, a.pos, a.stop, size, headers) as body:
                 if body.url != (cached or a.url):
                     self.redirects[a.url] = body.url
                 await self.stream(w, a, fd, body)
@@ -423,6 +469,8 @@ class Download:
             if self.opts.on_mirror_bytes is not None:
                 self.opts.on_mirror_bytes(a.mirror, n)
         more = self.plan.progress(w, n)
+        if n > 0:
+            self.landed.fire()
         buf.clear()
         return more
 
@@ -483,12 +531,17 @@ class Download:
             if self.opts.on_stored is not None and blob.size:
                 self.opts.on_stored(got, blob.size)  # seed it now: peers may want it
             self.progress.set_state(blob.key, "done", have=blob.size)
+            self.landed.fire()
             return
         self.prefix.pop(blob.key, None)
         gated = blob.allowed is not None
+        attempt = blob.attempt
         self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")
+        if self.opts.watch is not None:
+            self.opts.watch.discarded(blob.key, attempt)
         if gated and blob.allowed is None and self.sharer is not None:
             self.sharer.ungated(blob.key)
+        self.landed.fire()  # whoever streams these bytes must stop: they were wrong
         # The bytes on disk are worthless now: forget them so a crash does not resume them.
         await trio.to_thread.run_sync(
             self.store.save_state, blob.key, blob.size, PartialState(blob.done, {})

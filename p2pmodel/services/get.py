@@ -39,6 +39,8 @@ class GetRequest:
     sha256: str | None = None
     refresh: bool = False
     progress: str = "auto"  # auto | rich | plain | none
+    token: str | None = field(default=None, repr=False)  # the user's HF token (never logged)
+    hf_cache: Path | None = None  # also lay the model out in this Hugging Face cache
 
 
 @dataclass
@@ -88,9 +90,17 @@ def _expected_by_name(target: NameTarget, manifest: Manifest) -> bool:
 
 
 def _finish(store: Store, req: GetRequest, manifest: Manifest) -> Path:
+    """Link the snapshot; place the files under ``--to`` (with what ``snapshot_download``
+    reads there) and in the Hugging Face cache (``--hf-cache``). Returns what to print."""
+    from ..adapters import hfcache
+
     path = store.make_snapshot(req.ref, manifest)
+    if req.hf_cache is not None:
+        revision = req.ref.tag if req.ref.kind == "hf" else manifest.commit
+        path = hfcache.export(store, manifest, revision, req.hf_cache)
     if req.to is not None:
         path = store.export(manifest, req.to)
+        hfcache.local_dir_metadata(manifest, req.to)
     return path
 
 
@@ -159,10 +169,9 @@ async def get(
     is what front ends call)."""
     import trio
 
-    from ..adapters.http import first_success, get_json, make_client, probe_size
+    from ..adapters.http import first_success, make_client, probe_size
     from ..adapters.terminal import make_renderer
     from ..core.progress import Progress
-    from ..core.upstream import file_url, listing_url, parse_hf_listing, parse_ms_listing
     from .download import BlobJob, DownloadOptions
 
     config = config or load_config(home)
@@ -210,27 +219,20 @@ async def get(
                     "(pass --sha256 to verify it)"
                 )
         elif manifest is None:
-            listing = listing_url(source, config.hf_endpoint, config.ms_endpoint)
-            data, _ = await first_success(
-                config.candidates(listing),
-                lambda u: get_json(http, u),
-                what=source.text,
-            )
-            parse = parse_hf_listing if source.kind == "hf" else parse_ms_listing
-            manifest = parse(source, ref.text, data)
+            manifest, gated = await list_upstream(source, ref.text, config, http, req.token)
+            if gated:
+                store.mark_gated(manifest.digest)
 
         if manifest is not None:
             store.save_manifest(manifest)
             store.set_ref(ref.text, manifest.digest)
-            for digest, size in store.missing_blobs(manifest).items():
-                path = next(f.path for f in manifest.files if f.digest == digest)
-                origin = file_url(manifest, path, config.hf_endpoint, config.ms_endpoint)
-                jobs.append(BlobJob(digest, digest, size, config.candidates(origin), path))
+            missing = store.missing_blobs(manifest)
+            jobs += blob_jobs(manifest, config, missing, req.token)
 
         progress = progress or Progress()
         renderer = make_renderer(progress, req.progress if jobs else "none")
         try:
-            results = await _fetch_all(
+            results = await fetch_blobs(
                 store, jobs, progress, opts, http, lan, sharing, renderer.update
             )
         finally:
@@ -251,7 +253,85 @@ async def get(
                 await http.aclose()
 
 
-async def _fetch_all(
+async def list_upstream(
+    source: Ref, name: str, config: Config, http: httpx.AsyncClient, token: str | None
+) -> tuple[Manifest, bool]:
+    """The manifest of an hf/ms repository from its upstream listing, through the mirrors,
+    and whether the repository is gated. The user's token goes only to the hosts the config
+    trusts with it."""
+    from ..adapters.http import first_success, get_json
+    from ..core.upstream import listing_gated, listing_url, parse_hf_listing, parse_ms_listing
+
+    listing = listing_url(source, config.hf_origin, config.ms_origin)
+    data, _ = await first_success(
+        config.candidates(listing),
+        lambda u: get_json(http, u, config.auth_headers(u, token)),
+        what=source.text,
+    )
+    parse = parse_hf_listing if source.kind == "hf" else parse_ms_listing
+    return parse(source, name, data), listing_gated(data)
+
+
+async def resolve_repo(
+    ref: Ref,
+    home: Path,
+    config: Config,
+    http: httpx.AsyncClient,
+    *,
+    token: str | None = None,
+    offline: bool = False,
+) -> Manifest:
+    """The manifest an hf/ms reference stands for: the one pinned in the store (a branch
+    resolves to the commit last pinned for it), else from upstream, then pinned. A commit that
+    some stored manifest of the repository has is found without asking upstream. ``offline``:
+    the store only (``UserError`` if it does not know the reference)."""
+    store = Store(home)
+    manifest = find_pinned(store, ref)
+    if manifest is None:
+        if offline:
+            raise UserError(f"{ref.text} is not in the store")
+        manifest, gated = await list_upstream(ref, ref.text, config, http, token)
+        store.save_manifest(manifest)
+        if gated:
+            store.mark_gated(manifest.digest)
+        store.set_ref(ref.text, manifest.digest)
+    return manifest
+
+
+def find_pinned(store: Store, ref: Ref) -> Manifest | None:
+    """The manifest the store has for an hf/ms reference: pinned for it, or (for a commit)
+    any stored manifest of that repository at that commit."""
+    from ..core.refs import COMMIT_RE
+
+    manifest = store.lookup(ref.text)
+    if manifest is None and COMMIT_RE.match(ref.tag):
+        source = f"{ref.kind}://{ref.name}"
+        for digest in set(store.refs().values()):
+            m = store.load_manifest(digest)
+            if m is not None and m.source == source and m.commit == ref.tag:
+                return m
+    return manifest
+
+
+def blob_jobs(
+    manifest: Manifest, config: Config, blobs: dict[str, int], token: str | None = None
+) -> list[BlobJob]:
+    """A job per blob of ``manifest`` in ``blobs`` (digest -> size), with its mirror candidates;
+    the token rides only on the candidates of hosts the config trusts with it."""
+    from ..core.upstream import file_url
+    from .download import BlobJob
+
+    jobs = []
+    for digest, size in blobs.items():
+        path = next(f.path for f in manifest.files if f.digest == digest)
+        origin = file_url(manifest, path, config.hf_origin, config.ms_origin)
+        urls = config.candidates(origin)
+        trusted = frozenset(u for u in urls if token and config.trusts(u))
+        jobs.append(BlobJob(digest, digest, size, urls, path, token, trusted))
+    return jobs
+
+
+async def fetch_blobs(
     store: Store,
     jobs: list[BlobJob],
     progress: Progress,

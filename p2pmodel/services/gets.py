@@ -1,7 +1,7 @@
 """``GetService``: runs gets for every front end and keeps what they share (trio).
 
-Theory of operation. A front end (the CLI in its own process, the control socket of ``serve``;
-next the Hugging Face endpoint and the dashboard) hands a ``GetRequest`` and a ``Progress`` to
+Theory of operation. A front end (the CLI in its own process, the control socket of ``serve``,
+the Hugging Face endpoint; next the dashboard) hands a ``GetRequest`` and a ``Progress`` to
 ``get`` and reads the progress while it runs. The service runs the get flow
 (``services.get``) with what the agent keeps across gets: one HTTP client (its connection
 pool), one ``MirrorBoard`` (mirror ranks, backoffs and bans for bad bytes survive from one get
@@ -10,13 +10,28 @@ for all mirror traffic (unlimited by default), and the get statistics, where mir
 counted as they arrive. Whatever goes wrong leaves ``get`` as the one error that says whose
 fault it was (``core.errors.first_cause``), never as an exception group, so every front end
 reports it the same way.
+
+For the HF endpoint it also resolves repositories (``resolve``: the store first, then
+upstream; a gated repository's files go only to a token upstream accepted) and lets a client
+``read`` one blob while it arrives. Every running download of the agent is known by blob
+(``started``/``ended``), so a reader follows whichever download fetches the blob; if none does,
+one fetch starts for it (many readers, one fetch), and it goes on while a reader or a get still
+wants it: a minute after the last reader left, an unfinished one is given up. A reader gets
+bytes as they reach the disk without a gap, but never the file's last ``HOLD`` bytes before the
+blob matched its upstream digest; if the bytes it already had failed the digest, its read
+raises, so the client's connection is cut short and no wrong file ever completes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +39,49 @@ import httpx
 import trio
 
 from ..adapters.http import Timeouts, make_client
+from ..adapters.store import Store
 from ..core.config import Config
-from ..core.errors import P2PModelError, first_cause
+from ..core.errors import IntegrityError, NotFound, P2PModelError, SourceError, first_cause
+from ..core.manifest import FileEntry, Manifest
 from ..core.mirrors import MirrorBoard
 from ..core.progress import Progress
+from ..core.refs import Ref
 from ..core.stats import GetStats
 from ..core.tokenbucket import TokenBucket
-from .download import DownloadOptions
-from .get import GetRequest, GetResult, LanSource, Sharing, get
+from .download import Download, DownloadOptions
+from .get import (
+    GetRequest,
+    GetResult,
+    LanSource,
+    Sharing,
+    blob_jobs,
+    fetch_blobs,
+    find_pinned,
+    get,
+    list_upstream,
+)
 
+log = logging.getLogger(__name__)
 HttpFactory = Callable[[], httpx.AsyncClient]
+HOLD = 1024 * 1024  # the last bytes of a file a reader gets only once the blob is verified
+GRACE = 60.0  # seconds an unfinished fetch nobody reads any more is kept
+READ = 1024 * 1024
+
+
+class BlobGone(Exception):
+    """The bytes a reader already had were thrown away (they failed the digest): the client
+    must not get the rest of them as one file."""
+
+
+@dataclass
+class _Fetch:
+    """One fetch of one blob, started for readers."""
+
+    digest: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+    readers: int = 0
 
 
 class GetService:
@@ -48,32 +96,54 @@ class GetService:
     ) -> None:
         self.home = home
         self.config = config
+        self.store = Store(home)
         self.lan = lan
         self.sharing = sharing
         self.board = MirrorBoard()
         self.bucket = TokenBucket()
         self.stats = GetStats()
-        self.running: dict[int, tuple[GetRequest, Progress]] = {}
+        self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
+        self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
         self._make_http = http
         self._http: httpx.AsyncClient | None = None
         self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._fetches: dict[str, _Fetch] = {}
+        self._accepted: dict[str, set[str]] = {}  # gated manifest -> sha256 of tokens taken
+        self._downloads_changed = trio.Event()
+        self._served: dict[str, int] = {}  # blob -> the attempt a reader last had bytes of
+        self.tainted: set[str] = set()  # blobs a client may hold wrong bytes of (see read)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[GetService]:
         """The service ready for gets (its HTTP client open) while inside."""
         connections = 2 * max(self.config.connections, 16)
         client = self._make_http() if self._make_http else make_client(Timeouts(), connections)
-        async with client:
+        async with client, trio.open_nursery() as nursery:
             self._http = client
+            self._nursery = nursery
             try:
                 yield self
             finally:
+                nursery.cancel_scope.cancel()
                 self._http = None
+                self._nursery = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self.open():
             task_status.started()
             await trio.sleep_forever()
+
+    def _options(self, connections: int | None = None) -> DownloadOptions:
+        return DownloadOptions(
+            connections=connections or self.config.connections,
+            board=self.board,
+            bucket=self.bucket,
+            on_mirror_bytes=self.stats.mirror_bytes,
+            watch=self,
+        )
+
+    # -- gets ----------------------------------------------------------------------------------
 
     async def get(
         self,
@@ -87,22 +157,16 @@ class GetService:
         assert self._http is not None, "the get service is not open"
         progress = progress or Progress()
         key = next(self._ids)
-        self.running[key] = (req, progress)
+        self.running[key] = (req.ref.text, progress)
         self.stats.started += 1
         self.stats.running += 1
         t0 = trio.current_time()
         self.board.revive(t0)
-        opts = DownloadOptions(
-            connections=connections or self.config.connections,
-            board=self.board,
-            bucket=self.bucket,
-            on_mirror_bytes=self.stats.mirror_bytes,
-        )
         try:
             result = await get(
                 req,
                 self.home,
-                options=opts,
+                options=self._options(connections),
                 client=self._http,
                 lan=self.lan,
                 sharing=self.sharing,
@@ -139,3 +203,197 @@ class GetService:
             for f in progress.files.values()
             if f.state not in ("done", "present")
         ]
+
+    # -- the agent's downloads, by blob (DownloadWatch) ---------------------------------------
+
+    def started(self, download: Download) -> None:
+        for key in download.plan.blobs:
+            self.downloads[key] = download
+        self._changed()
+
+    def ended(self, download: Download) -> None:
+        for key in [k for k, d in self.downloads.items() if d is download]:
+            del self.downloads[key]
+        self._changed()
+
+    def discarded(self, key: str, attempt: int) -> None:
+        if self._served.get(key) == attempt:
+            # A reader had bytes of it: a client resuming with a Range may hold wrong bytes.
+            self.tainted.add(key)
+
+    def _changed(self) -> None:
+        self._downloads_changed.set()
+        self._downloads_changed = trio.Event()
+
+    # -- repositories for the HF endpoint ------------------------------------------------------
+
+    async def resolve(self, ref: Ref, token: str | None) -> Manifest:
+        """The manifest of an hf reference: pinned in the store (a branch: the commit last
+        pinned for it), else from upstream, then pinned. ``NotFound`` (with the Hub's error
+        code) when upstream says so; a gated repository needs a token upstream accepted."""
+        assert self._http is not None, "the get service is not open"
+        manifest = find_pinned(self.store, ref)
+        if manifest is None:
+            manifest, gated = await list_upstream(ref, ref.text, self.config, self._http, token)
+            self.store.save_manifest(manifest)
+            if gated:
+                self.store.mark_gated(manifest.digest)
+                self._accept(manifest, token)
+            self.store.set_ref(ref.text, manifest.digest)
+            return manifest
+        if manifest.digest in self.store.gated() and not self._took(manifest, token):
+            # Pinned here by someone with access: this token must show it has access too.
+            pinned = Ref(ref.kind, ref.name, manifest.commit)
+            try:
+                await list_upstream(pinned, ref.text, self.config, self._http, token)
+            except SourceError:
+                raise NotFound(
+                    f"{ref.text} is gated and its access cannot be checked now", "GatedRepo"
+                ) from None
+            self._accept(manifest, token)
+        return manifest
+
+    def _accept(self, manifest: Manifest, token: str | None) -> None:
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            self._accepted.setdefault(manifest.digest, set()).add(digest)
+
+    def _took(self, manifest: Manifest, token: str | None) -> bool:
+        digest = hashlib.sha256(token.encode()).hexdigest() if token else ""
+        return digest in self._accepted.get(manifest.digest, set())
+
+    # -- reading a blob while it arrives -------------------------------------------------------
+
+    @asynccontextmanager
+    async def reader(
+        self, manifest: Manifest, entry: FileEntry, start: int, stop: int, token: str | None
+    ) -> AsyncIterator[BlobReader]:
+        """Read ``[start, stop)`` of one file of ``manifest``; its blob is fetched (once) if
+        nothing in this agent has it or is fetching it."""
+        fetch = None
+        if not self.store.has_blob(entry.digest, entry.size):
+            fetch = self._fetches.get(entry.digest)
+            if fetch is None and entry.digest not in self.downloads:
+                fetch = self._start_fetch(manifest, entry, token)
+        reader = BlobReader(self, entry, start, stop, fetch)
+        if fetch is not None:
+            fetch.readers += 1
+        try:
+            yield reader
+        finally:
+            reader.close()
+            if fetch is not None:
+                fetch.readers -= 1
+                if fetch.readers == 0 and not fetch.done.is_set() and self._nursery is not None:
+                    self._nursery.start_soon(self._give_up_later, fetch)
+
+    def _start_fetch(self, manifest: Manifest, entry: FileEntry, token: str | None) -> _Fetch:
+        assert self._nursery is not None, "the get service is not open"
+        fetch = self._fetches[entry.digest] = _Fetch(entry.digest)
+        self._nursery.start_soon(self._run_fetch, fetch, manifest, entry, token)
+        return fetch
+
+    async def _run_fetch(
+        self, fetch: _Fetch, manifest: Manifest, entry: FileEntry, token: str | None
+    ) -> None:
+        assert self._http is not None
+        progress = Progress()
+        key = next(self._ids)
+        self.running[key] = (f"{manifest.source}/{entry.path}", progress)
+        self.stats.blob_fetches += 1
+        self.board.revive(trio.current_time())
+        try:
+            with fetch.scope:
+                jobs = blob_jobs(manifest, self.config, {entry.digest: entry.size}, token)
+                # No whole-blob LAN fetch (its bytes cannot be read as they arrive): peers that
+                # hold the blob serve it unit by unit through sharing, like any unit.
+                await fetch_blobs(
+                    self.store, jobs, progress, self._options(), self._http, None, self.sharing,
+                    lambda: None,
+                )  # fmt: skip
+        except Exception as e:
+            fetch.error = first_cause(e)
+            log.warning("fetching %s for the HF endpoint failed: %s", entry.path, fetch.error)
+        finally:
+            del self.running[key]
+            self._fetches.pop(fetch.digest, None)
+            fetch.done.set()
+            self._changed()
+
+    async def _give_up_later(self, fetch: _Fetch) -> None:
+        await trio.sleep(GRACE)
+        if fetch.readers == 0:
+            fetch.scope.cancel()
+
+
+class BlobReader:
+    """Bytes ``[start, stop)`` of one file, as they reach the disk (see the module docs)."""
+
+    def __init__(
+        self, gets: GetService, entry: FileEntry, start: int, stop: int, fetch: _Fetch | None
+    ) -> None:
+        self.gets = gets
+        self.entry = entry
+        self.pos = start
+        self.stop = stop
+        self.fetch = fetch
+        self._fd: int | None = None
+        self._verified = False
+        self._attempt: int | None = None
+
+    async def read(self, most: int = READ) -> bytes:
+        """The next bytes (``b""`` at the end). Raises ``BlobGone`` if bytes already read
+        turned out wrong, or the error that ended the fetch."""
+        store, digest, size = self.gets.store, self.entry.digest, self.entry.size
+        while self.pos < self.stop:
+            if not self._verified and store.has_blob(digest, size):
+                self._verified = True
+                self._reopen(store.blob_path(digest))
+            if self._verified:
+                return await self._pread(min(most, self.stop - self.pos))
+            download = self.gets.downloads.get(digest)
+            if download is not None and download.has(digest):
+                attempt = download.attempt(digest)
+                if self._attempt is not None and attempt != self._attempt:
+                    raise BlobGone(f"{self.entry.path}: the bytes sent failed the digest")
+                limit = download.frontier(digest, self.pos)
+                if self.stop == size:
+                    limit = min(limit, size - HOLD)  # the end waits for the digest
+                if limit > self.pos:
+                    if self._fd is None:
+                        self._reopen(store.partial_path(digest))
+                    self._attempt = attempt
+                    self.gets._served[digest] = attempt
+                    return await self._pread(min(most, limit - self.pos, self.stop - self.pos))
+                with trio.move_on_after(1.0):  # also wakes if the blob was stored meanwhile
+                    await download.landed.wait(None)
+                continue
+            fetch = self.fetch
+            if fetch is not None and fetch.done.is_set():
+                if fetch.error is not None:
+                    raise fetch.error
+                if not store.has_blob(digest, size):
+                    raise IntegrityError(f"{self.entry.path}: the fetch ended without it")
+                continue
+            with trio.move_on_after(1.0):
+                await self.gets._downloads_changed.wait()
+        return b""
+
+    def _reopen(self, path: Path) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_RDONLY)
+
+    async def _pread(self, n: int) -> bytes:
+        assert self._fd is not None
+        data = await trio.to_thread.run_sync(os.pread, self._fd, n, self.pos)
+        if not data:
+            raise IntegrityError(f"{self.entry.path} ends before byte {self.pos}")
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None

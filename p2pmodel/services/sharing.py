@@ -357,6 +357,7 @@ class SharingService:
     def _ungated(self, key: str) -> None:
         if self._wants.pop(key, None) is not None:
             self.coord.drop({key})
+            self.swarm.drop_units(key)
             self.wake()
 
     async def _sync(self, digests: list[str]) -> None:
@@ -390,7 +391,8 @@ class SharingService:
     async def _publish(self, u: Unit, resumed: bool) -> None:
         """A unit is on our disk (from a mirror, or an earlier run): seed it, announce it."""
         size = self._sizes.get(u.blob)
-        if size is None:
+        want = self._wants.get(u.blob)
+        if size is None or want is None:
             return
         try:
             await self._add_held(u, size)
@@ -398,6 +400,10 @@ class SharingService:
             log.warning("cannot seed unit %s: %s", _name(u), e)
             if u.blob in self._wants:
                 self.coord.failed(u)
+            return
+        if self._wants.get(u.blob) is not want:
+            # The get ended meanwhile, or its bytes failed the digest: do not offer them.
+            self.swarm.drop_unit(u.blob, u.index)
             return
         log.info("unit %s: seeding (%s)", _name(u), "resumed" if resumed else "mirror")
         if resumed:

@@ -92,6 +92,8 @@ class SwarmAdapter(Protocol):
 
     def drop_unit(self, digest: str, index: int) -> None: ...
 
+    def drop_units(self, digest: str) -> None: ...
+
     def prune_units(self, now: float, keep: set[str], idle: float = ...) -> float | None: ...
 
     def statistics(self) -> dict[str, Any]: ...
@@ -285,6 +287,13 @@ class SwarmService:
     ) -> None:
         self.swarm.add_unit(digest, size, index, span, info, path, have=have)
         self._prune_wake.set()
+
+    def drop_unit(self, digest: str, index: int) -> None:
+        self.swarm.drop_unit(digest, index)
+
+    def drop_units(self, digest: str) -> None:
+        """The blob's bytes failed its digest: its unit torrents must not spread them."""
+        self.swarm.drop_units(digest)
 
     async def fetch_unit(
         self,

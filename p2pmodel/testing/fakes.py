@@ -407,6 +407,10 @@ class FakeSwarm:
     def drop_unit(self, digest: str, index: int) -> None:
         self._units.pop((digest, index), None)
 
+    def drop_units(self, digest: str) -> None:
+        for key in [k for k in self._units if k[0] == digest]:
+            del self._units[key]
+
     def prune_units(self, now: float, keep: set[str], idle: float = 60.0) -> float | None:
         for key, u in list(self._units.items()):
             if not u.idle_since or key[0] in keep:
@@ -430,22 +434,27 @@ class FakeSwarm:
 
 # -- the mirror ------------------------------------------------------------------------------------
 
-HUB = "http://hub.mirror.test"
-CDN = "http://cdn.mirror.test"
 BLOCK = 256 * 1024
 
 
 class MemoryMirror:
-    """``testing.mirror.Mirror`` served through ``httpx.MockTransport`` (no sockets)."""
+    """``testing.mirror.Mirror`` served through ``httpx.MockTransport`` (no sockets), as
+    ``http://<name>.mirror.test`` with its CDN at ``http://cdn.<name>.mirror.test``."""
 
-    def __init__(self, repos: Sequence[Repo], faults: Faults | None = None) -> None:
+    def __init__(
+        self, repos: Sequence[Repo], faults: Faults | None = None, name: str = "hub"
+    ) -> None:
         self.mirror = Mirror(list(repos), faults=faults or Faults())
-        self.mirror._urls = {"hub": HUB, "cdn": CDN}
+        self.host = f"{name}.mirror.test"
+        self.mirror._urls = {"hub": f"http://{self.host}", "cdn": f"http://cdn.{self.host}"}
         self._total = Pacer()
 
     @property
     def hub_url(self) -> str:
-        return HUB
+        return f"http://{self.host}"
+
+    def serves(self, host: str) -> bool:
+        return host in (self.host, f"cdn.{self.host}")
 
     @property
     def faults(self) -> Faults:
@@ -463,10 +472,17 @@ class MemoryMirror:
         )
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        port: Port = "cdn" if request.url.host == "cdn.mirror.test" else "hub"
+        port: Port = "cdn" if request.url.host.startswith("cdn.") else "hub"
         target = request.url.raw_path.decode("latin-1")
         body = await request.aread()
-        reply = self.mirror.decide(port, request.method, target, request.headers.get("range"), body)
+        reply = self.mirror.decide(
+            port,
+            request.method,
+            target,
+            request.headers.get("range"),
+            body,
+            request.headers.get("authorization"),
+        )
         if reply.hang_up:
             raise httpx.ConnectError("the mirror hung up", request=request)
         if reply.delay:

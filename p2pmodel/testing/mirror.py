@@ -116,6 +116,7 @@ class Stats:
     connections: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
     by_client: dict[str, int] = field(default_factory=dict)
+    authorized: dict[str, int] = field(default_factory=dict)  # port -> requests with a token
 
     def count(self, path: str, nbytes: int, client: str | None = None) -> None:
         self.bytes_served += nbytes
@@ -127,6 +128,7 @@ class Stats:
         self.bytes_served = self.requests = self.connections = 0
         self.by_path.clear()
         self.by_client.clear()
+        self.authorized.clear()
 
 
 @dataclass
@@ -236,16 +238,17 @@ class Mirror:
         self.host = host
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
-        self._repos = {repo.repo_id: repo for repo in repos}
+        self._repos = {repo.key: repo for repo in repos}
         if len(self._repos) != len(repos):
             raise ValueError("duplicate repo ids")
-        self._files = {repo.repo_id: {f.path: f for f in repo.files} for repo in repos}
+        self._files = {repo.key: {f.path: f for f in repo.files} for repo in repos}
         self._blobs = {f.sha256: f for repo in repos for f in repo.files if f.lfs}
         self._singles = dict(singles or {})
         self._ports = {"hub": hub_port, "cdn": cdn_port}
         self._urls: dict[str, str] = {}
         self._rng = random.Random(self.faults.seed)
         self._rng_seed = self.faults.seed
+        self._auth: str | None = None  # the Authorization header of the request being decided
         self._total_pacer = Pacer()
 
     @property
@@ -285,7 +288,13 @@ class Mirror:
     # --- decisions (sync, no IO) -------------------------------------------------------------
 
     def decide(
-        self, port: Port, method: str, target: str, range_header: str | None, body: bytes
+        self,
+        port: Port,
+        method: str,
+        target: str,
+        range_header: str | None,
+        body: bytes,
+        authorization: str | None = None,
     ) -> Reply:
         """Choose the reply to one request, drawing fault dice from the seeded generator."""
         path, _, query = target.partition("?")
@@ -300,6 +309,9 @@ class Mirror:
             self._rng, self._rng_seed = random.Random(faults.seed), faults.seed
         self.stats.requests += 1
         self.stats.count(path, 0)
+        if authorization is not None:
+            self.stats.authorized[port] = self.stats.authorized.get(port, 0) + 1
+        self._auth = authorization
         if method not in ("GET", "HEAD"):
             return _json_reply(405, {"error": "Method not allowed"}, [("Allow", "GET, HEAD")])
         is_file = port == "cdn" or not path.startswith("/api/")
@@ -339,6 +351,11 @@ class Mirror:
                 return self._hf_info(f"{org}/{name}", "main")
             case ["api", "models", org, name, "revision", rev]:
                 return self._hf_info(f"{org}/{name}", rev)
+            case ["api", "datasets", org, name, "revision", rev]:
+                return self._hf_info(f"datasets/{org}/{name}", rev)
+            case ["datasets", org, name, "resolve", rev, *rest] if rest:
+                key, path = f"datasets/{org}/{name}", "/".join(rest)
+                return self._resolve(key, rev, path, range_header, True)
             case ["api", "v1", "models", org, name, "repo", "files"]:
                 revision = parse_qs(query).get("Revision", ["master"])[0]
                 return self._ms_files(f"{org}/{name}", revision)
@@ -357,10 +374,20 @@ class Mirror:
             rev = repo.branch
         return repo, repo.resolve(rev)
 
+    def _gated(self, repo: Repo) -> Reply | None:
+        """A gated repository answers only the request that carries its token."""
+        if repo.token is None or self._auth == f"Bearer {repo.token}":
+            return None
+        reply = _hf_error(f"Access to {repo.repo_id} is restricted", "GatedRepo")
+        reply.status = 401
+        return reply
+
     def _hf_info(self, repo_id: str, rev: str) -> Reply:
         repo, commit = self._commit(repo_id, rev, modelscope=False)
         if repo is None:
             return _hf_error("Repository not found", "RepoNotFound")
+        if gated := self._gated(repo):
+            return gated
         if commit is None:
             return _hf_error(f"Invalid rev id: {rev}", "RevisionNotFound")
         siblings: list[dict[str, Any]] = []
@@ -373,7 +400,9 @@ class Mirror:
                     "pointerSize": LFS_POINTER_SIZE,
                 }
             siblings.append(sibling)
-        return _json_reply(200, {"id": repo.repo_id, "sha": commit, "siblings": siblings})
+        info: dict[str, Any] = {"id": repo.repo_id, "sha": commit, "siblings": siblings}
+        info["gated"] = "manual" if repo.token is not None else False
+        return _json_reply(200, info)
 
     def _ms_files(self, repo_id: str, rev: str) -> Reply:
         repo, commit = self._commit(repo_id, rev, modelscope=True)
@@ -400,6 +429,8 @@ class Mirror:
         repo, commit = self._commit(repo_id, rev, modelscope=not redirect_lfs)
         if repo is None:
             return _hf_error("Repository not found", "RepoNotFound")
+        if gated := self._gated(repo):
+            return gated
         if commit is None:
             return _hf_error(f"Invalid rev id: {rev}", "RevisionNotFound")
         file = self._files[repo_id].get(path)
@@ -495,10 +526,9 @@ class Mirror:
         request, body = received
         method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
-        range_header = next(
-            (value.decode("latin-1") for name, value in request.headers if name == b"range"), None
-        )
-        reply = self.decide(port, method, target, range_header, body)
+        headers = {name: value.decode("latin-1") for name, value in request.headers}
+        range_header, auth = headers.get(b"range"), headers.get(b"authorization")
+        reply = self.decide(port, method, target, range_header, body, auth)
         if reply.hang_up:
             return False
         if reply.delay:

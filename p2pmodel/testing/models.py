@@ -80,6 +80,18 @@ class Repo:
     commit: str
     files: tuple[RepoFile, ...]
     branch: str = "main"
+    repo_type: str = "model"  # or "dataset"
+    token: str | None = None  # gated: only this bearer token may list or fetch it
+
+    @property
+    def key(self) -> str:
+        """How the Hub's paths name it: ``org/name``, or ``datasets/org/name``."""
+        return self.repo_id if self.repo_type == "model" else f"datasets/{self.repo_id}"
+
+    @property
+    def ref(self) -> str:
+        """The p2pmodel reference of this repository (``hf://...``)."""
+        return f"hf://{self.key}"
 
     def resolve(self, rev: str) -> str | None:
         """The commit `rev` (a branch name or the commit itself) points to, or None."""
@@ -94,6 +106,8 @@ class Repo:
                 "repo_id": self.repo_id,
                 "commit": self.commit,
                 "branch": self.branch,
+                "repo_type": self.repo_type,
+                "token": self.token,
                 "files": [f.to_dict() for f in self.files],
             },
             indent=1,
@@ -107,6 +121,8 @@ class Repo:
             commit=str(data["commit"]),
             files=tuple(RepoFile.from_dict(f) for f in data["files"]),
             branch=str(data.get("branch", "main")),
+            repo_type=str(data.get("repo_type", "model")),
+            token=data.get("token"),
         )
 
 

@@ -1,0 +1,316 @@
+"""The Hugging Face Hub's HTTP contract as ``huggingface_hub`` 2.4 uses it (pure): routes,
+answers and headers of the local ``HF_ENDPOINT`` the agent serves (``services.hfendpoint``),
+and the layout of the Hugging Face cache (``adapters.hfcache``).
+
+Theory of operation. ``route`` turns a request path into what it asks for: the repository info
+at a revision (``snapshot_download`` asks it for branches and tags only), a page of the
+recursive tree at a commit, or one file (``HEAD`` then ``GET``, possibly with ``Range``). The
+answers are built from a manifest, which knows each file's size and upstream digest:
+
+- a small git file's ``oid``/``ETag`` is its git blob id (our ``gitsha1:`` digest);
+- an LFS file's ``oid`` is the git blob id of its LFS pointer (a fixed three-line text that
+  names the sha256 and size), its ``lfs.oid`` and ``ETag`` the sha256; the client names the
+  cached blob after the ETag, so the cache holds the same names as one filled from the Hub;
+- a directory's ``oid`` is the git tree id computed from its entries, as git would.
+
+No answer ever carries ``xetHash``, ``X-Xet-*`` or an ``xet-auth`` link (the client would go
+around us to Xet storage), and "not in the store yet" is never ``EntryNotFound`` (the client
+records a lasting ``.no_exist`` marker for that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qs, quote, unquote
+
+from .manifest import FileEntry, Manifest
+from .refs import COMMIT_RE, REPO_RE, REV_RE
+
+RepoType = Literal["model", "dataset"]
+PLURAL: dict[str, RepoType] = {"models": "model", "datasets": "dataset"}
+DEFAULT_REVISION = "main"
+PAGE = 1000  # tree entries per page (what the Hub sends)
+LFS_SPEC = "https://git-lfs.github.com/spec/v1"
+_BEARER = re.compile(r"\s*Bearer\s+(\S+)\s*\Z", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What one request asks for."""
+
+    kind: Literal["harnesses", "revision", "tree", "file"]
+    repo_type: RepoType = "model"
+    repo: str = ""  # org/name
+    revision: str = DEFAULT_REVISION
+    path: str = ""  # file: repo-relative path; tree: a folder ("" = the root)
+    cursor: int = 0  # tree: where the page starts
+    recursive: bool = False
+
+    @property
+    def source(self) -> str:
+        """The manifest source of the repository (``hf://org/name``, ``hf://datasets/...``)."""
+        return f"hf://{self.repo}" if self.repo_type == "model" else f"hf://datasets/{self.repo}"
+
+
+class BadRoute(Exception):
+    """The path names no repository we can serve (answered 404 ``RepoNotFound``)."""
+
+
+def route(method: str, raw_path: str, query: str = "") -> Route | None:
+    """The route of a request (``raw_path`` still URL-quoted); None: not part of the API."""
+    parts = raw_path.split("/")[1:]
+    params = parse_qs(query)
+    if parts == ["api", "agent-harnesses"]:
+        return Route("harnesses")
+    if len(parts) >= 4 and parts[0] == "api" and parts[1] in PLURAL:
+        repo_type = PLURAL[parts[1]]
+        repo = _repo(parts[2], parts[3])
+        rest = parts[4:]
+        if not rest:
+            return Route("revision", repo_type, repo)
+        if rest[0] == "revision" and len(rest) == 2:
+            return Route("revision", repo_type, repo, _revision(rest[1]))
+        if rest[0] == "tree" and len(rest) >= 2:
+            folder = "/".join(unquote(p) for p in rest[2:]).strip("/")
+            cursor = params.get("cursor", ["0"])[0]
+            recursive = params.get("recursive", ["false"])[0].lower() in ("1", "true")
+            return Route(
+                "tree",
+                repo_type,
+                repo,
+                _revision(rest[1]),
+                folder,
+                int(cursor) if cursor.isdigit() else 0,
+                recursive,
+            )
+        return None
+    file_type: RepoType = "model"
+    if parts[:1] == ["datasets"]:
+        file_type, parts = "dataset", parts[1:]
+    if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
+        path = "/".join(unquote(p) for p in parts[4:])
+        return Route("file", file_type, _repo(parts[0], parts[1]), _revision(parts[3]), path)
+    return None
+
+
+def _repo(org: str, name: str) -> str:
+    repo = f"{unquote(org)}/{unquote(name)}"
+    if not REPO_RE.match(repo) or ".." in repo:
+        raise BadRoute(f"{repo!r} is not a repository id")
+    return repo
+
+
+def _revision(raw: str) -> str:
+    rev = unquote(raw)  # a branch like refs/pr/1 arrives quoted as one segment
+    if not REV_RE.match(rev) or ".." in rev:
+        raise BadRoute(f"{rev!r} is not a revision")
+    return rev
+
+
+def is_commit(revision: str) -> bool:
+    return COMMIT_RE.match(revision) is not None
+
+
+# -- git object ids ---------------------------------------------------------------------------
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The LFS pointer file git stores in place of a large file."""
+    return f"version {LFS_SPEC}\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def blob_id(entry: FileEntry) -> str:
+    """The file's git blob id (of its LFS pointer, for an LFS file)."""
+    algo, _, hexd = entry.digest.partition(":")
+    return hexd if algo == "gitsha1" else git_blob_id(lfs_pointer(hexd, entry.size))
+
+
+def etag(entry: FileEntry) -> str:
+    """What the Hub sends as the file's ETag (the client's name for the cached blob)."""
+    return entry.digest.partition(":")[2]
+
+
+def is_lfs(entry: FileEntry) -> bool:
+    return entry.digest.startswith("sha256:")
+
+
+def _tree_id(children: list[tuple[str, str, str]]) -> str:
+    """A git tree's id from (mode, name, hex id) of its children, in git's order."""
+
+    def key(c: tuple[str, str, str]) -> bytes:
+        mode, name, _ = c
+        return name.encode() + (b"/" if mode == "40000" else b"")
+
+    body = b"".join(
+        f"{mode} {name}".encode() + b"\0" + bytes.fromhex(oid)
+        for mode, name, oid in sorted(children, key=key)
+    )
+    return hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).hexdigest()
+
+
+def tree(manifest: Manifest) -> list[dict[str, Any]]:
+    """Every file and folder of the repository, as the Hub's recursive tree lists them."""
+    files = sorted(manifest.files, key=lambda f: f.path)
+    folders: dict[str, list[tuple[str, str, str]]] = {"": []}
+    for f in files:
+        parts = f.path.split("/")
+        for i in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:i]), [])
+    for f in files:
+        parent, _, name = f.path.rpartition("/")
+        folders[parent].append(("100644", name, blob_id(f)))
+    ids: dict[str, str] = {}
+    for folder in sorted(folders, key=lambda p: -p.count("/") if p else 1):
+        if folder:
+            ids[folder] = _tree_id(folders[folder])
+            parent, _, name = folder.rpartition("/")
+            folders[parent].append(("40000", name, ids[folder]))
+    out: list[dict[str, Any]] = [
+        {"type": "directory", "oid": ids[d], "path": d} for d in sorted(ids)
+    ]
+    for f in files:
+        item: dict[str, Any] = {"type": "file", "oid": blob_id(f), "size": f.size, "path": f.path}
+        if is_lfs(f):
+            pointer = lfs_pointer(etag(f), f.size)
+            item["lfs"] = {"oid": etag(f), "size": f.size, "pointerSize": len(pointer)}
+        out.append(item)
+    out.sort(key=lambda e: e["path"])
+    return out
+
+
+def tree_page(
+    manifest: Manifest, folder: str, recursive: bool, cursor: int, page: int = PAGE
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of the tree under ``folder``; the cursor of the next page (None: last)."""
+    prefix = f"{folder}/" if folder else ""
+    items = [e for e in tree(manifest) if e["path"].startswith(prefix)]
+    if not recursive:
+        items = [e for e in items if "/" not in e["path"][len(prefix) :]]
+    chunk = items[cursor : cursor + page]
+    more = cursor + page < len(items)
+    return chunk, (cursor + page if more else None)
+
+
+def next_link(base: str, route: Route, cursor: int) -> str:
+    """The ``Link`` header of a tree page: an absolute URL (the client follows it as given)."""
+    plural = "models" if route.repo_type == "model" else "datasets"
+    folder = f"/{quote(route.path)}" if route.path else ""
+    rev = quote(route.revision, safe="")
+    recursive = "true" if route.recursive else "false"
+    url = (
+        f"{base}/api/{plural}/{route.repo}/tree/{rev}{folder}"
+        f"?recursive={recursive}&expand=false&cursor={cursor}"
+    )
+    return f'<{url}>; rel="next"'
+
+
+def repo_info(manifest: Manifest, route: Route) -> dict[str, Any]:
+    """The answer to ``/api/{models,datasets}/{repo}/revision/{rev}``."""
+    return {
+        "_id": manifest.commit,
+        "id": route.repo,
+        "modelId": route.repo,
+        "sha": manifest.commit,
+        "private": False,
+        "gated": False,
+        "disabled": False,
+        "tags": [],
+        "siblings": [{"rfilename": f.path} for f in sorted(manifest.files, key=lambda f: f.path)],
+    }
+
+
+def file_headers(manifest: Manifest, entry: FileEntry) -> list[tuple[str, str]]:
+    """Headers of a file's HEAD and GET answers (the size is the true one: a HEAD saying 0
+    would make the client cache an empty file)."""
+    tag = f'"{etag(entry)}"'
+    headers = [
+        ("X-Repo-Commit", manifest.commit),
+        ("ETag", tag),
+        ("Accept-Ranges", "bytes"),
+        ("Content-Type", "application/octet-stream"),
+    ]
+    if is_lfs(entry):
+        headers += [("X-Linked-Etag", tag), ("X-Linked-Size", str(entry.size))]
+    return headers
+
+
+ErrorCode = Literal["RepoNotFound", "RevisionNotFound", "EntryNotFound", "GatedRepo"]
+STATUS: dict[str, int] = {
+    "RepoNotFound": 404,
+    "RevisionNotFound": 404,
+    "EntryNotFound": 404,
+    "GatedRepo": 401,
+}
+
+
+def error_headers(code: ErrorCode, message: str) -> list[tuple[str, str]]:
+    # Header values are one line of ASCII: the message is for people, the code for the client.
+    safe = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+    return [("X-Error-Code", code), ("X-Error-Message", safe[:400])]
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` as a half-open [start, stop); None: the whole file. ``ValueError``
+    when the range is not satisfiable (416)."""
+    if not value:
+        return None
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value, re.IGNORECASE)
+    if m is None:
+        return None  # a form we do not speak (several ranges): the whole file, as a 200
+    first, last = m.groups()
+    if not first:
+        if not last:
+            return None
+        n = int(last)
+        if n == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - n), size
+    start = int(first)
+    stop = min(size, int(last) + 1) if last else size
+    if start >= size or stop <= start:
+        raise ValueError(f"bytes {value} of {size}")
+    return start, stop
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header."""
+    if not authorization:
+        return None
+    m = _BEARER.match(authorization)
+    return m.group(1) if m else None
+
+
+# -- the Hugging Face cache layout (huggingface_hub's, so HF_HUB_OFFLINE=1 finds the model) ----
+
+
+def cache_folder(route_source: str) -> str:
+    """``models--org--name`` / ``datasets--org--name`` for a manifest source."""
+    body = route_source.removeprefix("hf://")
+    kind = "models"
+    if body.startswith("datasets/"):
+        kind, body = "datasets", body.removeprefix("datasets/")
+    return f"{kind}--{body.replace('/', '--')}"
+
+
+def tree_cache(manifest: Manifest) -> dict[str, Any]:
+    """``trees/<commit>.json``: how the client knows, offline, that a snapshot is complete."""
+    files: dict[str, Any] = {}
+    for f in sorted(manifest.files, key=lambda f: f.path):
+        info: dict[str, Any] = {"size": f.size, "blob_id": blob_id(f)}
+        if is_lfs(f):
+            info["lfs_sha256"] = etag(f)
+            info["lfs_size"] = f.size
+        files[f.path] = info
+    return {"format_version": 1, "files": files}
+
+
+def download_metadata(commit: str, entry: FileEntry, timestamp: float) -> str:
+    """``DIR/.cache/huggingface/download/<path>.metadata`` of a ``local_dir`` download."""
+    return f"{commit}\n{etag(entry)}\n{timestamp}\n"

@@ -1,0 +1,224 @@
+"""The agent's Hugging Face endpoint: ``HF_ENDPOINT=http://127.0.0.1:7421`` and every script
+that uses ``huggingface_hub`` (``from_pretrained``, ``snapshot_download``, ``hf download``)
+takes its models through the agent, verified, with no code change (trio, ASGI).
+
+Theory of operation. hypercorn serves this ASGI app with its trio worker in the agent's root
+nursery (a real HTTP/1.1 server with keep-alive, so nothing here parses HTTP). ``core.hfapi``
+routes each request and shapes each answer; this module only looks things up and streams:
+
+- repository info and the recursive tree come from the manifest ``GetService.resolve`` gives
+  (the store first: a branch answers with the commit last pinned for it, so it works with no
+  internet; else upstream through the mirrors, once, then pinned);
+- ``HEAD``/``GET`` of a file: the blob from the store, or, if it is not there yet, read while
+  the agent fetches it (peers, the office's shared fetch, mirrors): bytes go out as they reach
+  the disk, but the last ones only once the blob matched its upstream digest. A fetch that
+  fails, or bytes that fail the digest, end the response short, so the client never completes
+  a wrong file; a client that resumes such a file with ``Range`` gets the whole file again
+  (a 200 makes it start over), because the bytes it holds may be the wrong ones.
+
+The user's token (``Authorization: Bearer``) rides only to the hosts the config trusts with it
+(``Config.trusts``), never to peers or other mirrors, and is never logged: this module logs no
+header, and hypercorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+
+from ..core import hfapi
+from ..core.errors import LocalError, NotFound, P2PModelError, UserError
+from ..core.manifest import Manifest
+from ..core.refs import Ref
+from .gets import BlobGone, GetService
+
+log = logging.getLogger(__name__)
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}  # no agent detection
+
+
+class Reply(Exception):
+    """Answer the request with this status, headers and JSON body (and stop)."""
+
+    def __init__(
+        self, status: int, body: Any = None, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body if body is not None else {}
+        self.headers = headers or []
+
+
+class HfEndpoint:
+    def __init__(self, gets: GetService, address: str, *, page: int = hfapi.PAGE) -> None:
+        self.gets = gets
+        self.address = address
+        self.page = page
+        self.url = ""
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config as ServerConfig
+        from hypercorn.trio import serve
+
+        cfg = ServerConfig()
+        cfg.bind = [self.address]
+        cfg.accesslog = None  # an access log line is one place a token could leak to
+        server_log = logging.getLogger("p2pmodel.hfendpoint.server")
+        server_log.addFilter(_quiet_aborts)
+        cfg.errorlog = server_log
+        cfg.include_server_header = False
+        cfg.keep_alive_timeout = 30
+        async with trio.open_nursery() as nursery:
+            try:
+                binds: list[str] = await nursery.start(serve, self.app, cfg)
+            except OSError as e:
+                raise LocalError(
+                    f"cannot serve the Hugging Face endpoint on {self.address}: {e.strerror}"
+                    ' (set hf_endpoint in config.toml, or "off")'
+                ) from None
+            self.url = binds[0]
+            task_status.started(self.url)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI application."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._http(scope, send)
+        except Reply as r:
+            await _send_json(send, r.status, r.body, r.headers, scope["method"] == "HEAD")
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        method: str = scope["method"]
+        raw = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw.decode("latin-1").partition("?")[0]
+        query = scope.get("query_string", b"").decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            route = hfapi.route(method, raw_path, query)
+        except hfapi.BadRoute as e:
+            raise Reply(
+                404, {"error": str(e)}, hfapi.error_headers("RepoNotFound", str(e))
+            ) from None
+        if route is None:
+            raise Reply(404, {"error": "Not Found"})
+        if method not in ("GET", "HEAD"):
+            raise Reply(405, {"error": "Method not allowed"}, [("Allow", "GET, HEAD")])
+        if route.kind == "harnesses":
+            raise Reply(200, HARNESSES)
+        token = hfapi.bearer(headers.get("authorization"))
+        manifest = await self._manifest(route, token)
+        if route.kind == "revision":
+            raise Reply(200, hfapi.repo_info(manifest, route))
+        if route.kind == "tree":
+            items, cursor = hfapi.tree_page(
+                manifest, route.path, route.recursive, route.cursor, self.page
+            )
+            links = []
+            if cursor is not None:
+                host = headers.get("host") or self.address
+                links.append(("Link", hfapi.next_link(f"http://{host}", route, cursor)))
+            raise Reply(200, items, links)
+        await self._file(scope, send, route, manifest, headers, token)
+
+    async def _manifest(self, route: hfapi.Route, token: str | None) -> Manifest:
+        name = route.source.removeprefix("hf://")
+        tag = "" if route.revision == hfapi.DEFAULT_REVISION else route.revision
+        try:
+            return await self.gets.resolve(Ref("hf", name, tag), token)
+        except NotFound as e:
+            code: hfapi.ErrorCode = "RepoNotFound"
+            if e.code in ("RevisionNotFound", "GatedRepo", "RepoNotFound"):
+                code = e.code  # type: ignore[assignment]
+            headers = hfapi.error_headers(code, str(e))
+            raise Reply(hfapi.STATUS[code], {"error": str(e)}, headers) from None
+        except UserError as e:
+            raise Reply(400, {"error": str(e)}) from None
+        except P2PModelError as e:  # unreachable sources: the client may retry or go offline
+            raise Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
+
+    async def _file(
+        self,
+        scope: Scope,
+        send: Send,
+        route: hfapi.Route,
+        manifest: Manifest,
+        headers: dict[str, str],
+        token: str | None,
+    ) -> None:
+        entry = next((f for f in manifest.files if f.path == route.path), None)
+        if entry is None:
+            message = f"{route.path} is not in {route.repo} at {manifest.commit}"
+            extra = [("X-Repo-Commit", manifest.commit)]
+            extra += hfapi.error_headers("EntryNotFound", message)
+            raise Reply(404, {"error": message}, extra)
+        base = hfapi.file_headers(manifest, entry)
+        if scope["method"] == "HEAD":
+            await send(_start(200, [*base, ("Content-Length", str(entry.size))]))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        try:
+            span = hfapi.parse_range(headers.get("range"), entry.size)
+        except ValueError:
+            bounds = [("Content-Range", f"bytes */{entry.size}")]
+            raise Reply(416, {"error": "range not satisfiable"}, bounds) from None
+        if span is not None and span[0] > 0 and entry.digest in self.gets.tainted:
+            span = None  # the client may hold wrong bytes of it: a 200 makes it start over
+        start, stop = span if span is not None else (0, entry.size)
+        status = 206 if span is not None else 200
+        out = [*base, ("Content-Length", str(stop - start))]
+        if span is not None:
+            out.append(("Content-Range", f"bytes {start}-{stop - 1}/{entry.size}"))
+        async with self.gets.reader(manifest, entry, start, stop, token) as reader:
+            await send(_start(status, out))
+            try:
+                while chunk := await reader.read():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (BlobGone, P2PModelError) as e:
+                # Raising is how an ASGI app cuts a response short: the client sees a body that
+                # ends early, never a complete file.
+                log.warning("%s: response cut short: %s", entry.path, e)
+                raise
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _quiet_aborts(record: logging.LogRecord) -> bool:
+    """hypercorn logs an app's exception with its traceback; a response cut short on purpose
+    is logged once, as one line, by ``_file``."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, BlobGone | P2PModelError)
+
+
+def _start(status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
+    }
+
+
+async def _send_json(
+    send: Send, status: int, body: Any, headers: list[tuple[str, str]], head: bool
+) -> None:
+    data = json.dumps(body).encode()
+    out = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]
+    await send(_start(status, out))
+    await send({"type": "http.response.body", "body": b"" if head else data, "more_body": False})
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:400]

@@ -1,0 +1,173 @@
+"""The Hugging Face Hub's contract as the endpoint speaks it (``p2pmodel.core.hfapi``): routes,
+git object ids as git computes them, tree pages, ranges, tokens, cache names."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from p2pmodel.core import hfapi
+from p2pmodel.core.manifest import FileEntry, Manifest
+
+COMMIT = "a" * 40
+SHA = "b" * 64
+
+
+def manifest(*files: FileEntry) -> Manifest:
+    return Manifest("hf://acme/tiny", "hf://acme/tiny", COMMIT, files)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "want"),
+    [
+        ("GET", "/api/agent-harnesses", "", hfapi.Route("harnesses")),
+        ("GET", "/api/models/acme/tiny", "", hfapi.Route("revision", "model", "acme/tiny")),
+        (
+            "GET",
+            "/api/datasets/acme/data/revision/refs%2Fpr%2F1",
+            "",
+            hfapi.Route("revision", "dataset", "acme/data", "refs/pr/1"),
+        ),
+        (
+            "GET",
+            f"/api/models/acme/tiny/tree/{COMMIT}",
+            "recursive=true&expand=false&cursor=2000",
+            hfapi.Route("tree", "model", "acme/tiny", COMMIT, "", 2000, True),
+        ),
+        (
+            "HEAD",
+            "/acme/tiny/resolve/main/transformer/a%20b.json",
+            "",
+            hfapi.Route("file", "model", "acme/tiny", "main", "transformer/a b.json"),
+        ),
+        (
+            "GET",
+            f"/datasets/acme/data/resolve/{COMMIT}/x.parquet",
+            "",
+            hfapi.Route("file", "dataset", "acme/data", COMMIT, "x.parquet"),
+        ),
+        ("GET", "/favicon.ico", "", None),
+        ("POST", "/acme/tiny/resolve/main/x", "", None),
+    ],
+)
+def test_route(method: str, path: str, query: str, want: hfapi.Route | None) -> None:
+    """Each request the client sends maps to what it asks for; other paths to nothing."""
+    assert hfapi.route(method, path, query) == want
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/models/acme/..%2Fetc/revision/main", "/acme/tiny/resolve/..%2F..%2Fx/y"]
+)
+def test_route_refuses_escapes(path: str) -> None:
+    """A repository or revision with '..' is not one."""
+    with pytest.raises(hfapi.BadRoute):
+        hfapi.route("GET", path)
+
+
+def test_object_ids_are_the_ones_git_computes(tmp_path: Path) -> None:
+    """Blob ids of small files and of LFS pointers, and tree ids of folders, equal what git
+    itself computes for the same files."""
+    small = b'{"a": 1}\n'
+    big_sha, big_size = "c" * 64, 123456789
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "config.json").write_bytes(small)
+    (tmp_path / "transformer" / "config.json").write_bytes(small)
+    pointer = hfapi.lfs_pointer(big_sha, big_size)
+    (tmp_path / "transformer" / "w.safetensors").write_bytes(pointer)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+
+    def rev(spec: str) -> str:
+        out = subprocess.run([*git, "rev-parse", spec], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    m = manifest(
+        FileEntry("config.json", len(small), "gitsha1:" + hfapi.git_blob_id(small)),
+        FileEntry("transformer/config.json", len(small), "gitsha1:" + hfapi.git_blob_id(small)),
+        FileEntry("transformer/w.safetensors", big_size, f"sha256:{big_sha}"),
+    )
+    items = {e["path"]: e for e in hfapi.tree(m)}
+    assert items["config.json"]["oid"] == rev("HEAD:config.json")
+    assert items["transformer/w.safetensors"]["oid"] == rev("HEAD:transformer/w.safetensors")
+    assert items["transformer/w.safetensors"]["lfs"] == {
+        "oid": big_sha,
+        "size": big_size,
+        "pointerSize": len(pointer),
+    }
+    assert items["transformer"] == {
+        "type": "directory",
+        "oid": rev("HEAD:transformer"),
+        "path": "transformer",
+    }
+
+
+def test_tree_pages_cover_every_entry_once() -> None:
+    """Pages follow each other by cursor until the last, which has no next; a folder and a
+    non-recursive listing keep to what they name."""
+    files = [FileEntry(f"d{i % 3}/f{i}.json", 1, "gitsha1:" + "0" * 40) for i in range(10)]
+    m = manifest(*files)
+    seen, cursor = [], 0
+    while True:
+        page, nxt = hfapi.tree_page(m, "", True, cursor, page=4)
+        seen += [e["path"] for e in page]
+        if nxt is None:
+            break
+        cursor = nxt
+    assert sorted(seen) == sorted([f.path for f in files] + ["d0", "d1", "d2"])
+    top, _ = hfapi.tree_page(m, "", False, 0)
+    assert [e["path"] for e in top] == ["d0", "d1", "d2"]
+    sub, _ = hfapi.tree_page(m, "d1", True, 0)
+    assert all(e["path"].startswith("d1/") for e in sub) and len(sub) == 3
+    link = hfapi.next_link("http://127.0.0.1:7421", hfapi.Route("tree", "model", "a/b", COMMIT), 4)
+    assert link == (
+        f"<http://127.0.0.1:7421/api/models/a/b/tree/{COMMIT}"
+        '?recursive=false&expand=false&cursor=4>; rel="next"'
+    )
+
+
+def test_file_headers_name_the_blob_as_the_hub_does_and_never_xet() -> None:
+    """Small files: the git blob id as ETag; LFS files: the sha256, with the linked headers;
+    never an X-Xet header."""
+    m = manifest(FileEntry("w.bin", 10, f"sha256:{SHA}"), FileEntry("c", 2, "gitsha1:" + "e" * 40))
+    by_path = {f.path: f for f in m.files}
+    lfs = dict(hfapi.file_headers(m, by_path["w.bin"]))
+    assert lfs["ETag"] == f'"{SHA}"' and lfs["X-Linked-Etag"] == f'"{SHA}"'
+    assert lfs["X-Linked-Size"] == "10" and lfs["X-Repo-Commit"] == COMMIT
+    small = dict(hfapi.file_headers(m, by_path["c"]))
+    assert small["ETag"] == '"' + "e" * 40 + '"' and "X-Linked-Etag" not in small
+    assert not any(k.lower().startswith("x-xet") for k in [*lfs, *small])
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        (None, None),
+        ("bytes=0-", (0, 100)),
+        ("bytes=10-19", (10, 20)),
+        ("bytes=90-200", (90, 100)),
+        ("bytes=-10", (90, 100)),
+        ("bytes=0-1,5-6", None),
+    ],
+)
+def test_parse_range(value: str | None, want: tuple[int, int] | None) -> None:
+    """Ranges as the client sends them; several ranges: the whole file."""
+    assert hfapi.parse_range(value, 100) == want
+
+
+@pytest.mark.parametrize("value", ["bytes=100-", "bytes=50-10", "bytes=-0"])
+def test_unsatisfiable_ranges(value: str) -> None:
+    with pytest.raises(ValueError):
+        hfapi.parse_range(value, 100)
+
+
+def test_bearer_and_cache_names() -> None:
+    """A Bearer header gives its token; cache folders are named as the client names them."""
+    assert hfapi.bearer("Bearer hf_abc") == "hf_abc" and hfapi.bearer("Basic x") is None
+    assert hfapi.cache_folder("hf://acme/tiny") == "models--acme--tiny"
+    assert hfapi.cache_folder("hf://datasets/acme/data") == "datasets--acme--data"
+    m = manifest(FileEntry("w.bin", 10, f"sha256:{SHA}"))
+    assert hfapi.tree_cache(m)["files"]["w.bin"]["lfs_sha256"] == SHA

@@ -529,3 +529,27 @@ async def test_cli_writes_ready_file_and_serves(
             await process.wait()
     assert process.returncode == 0
     assert not await ready.exists()
+
+
+def test_the_real_client_downloads_straight_from_the_test_mirror(tmp_path: Path) -> None:
+    """The test mirror speaks enough of the Hub (info, tree, resolve with CDN redirects) for
+    ``snapshot_download`` to fetch from it directly: the baseline of scripts/bench-hf."""
+    import os
+
+    from huggingface_hub import snapshot_download
+
+    from p2pmodel.testing.mirror import spawn
+
+    repo = make_model(tmp_path / "r", "acme/direct", shards=2, shard_size=MIB)
+    (tmp_path / "repo.json").write_text(repo.to_json())
+    proc, urls = spawn(tmp_path / "repo.json", tmp_path)
+    try:
+        os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        top = Path(
+            snapshot_download(repo.repo_id, endpoint=urls["hub_url"], cache_dir=tmp_path / "c")
+        )
+        for f in repo.files:
+            assert (top / f.path).read_bytes() == f.data_path.read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)

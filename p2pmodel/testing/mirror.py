@@ -353,6 +353,9 @@ class Mirror:
                 return self._hf_info(f"{org}/{name}", rev)
             case ["api", "datasets", org, name, "revision", rev]:
                 return self._hf_info(f"datasets/{org}/{name}", rev)
+            case ["api", ("models" | "datasets") as plural, org, name, "tree", rev]:
+                key = f"{org}/{name}" if plural == "models" else f"datasets/{org}/{name}"
+                return self._hf_tree(key, rev)
             case ["datasets", org, name, "resolve", rev, *rest] if rest:
                 key, path = f"datasets/{org}/{name}", "/".join(rest)
                 return self._resolve(key, rev, path, range_header, True)
@@ -403,6 +406,24 @@ class Mirror:
         info: dict[str, Any] = {"id": repo.repo_id, "sha": commit, "siblings": siblings}
         info["gated"] = "manual" if repo.token is not None else False
         return _json_reply(200, info)
+
+    def _hf_tree(self, key: str, rev: str) -> Reply:
+        """The recursive tree at a commit, in one page (what ``snapshot_download`` lists)."""
+        from p2pmodel.core import hfapi
+        from p2pmodel.core.manifest import FileEntry, Manifest
+
+        repo, commit = self._commit(key, rev, modelscope=False)
+        if repo is None:
+            return _hf_error("Repository not found", "RepoNotFound")
+        if gated := self._gated(repo):
+            return gated
+        if commit is None:
+            return _hf_error(f"Invalid rev id: {rev}", "RevisionNotFound")
+        entries = tuple(
+            FileEntry(f.path, f.size, f"sha256:{f.sha256}" if f.lfs else f"gitsha1:{f.gitsha1}")
+            for f in repo.files
+        )
+        return _json_reply(200, hfapi.tree(Manifest(key, f"hf://{key}", commit, entries)))
 
     def _ms_files(self, repo_id: str, rev: str) -> Reply:
         repo, commit = self._commit(repo_id, rev, modelscope=True)

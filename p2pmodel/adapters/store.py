@@ -243,6 +243,10 @@ class Store:
                 if not path.name.startswith("."):
                     yield f"{algo_dir.name}:{path.name}", path.stat().st_size
 
+    def stored_bytes(self) -> int:
+        """Bytes of every verified blob."""
+        return sum(size for _, size in self.verified_blobs())
+
     def remove_blob(self, digest: str) -> None:
         """Drop a blob (found corrupt by a scrub) and its torrent info."""
         for path in (self.blob_path(digest), self.torrent_info_path(digest)):

@@ -105,6 +105,7 @@ class Swarm:
         self._units: dict[tuple[str, int], _Torrent] = {}
         self.swarm_dir = store.partial / "swarm"
         self._uploaded_before = 0
+        self._hash_failures_before = 0
 
     @property
     def port(self) -> int:
@@ -207,6 +208,7 @@ class Swarm:
 
     def _forget(self, t: _Torrent, *, delete_files: bool) -> None:
         self._uploaded_before += self._uploaded(t)
+        self._hash_failures_before += t.hash_failures
         self._by_digest.pop(t.digest, None)
         self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
         flags = lt.session.delete_files if delete_files else 0
@@ -469,6 +471,7 @@ class Swarm:
 
     def _forget_unit(self, t: _Torrent) -> None:
         self._uploaded_before += self._uploaded(t)
+        self._hash_failures_before += t.hash_failures
         self._units.pop((t.digest, t.unit), None)
         self._by_hash = {h: x for h, x in self._by_hash.items() if x is not t}
         with contextlib.suppress(RuntimeError):
@@ -488,6 +491,8 @@ class Swarm:
             "fetching": len(self._by_digest) - len(seeding),
             "units": len(self._units),
             "uploaded": uploaded,
+            "hash_failures": self._hash_failures_before
+            + sum(t.hash_failures for t in [*self._by_digest.values(), *self._units.values()]),
         }
 
     def close(self) -> None:

@@ -74,6 +74,7 @@ class MirrorStats:
     dead: bool = False
     last_counted_failure: float = float("-inf")
     bans: dict[str, str] = field(default_factory=dict)  # blob -> reason
+    errors: dict[str, int] = field(default_factory=dict)  # failure kind -> count, ever
 
 
 class MirrorBoard:
@@ -210,6 +211,7 @@ class MirrorBoard:
         if m.active == 0:
             m.waiting_since = None
         m.failures += 1
+        m.errors[kind.value] = m.errors.get(kind.value, 0) + 1
         m.last_error = detail or kind.value
         self._sample(m, nbytes, seconds)
         if kind is Failure.MISSING or (kind is Failure.PROTOCOL and blob is not None):

@@ -10,6 +10,24 @@ from collections import deque
 from dataclasses import dataclass, field
 
 RECENT = 200
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
+
+
+@dataclass
+class Histogram:
+    """Counts of observations at most each bound (cumulative, as Prometheus wants them)."""
+
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
 
 
 @dataclass
@@ -24,6 +42,11 @@ class GetStats:
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     failures: dict[str, int] = field(default_factory=dict)  # error class -> count
     blob_fetches: int = 0  # single blobs fetched for the HF endpoint's readers
+    duration: Histogram = field(default_factory=Histogram)  # seconds of completed gets
+    digest_failures: dict[str, int] = field(default_factory=dict)  # where bad bytes were found
+
+    def digest_failure(self, source: str) -> None:
+        self.digest_failures[source] = self.digest_failures.get(source, 0) + 1
 
     def mirror_bytes(self, mirror: str, nbytes: int) -> None:
         self.from_mirrors[mirror] = self.from_mirrors.get(mirror, 0) + nbytes
@@ -42,6 +65,7 @@ class LanStats:
     blobs: int = 0
     units: int = 0
     failures: int = 0
+    digest_failures: int = 0  # whole blobs from peers that failed their digest
 
     def arrived(self, nbytes: int) -> None:
         self.from_peers += nbytes

@@ -14,6 +14,7 @@ it as it was raised, never wrapped in an exception group.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,10 @@ from ..adapters.store import Store
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
+from ..core.timeline import Timeline
+from . import dashboard, metrics
 from .gets import GetService, HttpFactory
-from .hfendpoint import HfEndpoint
+from .hfendpoint import HfEndpoint, Page
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
@@ -115,6 +118,7 @@ class Agent:
         self.outside = outside or Outside()
         self.store = Store(home)
         self.id = agent_id(home)
+        self.timeline = Timeline()
         self.interfaces = (
             self.opts.interfaces or list(config.interfaces) or self.outside.interfaces()
         )
@@ -163,8 +167,9 @@ class Agent:
                     await nursery.start(self.sharing.run)
                 await nursery.start(self.gets.run)
                 if opts.hf_endpoint is not None:
-                    self.hf = HfEndpoint(self.gets, opts.hf_endpoint)
+                    self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
+                    nursery.start_soon(self._sample)
                 nursery.start_soon(_trim_every, TRIM_EVERY)
                 task_status.started(self)
         finally:
@@ -173,6 +178,30 @@ class Agent:
     @property
     def rpc_port(self) -> int:
         return self.peers.rpc_port
+
+    # -- the dashboard and /metrics (on the HF endpoint's server) ------------------------------
+
+    def _pages(self) -> dict[str, Page]:
+        async def page() -> tuple[str, bytes]:
+            return "text/html; charset=utf-8", dashboard.PAGE.encode()
+
+        async def state() -> tuple[str, bytes]:
+            return "application/json", json.dumps(await dashboard.data(self)).encode()
+
+        async def scrape() -> tuple[str, bytes]:
+            stored = await trio.to_thread.run_sync(self.store.stored_bytes)
+            return metrics.CONTENT_TYPE, metrics.render(self, stored)
+
+        return {"/": page, "/api/p2pmodel/status": state, "/metrics": scrape}
+
+    async def _sample(self) -> None:
+        """The dashboard's timeline: the byte totals at the end of each bucket."""
+        while True:
+            self.timeline.record(
+                trio.current_time(),
+                {"mirror": self.gets.stats.from_mirrors_total, "lan": self.swarm.stats.from_peers},
+            )
+            await trio.sleep_until(self.timeline.next_sample(trio.current_time()))
 
     def status(self) -> dict[str, Any]:
         now = trio.current_time()

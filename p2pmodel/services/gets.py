@@ -187,6 +187,7 @@ class GetService:
             del self.running[key]
         self.stats.completed += 1
         self.stats.durations.append(trio.current_time() - t0)
+        self.stats.duration.observe(trio.current_time() - t0)
         return result
 
     def transfers(self) -> list[dict[str, Any]]:
@@ -217,6 +218,7 @@ class GetService:
         self._changed()
 
     def discarded(self, key: str, attempt: int) -> None:
+        self.stats.digest_failure("download")
         if self._served.get(key) == attempt:
             # A reader had bytes of it: a client resuming with a Range may hold wrong bytes.
             self.tainted.add(key)

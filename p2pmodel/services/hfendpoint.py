@@ -41,6 +41,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}  # no agent detection
+Page = Callable[[], Awaitable[tuple[str, bytes]]]  # -> (content type, body)
 
 
 class Reply(Exception):
@@ -56,10 +57,18 @@ class Reply(Exception):
 
 
 class HfEndpoint:
-    def __init__(self, gets: GetService, address: str, *, page: int = hfapi.PAGE) -> None:
+    def __init__(
+        self,
+        gets: GetService,
+        address: str,
+        *,
+        page: int = hfapi.PAGE,
+        pages: dict[str, Page] | None = None,
+    ) -> None:
         self.gets = gets
         self.address = address
         self.page = page
+        self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
         self.url = ""
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,6 +117,19 @@ class HfEndpoint:
         raw_path = raw.decode("latin-1").partition("?")[0]
         query = scope.get("query_string", b"").decode("latin-1")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        own = self.pages.get(raw_path)
+        if own is not None and method in ("GET", "HEAD"):
+            kind, body = await own()
+            length = str(len(body))
+            out = [
+                ("Content-Type", kind),
+                ("Content-Length", length),
+                ("Cache-Control", "no-store"),
+            ]
+            await send(_start(200, out))
+            data = b"" if method == "HEAD" else body
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+            return
         try:
             route = hfapi.route(method, raw_path, query)
         except hfapi.BadRoute as e:

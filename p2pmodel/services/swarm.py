@@ -253,6 +253,8 @@ class SwarmService:
             progress.set_state(job.key, "done", have=job.size)
         else:
             self.stats.failures += 1
+            if "digest" in got.why:
+                self.stats.digest_failures += 1
             log.warning("fetching %s from peers failed: %s", job.digest, got.why)
             progress.set_state(job.key, "waiting", have=0)
         return got.ok

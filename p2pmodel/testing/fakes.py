@@ -237,6 +237,7 @@ class FakeSwarm:
         self._units: dict[tuple[str, int], _Unit] = {}
         self.uploaded = 0
         self.downloaded = 0
+        self.hash_failures = 0
 
     @property
     def port(self) -> int:
@@ -307,6 +308,7 @@ class FakeSwarm:
             await self._carry(source, len(data))
             if not _pieces_ok(data, 0, bdecode(info)):
                 self.net.pieces_refused += 1
+                self.hash_failures += 1
                 return SwarmFetch(False, "pieces failed their hash")
             if on_progress is not None:
                 on_progress(len(data))
@@ -381,6 +383,7 @@ class FakeSwarm:
                     return SwarmFetch(False, "torrent removed")
                 if len(data) != u.stop - u.start or not _pieces_ok(data, u.start, info):
                     self.net.pieces_refused += 1
+                    self.hash_failures += 1
                     continue  # a bad piece is never written: try another holder
                 fd = os.open(u.path, os.O_WRONLY)
                 try:
@@ -426,6 +429,7 @@ class FakeSwarm:
             "fetching": len(self._fetching),
             "units": len(self._units),
             "uploaded": self.uploaded,
+            "hash_failures": self.hash_failures,
         }
 
     def close(self) -> None:

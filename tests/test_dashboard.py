@@ -1,0 +1,118 @@
+"""The dashboard in a real headless Chromium, and ``/metrics`` as Prometheus reads it: a real
+agent (every service) on the in-memory LAN fakes, with a peer and a get in flight, serving both
+over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from p2pmodel.core.config import parse_config
+from p2pmodel.core.refs import parse_ref
+from p2pmodel.services.agent import Agent, AgentOptions
+from p2pmodel.services.get import GetRequest
+from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.mirror import Faults
+from p2pmodel.testing.models import Repo, make_model
+
+MiB = 1024 * 1024
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# What a headless Chromium needs to stay off every network but the page's.
+QUIET = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
+
+
+async def two_agents(nursery: trio.Nursery, tmp: Path, repo: Repo, rate: int) -> list[Agent]:
+    """Agents A (serving the dashboard) and B on one fake LAN, one mirror at ``rate``."""
+    office = SimOffice(MemoryMirror([repo], Faults(total_rate=rate)), lan_rate=None)
+    use = [office.mirror.hub_url + "/"]
+    config = parse_config({"mirror": [{"for": "https://huggingface.co/", "use": use}]}, {})
+    agents = []
+    for name, endpoint in (("a", "127.0.0.1:0"), ("b", None)):
+        home = tmp / name
+        home.mkdir()
+        opts = AgentOptions(rpc_port=0, hf_endpoint=endpoint)
+        agents.append(await nursery.start(Agent(home, config, opts, office.outside()).run))
+    return agents
+
+
+async def wait_until(cond: Any, seconds: float = 20) -> None:
+    """Poll the agents' state (bounded), as the multi-host tests do."""
+    with trio.fail_after(seconds):
+        while not cond():  # noqa: ASYNC110 - state of services running beside the test
+            await trio.sleep(0.05)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup installs it)")
+async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tmp_path: Path):
+    """Chromium renders the page, whose script fills in the peer (by agent id, alive) and the
+    file in flight with its source; a screenshot is saved."""
+    repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
+    a, b = await two_agents(nursery, tmp_path, repo, rate=MiB)
+    await wait_until(lambda: b.id in a.peers.alive_ids())
+    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
+    nursery.start_soon(a.gets.get, req)
+    await wait_until(lambda: any(t["have"] > 0 for t in a.status()["transfers"]))
+    assert a.hf is not None
+    user = tmp_path / "chromium"
+    dom = await trio.run_process(
+        [CHROMIUM, *QUIET, f"--user-data-dir={user}", "--virtual-time-budget=4000",
+         "--dump-dom", a.hf.url + "/"],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    page = dom.stdout.decode()
+    assert b.id in page and ">alive<" in page
+    weights = next(f for f in repo.files if f.lfs)
+    assert weights.path in page
+    assert "hub.mirror.test" in page  # the source of the bytes in flight
+    shot = tmp_path / "dashboard.png"
+    await trio.run_process(
+        [CHROMIUM, *QUIET, f"--user-data-dir={user}", "--virtual-time-budget=4000",
+         "--window-size=1200,1000", f"--screenshot={shot}", a.hf.url + "/"],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
+    """``/metrics`` parses as Prometheus text and says what happened: the model's bytes from
+    its mirror, one get completed in the duration histogram, the peer alive, blobs seeded."""
+    repo = make_model(tmp_path / "r", "acme/metrics", shards=1, shard_size=2 * MiB)
+    a, b = await two_agents(nursery, tmp_path, repo, rate=64 * MiB)
+    await wait_until(lambda: b.id in a.peers.alive_ids())
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    assert a.hf is not None
+    async with httpx.AsyncClient() as http:
+        r = await http.get(a.hf.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
+    size = sum(f.size for f in repo.files)
+    mirror = (("mirror", "http://hub.mirror.test"),)
+    assert samples[("p2pmodel_mirror_bytes_total", mirror)] == size
+    assert samples[("p2pmodel_get_duration_seconds_count", ())] == 1
+    assert samples[("p2pmodel_gets_total", (("outcome", "completed"),))] == 1
+    assert samples[("p2pmodel_peers_alive", ())] == 1
+    assert samples[("p2pmodel_blobs_seeded", ())] == len({f.sha256 for f in repo.files})
+    assert samples[("p2pmodel_store_bytes", ())] == size
+    assert samples[("p2pmodel_internet_bytes_saved_total", ())] == 0
+    assert ("p2pmodel_uploaded_bytes_total", ()) in samples

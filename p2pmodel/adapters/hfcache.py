@@ -13,10 +13,8 @@ when already right, so running it twice changes nothing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from ..core import hfapi
 from ..core.errors import UserError
 from ..core.manifest import Manifest
 from ..core.refs import COMMIT_RE
-from .store import Store, disk_errors
+from .store import Store, disk_errors, place
 
 
 def cache_root(env: dict[str, str] | None = None) -> Path:
@@ -35,26 +33,6 @@ def cache_root(env: dict[str, str] | None = None) -> Path:
     if env.get("HF_HOME"):
         return Path(env["HF_HOME"]).expanduser() / "hub"
     return Path("~/.cache/huggingface/hub").expanduser()
-
-
-def _place(blob: Path, dest: Path) -> None:
-    """``dest`` holds ``blob``'s bytes: a hardlink where possible, else a copy."""
-    try:
-        if dest.stat().st_ino == blob.stat().st_ino or dest.stat().st_size == blob.stat().st_size:
-            return
-    except FileNotFoundError:
-        pass
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.p2pmodel-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.link(blob, tmp)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copyfile(blob, tmp)
-    os.replace(tmp, dest)
 
 
 def _write(path: Path, text: str) -> None:
@@ -87,7 +65,7 @@ def export(store: Store, manifest: Manifest, revision: str, root: Path) -> Path:
     with disk_errors(f"writing the Hugging Face cache {top}"):
         for f in manifest.files:
             blob = top / "blobs" / hfapi.etag(f)
-            _place(store.blob_path(f.digest), blob)
+            place(store.blob_path(f.digest), blob)
             link = top / "snapshots" / manifest.commit / f.path
             _symlink(link, os.path.relpath(blob, link.parent))
         ref = revision or hfapi.DEFAULT_REVISION

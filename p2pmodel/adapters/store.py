@@ -94,6 +94,28 @@ def _atomic_write(path: Path, data: bytes, *, sync: bool = False) -> None:
         raise
 
 
+def place(blob: Path, out: Path) -> None:
+    """Make ``out`` the blob's bytes: a hardlink where the filesystem allows, else a copy,
+    swapped in atomically; nothing to do when ``out`` already is the blob."""
+    try:
+        st_out, st_blob = out.stat(), blob.stat()
+        if (st_out.st_ino, st_out.st_dev) == (st_blob.st_ino, st_blob.st_dev):
+            return
+    except FileNotFoundError:
+        pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.p2pmodel-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(blob, tmp)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(blob, tmp)
+    os.replace(tmp, out)
+
+
 class Store:
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -355,26 +377,9 @@ class Store:
 
     def export(self, manifest: Manifest, dest: Path) -> Path:
         """Place the files at their repo paths under ``dest``: hardlinks, or copies across
-        filesystems. Existing files with the right content (same inode or size) are kept."""
+        filesystems. A file that already is the blob (same inode) is kept."""
         with disk_errors(f"exporting to {dest}"):
             dest.mkdir(parents=True, exist_ok=True)
             for f in manifest.files:
-                blob, out = self.blob_path(f.digest), dest / f.path
-                try:
-                    st_out, st_blob = out.stat(), blob.stat()
-                    if (st_out.st_ino, st_out.st_dev) == (st_blob.st_ino, st_blob.st_dev):
-                        continue
-                except FileNotFoundError:
-                    pass
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_name(f".{out.name}.p2pmodel-tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                try:
-                    os.link(blob, tmp)
-                except OSError as e:
-                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                        raise
-                    shutil.copyfile(blob, tmp)
-                os.replace(tmp, out)
+                place(self.blob_path(f.digest), dest / f.path)
         return dest

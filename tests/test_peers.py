@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from p2pmodel.core.peers import PeerAddr, PeerTable
 
 A = [PeerAddr("10.0.0.2", 7001)]
@@ -215,3 +218,25 @@ def test_next_deadline_is_the_next_ping_or_expiry() -> None:
     assert t.next_deadline() == 108.0  # silent since 100: dead at 108
     assert t.expire(108.0) == ["a1"]
     assert t.next_deadline() == 708.0  # forgotten 600 s after it died
+
+
+@given(
+    st.lists(st.floats(0.001, 1000.0, allow_nan=False), min_size=1, max_size=5),
+    st.floats(0.1, 30.0),
+)
+def test_timers_make_progress_at_the_deadline_they_announce(heard: list[float], interval: float):
+    """Handling the timers at exactly ``next_deadline()`` always moves the deadline on: a loop
+    that sleeps until it never spins (float times like 100.1 + 8.0 included)."""
+    t = table(ping_interval=interval, dead_after=4 * interval, forget_after=10 * interval)
+    for i, when in enumerate(heard):
+        t.seen(f"a{i}", [PeerAddr("10.0.0.1", 7420)], 6881, "mdns", when)
+    now = max(heard)
+    for _ in range(50):
+        deadline = t.next_deadline()
+        if deadline is None:
+            break
+        now = max(now, deadline)
+        t.due_pings(now)
+        t.expire(now)
+        after = t.next_deadline()
+        assert after is None or after > now

@@ -146,9 +146,11 @@ class PeerTable:
         """Live peers not heard from for ``ping_interval``, each handed out once per interval."""
         due: list[Peer] = []
         for peer in self._sorted():
-            if not peer.alive or now - peer.last_heard < self.ping_interval:
+            # Comparisons are written as next_deadline computes the times: at exactly that
+            # float, the timer must fire (now - a < b can be true when now == a + b).
+            if not peer.alive or now < peer.last_heard + self.ping_interval:
                 continue
-            if peer.last_pinged is not None and now - peer.last_pinged < self.ping_interval:
+            if peer.last_pinged is not None and now < peer.last_pinged + self.ping_interval:
                 continue
             peer.last_pinged = now
             due.append(peer)
@@ -161,10 +163,10 @@ class PeerTable:
         """
         died: list[str] = []
         for peer in self._sorted():
-            if peer.alive and now - peer.last_heard >= self.dead_after:
+            if peer.alive and now >= peer.last_heard + self.dead_after:
                 self._kill(peer, now)
                 died.append(peer.agent)
-            elif not peer.alive and peer.died is not None and now - peer.died >= self.forget_after:
+            elif not peer.alive and peer.died is not None and now >= peer.died + self.forget_after:
                 del self._peers[peer.agent]
         return died
 

@@ -465,7 +465,7 @@ class Swarm:
                 busy = False
             if busy or not t.idle_since or t.digest in keep:
                 t.idle_since = now
-            elif now - t.idle_since >= idle:
+            elif now >= t.idle_since + idle:  # the sum the deadline below is: no spin
                 self._forget_unit(t)
         return min((t.idle_since + idle for t in self._units.values()), default=None)
 

@@ -418,7 +418,7 @@ class FakeSwarm:
         for key, u in list(self._units.items()):
             if not u.idle_since or key[0] in keep:
                 u.idle_since = now
-            elif now - u.idle_since >= idle:
+            elif now >= u.idle_since + idle:
                 del self._units[key]
         return min((u.idle_since + idle for u in self._units.values()), default=None)
 

@@ -4,6 +4,7 @@ tests spell as functions."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from p2pmodel.testing.models import Repo
 from p2pmodel.testing.office import Host
@@ -12,10 +13,10 @@ from p2pmodel.testing.site import MiB, Site, wait_for
 __all__ = ["MiB", "Site", "assert_exact", "peers_alive", "wait_for"]
 
 
-def peers_alive(site: Site, ws: Host) -> set[str]:
+def peers_alive(site: Site[Any], ws: Host) -> set[str]:
     return site.alive(ws)
 
 
-def assert_exact(site: Site, out: Path, repo: Repo | None = None) -> None:
+def assert_exact(site: Site[Any], out: Path, repo: Repo | None = None) -> None:
     bad = site.mismatches(out, repo)
     assert not bad, f"not exact in {out}: {', '.join(bad)}"

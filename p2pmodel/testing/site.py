@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo
@@ -186,18 +186,19 @@ class Loopback:
 
 
 Place = Office | Loopback
+P = TypeVar("P", bound=Office | Loopback)
 
 
 # --- the site -----------------------------------------------------------------------------------
 
 
-class Site:
+class Site(Generic[P]):
     """The mirror serving ``repo`` (and ``others``) and a home and an agent per workstation of
     ``office``; files live under ``work``."""
 
     def __init__(
         self,
-        office: Place,
+        office: P,
         repo: Repo,
         work: Path,
         others: Sequence[Repo] = (),

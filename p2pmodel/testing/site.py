@@ -5,16 +5,17 @@ Theory of operation: a `Site` is handed an open place (an `Office` of network na
 `Loopback` stand-in where no namespace can be made) and the generated repositories to serve.
 It starts the test mirror (`p2pmodel.testing.mirror.spawn`) in the mirror host, then gives every
 workstation a home of its own whose `config.toml` sends `https://huggingface.co/` to that mirror
-(plus any top-level keys, e.g. `peers = [...]`). Everything p2pmodel runs as on a workstation,
-the agent (`serve --interface <its ip>`, logging to `serve.log` in its home) and every CLI call
-(`status --json`, `get ... --json`), gets its environment from `Site.env` alone: the home, the
-LAN on, the site's `extra_env`, and none of the caller's proxy, endpoint or `P2PMODEL_*`
-variables, so a shell's settings cannot steer a test or a measurement. Waiting is polling with a
-deadline (`wait_for`): for an agent's control socket, and for the mesh, when every agent lists
-every other one alive in `status --json`. The mirror's byte counters (`/_stats`) are read from
-inside the mirror host, so reading them adds nothing to the link a benchmark measures. Failures
-raise `SiteError` with the agent's log tail; the place, not the site, owns the processes and
-kills whatever is left when it closes.
+(plus any top-level keys, e.g. `peers = [...]`). What p2pmodel runs on a workstation, its agent
+(`serve --interface <its ip>`, logging to `serve.log` in its home) and every CLI call (`status
+--json`, `get ... --json`), takes its environment from `Site.env` alone: the home, the LAN on,
+the site's `extra_env`, and none of the caller's proxy, endpoint or `P2PMODEL_*` variables
+(`DROPPED_ENV`), so a shell's settings cannot steer a test or a measurement; scripts also drop
+them from their own environment (`drop_environ`) for the other tools they start. Waiting is
+polling with a deadline (`wait_for`): for an agent's control socket, and for the mesh, when
+every agent lists every other one alive in `status --json`. The mirror's byte counters
+(`/_stats`) are read from inside the mirror host, so reading them adds nothing to the link a
+benchmark measures. Failures raise `SiteError` with the agent's log tail; the place, not the
+site, owns the processes and kills whatever is left when it closes.
 """
 
 from __future__ import annotations

@@ -32,13 +32,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import json
 import os
 import platform
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.adapters.store import Store
-from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
+from p2pmodel.testing.site import Site, SiteError, drop_environ, wait_for
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -64,19 +62,6 @@ FIRST_BYTES = 256 * 1024  # rx bytes above the baseline that mark the transfer's
 TAIL_SLACK = 256 * 1024  # rx bytes under the final total that mark its end
 STATUS_POLL = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DROPPED_ENV = (
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "HF_ENDPOINT",
-    "MODELSCOPE_ENDPOINT",
-    "P2PMODEL_HOME",
-)
 
 # Runs inside a namespace: samples eth0's rx byte counter until its stdin closes, then prints
 # "monotonic_time value" lines (CLOCK_MONOTONIC is the same clock in every namespace).
@@ -155,14 +140,6 @@ http {{
 
 def log(msg: str) -> None:
     print(f"bench-lan: {msg}", file=sys.stderr, flush=True)
-
-
-def wait_for(cond: Callable[[], bool], seconds: float, what: str, period: float = 0.05) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench-lan: timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(period)
 
 
 # --- /proc -------------------------------------------------------------------------------------
@@ -269,90 +246,26 @@ def window(samples: list[tuple[float, int]], t0: float) -> Window:
 # --- the office --------------------------------------------------------------------------------
 
 
-class Site:
-    """An office with the test mirror, a home per workstation, and agents started on demand."""
+class LanSite(Site[Office]):
+    """The office site, plus what this benchmark reads of its agents: their pids and memory."""
 
-    def __init__(self, office: Office, work: Path, repos: Sequence[Repo]) -> None:
-        self.office = office
-        self.work = work
-        mirror = office.mirror_host
-        assert mirror is not None
-        paths = []
-        for repo in repos:
-            paths.append(work / f"{repo.repo_id.replace('/', '_')}.json")
-            paths[-1].write_text(repo.to_json())
-        with (work / "mirror.log").open("wb") as log:
-            _, urls = spawn(
-                paths,
-                work,
-                host=mirror.ip,
-                ports=(8000, 8001),
-                start=functools.partial(office.popen, mirror),
-                stderr=log,
-            )
-        self.hub = urls["hub_url"]
-        self.homes: dict[str, Path] = {}
-        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+    def __init__(self, office: Office, repo: Repo, work: Path, others: Sequence[Repo]) -> None:
+        super().__init__(office, repo, work, others)
         self.pids: dict[str, int] = {}
         self.memory: list[dict[str, Any]] = []  # agents' memory at points of the run
-        for ws in office.workstations:
-            self.new_home(ws)
 
-    def new_home(self, ws: Host, agent: str | None = None) -> Path:
-        home = self.work / "homes" / f"{ws.name}-{secrets.token_hex(3)}"
-        home.mkdir(parents=True)
-        (home / "config.toml").write_text(
-            f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{self.hub}/"]\n'
-        )
-        if agent is not None:
-            (home / "agent-id").write_text(agent + "\n")
-        self.homes[ws.name] = home
-        return home
+    def wait_ready(self, ws: Host, seconds: float = 30) -> None:
+        super().wait_ready(ws, seconds)
+        self.pids[ws.name] = python_pid(self.procs[ws.name].pid)
 
-    def env(self, ws: Host) -> dict[str, str]:
-        return {"P2PMODEL_HOME": str(self.homes[ws.name]), "P2PMODEL_LAN": "on"}
-
-    def start_agent(self, ws: Host, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        errlog = (self.homes[ws.name] / "serve.log").open("ab")
-        proc = self.office.popen(
-            ws,
-            [sys.executable, "-m", "p2pmodel", "serve", "--interface", ws.ip],
-            env=self.env(ws),
-            stdout=subprocess.DEVNULL,
-            stderr=errlog,
-        )
-        errlog.close()
-        self.agents[ws.name] = proc
-        if wait:
-            self.wait_agent(ws)
-            self.note_memory(ws, "started")
+    def serve(self, ws: Host, *args: str) -> subprocess.Popen[bytes]:
+        proc = super().serve(ws, *args)
+        self.note_memory(ws, "started")
         return proc
 
-    def wait_agent(self, ws: Host) -> None:
-        sock = self.homes[ws.name] / "run" / "control.sock"
-        proc = self.agents[ws.name]
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                tail = (self.homes[ws.name] / "serve.log").read_text(errors="replace")[-2000:]
-                raise SystemExit(f"bench-lan: the agent on {ws.name} exited:\n{tail}")
-            return sock.exists()
-
-        wait_for(up, 30, f"the agent on {ws.name}")
-        self.pids[ws.name] = python_pid(proc.pid)
-
-    def stop_agent(self, ws: Host) -> None:
-        proc = self.agents.pop(ws.name)
+    def stop(self, ws: Host, timeout: float = 15) -> None:
         self.pids.pop(ws.name, None)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        super().stop(ws, timeout)
 
     def note_memory(self, ws: Host, when: str) -> None:
         pid = self.pids.get(ws.name)
@@ -370,40 +283,6 @@ class Site:
                 "threads": mem.get("Threads", 0),
             }
         )
-
-    def cli(self, ws: Host, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return ws.run(sys.executable, "-m", "p2pmodel", *args, env=self.env(ws), timeout=timeout)
-
-    def status(self, ws: Host) -> dict[str, Any]:
-        r = self.cli(ws, "status", "--json", timeout=30)
-        if r.returncode != 0:
-            raise SystemExit(f"bench-lan: status on {ws.name} failed: {r.stderr.strip()}")
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-    def agent_id(self, ws: Host) -> str:
-        return str(self.status(ws)["agent"])
-
-    def alive(self, ws: Host) -> set[str]:
-        return {p["agent"] for p in self.status(ws)["peers"] if p["alive"]}
-
-    def wait_mesh(self, hosts: Sequence[Host], seconds: float = 30) -> None:
-        """Until every host's agent lists every other one alive."""
-        ids = {ws.name: self.agent_id(ws) for ws in hosts}
-
-        def meshed() -> bool:
-            return all(
-                {ids[o.name] for o in hosts if o is not ws} <= self.alive(ws) for ws in hosts
-            )
-
-        wait_for(meshed, seconds, "the agents to see each other", period=0.2)
-
-    def get(self, ws: Host, ref: str) -> tuple[float, dict[str, Any]]:
-        t0 = time.monotonic()
-        r = self.cli(ws, "get", ref, "--json")
-        elapsed = time.monotonic() - t0
-        if r.returncode != 0:
-            raise SystemExit(f"bench-lan: get {ref} on {ws.name} failed: {r.stderr.strip()}")
-        return elapsed, json.loads(r.stdout)
 
 
 # --- 1. LAN rate --------------------------------------------------------------------------------
@@ -497,14 +376,14 @@ def run_curl(
     return run
 
 
-def run_p2pmodel(site: Site, ws1: Host, ws2: Host, ref: str, size: int, rate: int) -> Run:
+def run_p2pmodel(site: LanSite, ws1: Host, ws2: Host, ref: str, size: int, rate: int) -> Run:
     sync_disk()
     office = site.office
     sampler = RxSampler(office, ws2)
     pid1, pid2 = site.pids[ws1.name], site.pids[ws2.name]
     send0, recv0, before = proc_cpu(pid1), proc_cpu(pid2), os.times()
     t0 = time.monotonic()
-    r = site.cli(ws2, "get", ref, "--json")
+    r = site.cli(ws2, "get", ref, "--json", timeout=600)
     elapsed = time.monotonic() - t0
     after, send1, recv1 = os.times(), proc_cpu(pid1), proc_cpu(pid2)
     w = window(sampler.stop(), t0)
@@ -523,16 +402,16 @@ def run_p2pmodel(site: Site, ws1: Host, ws2: Host, ref: str, size: int, rate: in
     return run
 
 
-def reset_receiver(site: Site, ws1: Host, ws2: Host) -> None:
+def reset_receiver(site: LanSite, ws1: Host, ws2: Host) -> None:
     """ws2 forgets the blob: stop its agent, delete its store, start it again, wait for ws1."""
-    site.stop_agent(ws2)
+    site.stop(ws2)
     shutil.rmtree(site.homes[ws2.name] / "store", ignore_errors=True)
-    site.start_agent(ws2)
+    site.serve(ws2)
     site.wait_mesh([ws1, ws2])
 
 
 def bench_lan(
-    site: Site, repo: Repo, rates: Sequence[int], repeat: int, devnull: bool
+    site: LanSite, repo: Repo, rates: Sequence[int], repeat: int, devnull: bool
 ) -> list[LanResult]:
     office = site.office
     ws1, ws2 = office.workstations[0], office.workstations[1]
@@ -542,7 +421,9 @@ def bench_lan(
     ref = f"hf://{LAN_REPO}"
 
     log(f"ws1 fetches the {size // MiB} MiB blob from the mirror (unshaped)")
-    secs, out = site.get(ws1, ref)
+    t0 = time.monotonic()
+    out = site.get(ws1, repo=repo, timeout=600)
+    secs = time.monotonic() - t0
     site.note_memory(ws1, f"after its get of {size // MiB} MiB from the mirror")
     log(f"  {secs:.2f} s, {out['fetched'] / MB / secs:.0f} MB/s from the mirror")
     blob_path = Store(site.homes[ws1.name]).blob_path(digest)
@@ -561,7 +442,7 @@ def bench_lan(
         r = ws2.run("curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-I", "--fail", url)
         return r.returncode == 0
 
-    wait_for(nginx_up, 20, "nginx in ws1", period=0.2)
+    wait_for(nginx_up, 20, "nginx in ws1", every=0.2)
 
     def nginx_cpu() -> float:
         return sum(proc_cpu(p) for p in nginx.worker_pids())
@@ -632,7 +513,7 @@ class Watcher:
         return out
 
 
-def bench_discovery(site: Site, reps: int, timeout: float = 30) -> list[Discovery]:
+def bench_discovery(site: LanSite, reps: int, timeout: float = 30) -> list[Discovery]:
     office = site.office
     ws1, ws3 = office.workstations[0], office.workstations[2]
     a_id = site.agent_id(ws1)
@@ -646,7 +527,7 @@ def bench_discovery(site: Site, reps: int, timeout: float = 30) -> list[Discover
         a_watch.go()
         b_watch.go()
         t0 = time.monotonic()
-        site.start_agent(ws3, wait=False)
+        site.start(ws3)
         a, b = a_watch.result(), b_watch.result()
         d = Discovery(
             b["up"] - t0 if "up" in b else None,
@@ -658,8 +539,8 @@ def bench_discovery(site: Site, reps: int, timeout: float = 30) -> list[Discover
             f"{fmt(d.a_sees_b_s)} s, B sees A after {fmt(d.b_sees_a_s)} s"
         )
         out.append(d)
-        site.wait_agent(ws3)
-        site.stop_agent(ws3)
+        site.wait_ready(ws3)
+        site.stop(ws3)
     return out
 
 
@@ -685,7 +566,7 @@ class Idle:
 
 
 def measure_idle(
-    site: Site, ws: Host, label: str, seconds: float, settle: float, min_peers: int
+    site: LanSite, ws: Host, label: str, seconds: float, settle: float, min_peers: int
 ) -> Idle:
     wait_for(
         lambda: len(site.alive(ws)) >= min_peers, 30, f"{min_peers} live peers of {ws.name}", 0.2
@@ -722,19 +603,19 @@ def measure_idle(
     return idle
 
 
-def bench_idle(site: Site, seconds: float, settle: float, shards: int) -> list[Idle]:
+def bench_idle(site: LanSite, repo: Repo, seconds: float, settle: float, shards: int) -> list[Idle]:
     office = site.office
     ws1, ws2, ws3 = office.workstations[:3]
-    site.start_agent(ws3)
+    site.serve(ws3)
     site.wait_mesh([ws1, ws2, ws3])
     log(f"ws1 gets {IDLE_REPO} ({shards} shards) from the mirror")
-    site.get(ws1, f"hf://{IDLE_REPO}")
+    site.get(ws1, repo=repo, timeout=600)
     site.note_memory(ws1, f"after its get of {IDLE_REPO} from the mirror")
     wait_for(lambda: site.status(ws1)["seeding"] >= shards, 30, f"ws1 to seed {shards} blobs")
     out = [measure_idle(site, ws1, "agent after the transfers", seconds, settle, 2)]
     site.note_memory(ws1, "after the idle window")
-    site.stop_agent(ws1)
-    site.start_agent(ws1)
+    site.stop(ws1)
+    site.serve(ws1)
     site.wait_mesh([ws1, ws2, ws3])
     out.append(measure_idle(site, ws1, "same agent restarted", seconds, settle, 2))
     site.note_memory(ws1, "restarted, after the idle window")
@@ -985,8 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     why = netns_available()
     if why is not None:
         raise SystemExit(f"bench-lan: cannot build a virtual office: {why}")
-    for name in DROPPED_ENV:
-        os.environ.pop(name, None)
+    drop_environ()
     stale = cleanup_stale()
     if stale:
         log(f"deleted stale namespaces: {', '.join(stale)}")
@@ -1018,18 +898,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_ws = 3 if ({"discovery", "idle"} - args.skip) else 2
         with Office(n_ws, mirror=True) as office:
             log(f"office {office.prefix}: {', '.join(h.name + ' ' + h.ip for h in office.hosts)}")
-            site = Site(office, work, [big, small])
+            site = LanSite(office, big, work, [small])
             memory = site.memory
             ws1, ws2 = office.workstations[:2]
-            site.start_agent(ws1)
-            site.start_agent(ws2)
+            site.serve(ws1)
+            site.serve(ws2)
             site.wait_mesh([ws1, ws2])
             if "lan" not in args.skip:
                 lan = bench_lan(site, big, args.lan_rate, args.repeat, not args.no_devnull)
             if "discovery" not in args.skip:
                 disc = bench_discovery(site, args.discovery_reps)
             if "idle" not in args.skip:
-                idle = bench_idle(site, args.idle_seconds, args.idle_settle, args.idle_shards)
+                idle = bench_idle(
+                    site, small, args.idle_seconds, args.idle_settle, args.idle_shards
+                )
     finally:
         if args.keep_work:
             log(f"kept {work}")
@@ -1082,3 +964,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("bench-lan: interrupted (office torn down, temp files removed)", file=sys.stderr)
         sys.exit(130)
+    except SiteError as exc:
+        print(f"bench-lan: {exc}", file=sys.stderr)
+        sys.exit(1)

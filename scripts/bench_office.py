@@ -50,19 +50,17 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2pmodel.core.torrents import bencode, piece_size
-from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, RepoFile, make_model
 from p2pmodel.testing.office import (
     TBF_LATENCY,
@@ -72,6 +70,7 @@ from p2pmodel.testing.office import (
     netns_available,
     tbf_burst,
 )
+from p2pmodel.testing.site import Site, SiteError, drop_environ, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -80,8 +79,6 @@ SECTION = "## One internet download per office (scripts/bench-office)"
 
 MiB = 1 << 20
 MB = 1_000_000
-HUB_PORT = 8000
-CDN_PORT = 8001
 TRACKER_PORT = 6969
 SAMPLE_PERIOD = 0.25  # seconds between timeline samples
 POLL = 0.05  # seconds between completion checks
@@ -101,27 +98,6 @@ MODES = {
 }
 MODELS = {"sharded": "bench/sharded", "single": "bench/single"}
 
-DROPPED_ENV = (
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "HF_ENDPOINT",
-    "MODELSCOPE_ENDPOINT",
-    "P2PMODEL_HOME",
-    "P2PMODEL_COORDINATION",
-)
-
-# Runs inside the mirror's namespace: GET (or POST) one control URL of the mirror, print the body.
-STATS = (
-    "import sys, urllib.request as u; "
-    "r = u.Request(sys.argv[1], data=b'' if sys.argv[2:] == ['post'] else None); "
-    "print(u.urlopen(r, timeout=10).read().decode())"
-)
 
 # Runs inside the mirror's namespace: a minimal HTTP BitTorrent tracker (BEP 3 + compact peers,
 # BEP 23). Every announce registers (client address, port) for the info-hash and gets the
@@ -172,28 +148,6 @@ print('ready', flush=True)
 server.serve_forever()
 """
 
-# Runs inside a workstation's namespace: waits until the agent of HOME answers and lists at
-# least WANT peers alive (the request `p2pmodel status --json` makes, one process for the wait).
-MESH_WAITER = r"""
-import sys, time
-from pathlib import Path
-from p2pmodel.adapters import control
-home, want, timeout = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-deadline, alive = time.monotonic() + timeout, -1
-while time.monotonic() < deadline:
-    try:
-        status = next(iter(control.request(home, {'op': 'status'}, timeout=5)))
-        alive = sum(1 for p in status.get('peers', []) if p.get('alive'))
-        if alive >= want:
-            print('ok', alive)
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.2)
-print('timeout', alive)
-sys.exit(1)
-"""
-
 
 def log(msg: str) -> None:
     print(f"bench-office: {msg}", file=sys.stderr, flush=True)
@@ -201,32 +155,6 @@ def log(msg: str) -> None:
 
 class BenchError(RuntimeError):
     """Something the benchmark needs did not work (a tool failed to start, a wait timed out)."""
-
-
-def wait_for(cond: Callable[[], bool], seconds: float, what: str, period: float = 0.05) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(period)
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM a process started by `Office.popen` (own session) and its group; then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- per-source receive counters ----------------------------------------------------------------
@@ -408,32 +336,17 @@ class CaseResult:
 
 class Bench:
     def __init__(self, office: Office, work: Path, repos: dict[str, Repo], args: Any) -> None:
-        assert office.mirror_host is not None
         self.office = office
-        self.mirror = office.mirror_host
         self.work = work
         self.repos = repos
         self.args = args
         self.rate: int = args.mirror_rate
-        self.hub = f"http://{self.mirror.ip}:{HUB_PORT}"
-        self.cdn = f"http://{self.mirror.ip}:{CDN_PORT}"
+        first, *others = repos.values()
+        self.site = Site(office, first, work, others)
+        self.mirror = self.site.mirror
+        self.hub = self.site.hub
+        self.cdn = self.site.cdn
         self.tracker = f"http://{self.mirror.ip}:{TRACKER_PORT}/announce"
-        paths = []
-        for key, repo in repos.items():
-            paths.append(work / f"{key}.json")
-            paths[-1].write_text(repo.to_json())
-        try:
-            self.mirror_proc, _ = spawn(
-                paths,
-                work,
-                host=self.mirror.ip,
-                ports=(HUB_PORT, CDN_PORT),
-                start=lambda argv, **_: self.popen_logged(
-                    self.mirror, argv, work / "mirror.out", work / "mirror.log"
-                ),
-            )
-        except RuntimeError as e:
-            raise BenchError(str(e)) from None
         with (work / "tracker.log").open("wb") as errlog:
             tracker = office.popen(
                 self.mirror,
@@ -462,18 +375,10 @@ class Bench:
         """TCP segments the mirror's namespace has retransmitted (/proc/PID/net/snmp)."""
         lines = [
             line.split()
-            for line in Path(f"/proc/{self.mirror_proc.pid}/net/snmp").read_text().splitlines()
+            for line in Path(f"/proc/{self.site.mirror_proc.pid}/net/snmp").read_text().splitlines()
             if line.startswith("Tcp:")
         ]
         return int(lines[1][lines[0].index("RetransSegs")])
-
-    def stats(self, reset: bool = False) -> dict[str, Any]:
-        url = f"{self.hub}/_stats/reset" if reset else f"{self.hub}/_stats"
-        argv = [sys.executable, "-c", STATS, url, *(["post"] if reset else [])]
-        r = self.mirror.run(*argv, timeout=30)
-        if r.returncode != 0:
-            raise BenchError(f"reading the mirror's stats failed: {r.stderr.strip()}")
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
 
     def file_url(self, repo: Repo, f: RepoFile, direct: bool) -> str:
         """The hub `resolve` URL (LFS answers 302 to the CDN), or with `direct` the CDN's."""
@@ -500,17 +405,13 @@ class Bench:
         outs = {ws.name: case_dir / "out" / ws.name for ws in hosts}
         for out in outs.values():
             out.mkdir(parents=True)
-        agents: list[subprocess.Popen[bytes]] = []
         notes: list[str] = []
         env: dict[str, dict[str, str]] = {}
         done_files: dict[str, Path] = {}
         if mode in ("p2pmodel", "nocoord"):
-            env, agents = self._start_agents(case_dir, mode)
-            argvs = {
-                ws.name: [sys.executable, "-m", "p2pmodel", "get", f"hf://{repo.repo_id}",
-                          "--to", str(outs[ws.name]), "--json"]
-                for ws in hosts
-            }  # fmt: skip
+            self._start_agents(case_dir, mode)
+            env = {ws.name: self.site.env(ws) for ws in hosts}
+            argvs = {ws.name: self.site.get_cmd(outs[ws.name], repo) for ws in hosts}
         elif mode == "aria2c":
             argvs = {ws.name: self._aria2c_argv(repo, case_dir, ws, outs[ws.name]) for ws in hosts}
         else:
@@ -521,7 +422,7 @@ class Bench:
                 argvs[ws.name] = self._torrent_argv(
                     repo, torrents, case_dir, ws, outs[ws.name], done_files[ws.name]
                 )
-        self.stats(reset=True)
+        self.site.stats(reset=True)
         retrans0 = self.retransmitted()
         sent0, base = self.counters.read()
         procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -584,10 +485,11 @@ class Bench:
             stop_group(proc)
         for name, proc in procs.items():
             codes.setdefault(name, proc.returncode)
-        stats = self.stats()
+        stats = self.site.stats()
         retrans = self.retransmitted() - retrans0
-        for proc in agents:
-            stop_group(proc)
+        if mode in ("p2pmodel", "nocoord"):
+            for ws in hosts:
+                self.site.stop(ws)
         results: list[HostResult] = []
         last_rx = timeline[-1][1]
         for i, ws in enumerate(hosts):
@@ -600,7 +502,7 @@ class Bench:
             if ws.name not in finished:
                 error = (case_dir / f"{ws.name}.err").read_text(errors="replace").strip()[-500:]
                 error = error or f"exit {codes.get(ws.name)}"
-            exact = self._exact(repo, outs[ws.name])
+            exact = not self.site.mismatches(outs[ws.name], repo)
             results.append(
                 HostResult(
                     host=ws.name,
@@ -617,7 +519,7 @@ class Bench:
             )
         for ws in hosts:
             if mode in ("p2pmodel", "nocoord"):
-                text = (case_dir / "homes" / ws.name / "serve.log").read_text(errors="replace")
+                text = self.site.log(ws, tail=None)
                 if "Traceback" in text:
                     notes.append(f"{ws.name}'s agent logged a traceback: {text[-300:]!r}")
         return CaseResult(
@@ -638,65 +540,18 @@ class Bench:
             notes=notes,
         )
 
-    @staticmethod
-    def _exact(repo: Repo, out: Path) -> bool:
-        for f in repo.files:
-            path = out / f.path
-            if not path.is_file() or path.stat().st_size != f.size or sha256_file(path) != f.sha256:
-                return False
-        return True
-
     # -- p2pmodel ----------------------------------------------------------------------------
 
-    def _start_agents(
-        self, case_dir: Path, mode: str
-    ) -> tuple[dict[str, dict[str, str]], list[subprocess.Popen[bytes]]]:
+    def _start_agents(self, case_dir: Path, mode: str) -> None:
+        """Fresh homes in ``case_dir``, an agent on every workstation, meshed."""
         hosts = self.office.workstations
-        env: dict[str, dict[str, str]] = {}
-        agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.site.extra_env = {"P2PMODEL_COORDINATION": "off"} if mode == "nocoord" else {}
         for ws in hosts:
-            home = case_dir / "homes" / ws.name
-            home.mkdir(parents=True)
-            (home / "config.toml").write_text(
-                f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{self.hub}/"]\n'
-            )
-            env[ws.name] = {"P2PMODEL_HOME": str(home), "P2PMODEL_LAN": "on"}
-            if mode == "nocoord":
-                env[ws.name]["P2PMODEL_COORDINATION"] = "off"
-            agents[ws.name] = self.popen_logged(
-                ws,
-                [sys.executable, "-m", "p2pmodel", "serve", "--interface", ws.ip],
-                home / "serve.out",
-                home / "serve.log",
-                env=env[ws.name],
-            )
-        waiters = {
-            ws.name: self.office.popen(
-                ws,
-                [
-                    sys.executable,
-                    "-c",
-                    MESH_WAITER,
-                    env[ws.name]["P2PMODEL_HOME"],
-                    str(len(hosts) - 1),
-                    "60",
-                ],
-                stdout=subprocess.PIPE,
-            )
-            for ws in hosts
-        }
+            self.site.new_home(ws, under=case_dir / "homes")
         t = time.monotonic()
-        for name, waiter in waiters.items():
-            out, _ = waiter.communicate(timeout=90)
-            if waiter.returncode != 0:
-                dead = [n for n, a in agents.items() if a.poll() is not None]
-                tail = (case_dir / "homes" / name / "serve.log").read_text(errors="replace")
-                raise BenchError(
-                    f"the agents did not mesh ({name}: {out.decode().strip()}; exited: {dead})"
-                    f"\n{tail[-1500:]}"
-                )
+        self.site.serve_all(hosts)
+        self.site.wait_mesh(hosts, seconds=60)
         log(f"  {len(hosts)} agents up and meshed in {time.monotonic() - t:.1f} s")
-        return env, list(agents.values())
 
     # -- aria2c ------------------------------------------------------------------------------
 
@@ -1121,8 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"bench-office: cannot build a virtual office: {why}")
     if shutil.which("aria2c") is None and {"aria2c", "torrent"} & set(args.modes):
         raise SystemExit("bench-office: aria2c is not installed (scripts/setup --system-packages)")
-    for name in DROPPED_ENV:
-        os.environ.pop(name, None)
+    drop_environ()
     stale = cleanup_stale("p2pm-bo")
     if stale:
         log(f"deleted stale namespaces: {', '.join(stale)}")
@@ -1225,6 +1079,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("bench-office: interrupted (office torn down, temp files removed)", file=sys.stderr)
         sys.exit(130)
-    except BenchError as exc:
+    except (BenchError, SiteError) as exc:
         print(f"bench-office: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import make_model
+from p2pmodel.testing.site import drop_environ
 
 MiB = 1024 * 1024
 
@@ -67,6 +68,8 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=192, help="model size (default 192 MiB)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
+    # The shell's proxies, HF_ENDPOINT or P2PMODEL_* would steer the gets past the mirrors.
+    drop_environ()
     work = Path(tempfile.mkdtemp(prefix="p2pmodel-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
     cli = [sys.executable, "-m", "p2pmodel"]

@@ -23,167 +23,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.site import Loopback, Place, Site, SiteError
 
 MiB = 1024 * 1024
 TRACE = bool(os.environ.get("DEMO_TRACE"))
-CLI = [sys.executable, "-m", "p2pmodel"]
-STATS = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-)
 
 
 def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-class Place:
-    """Where the workstations run: names, a way to start commands there, the mirror."""
-
-    names: list[str]
-    hub: str
-
-    def popen(self, ws: str, argv: Sequence[str], env: dict[str, str], **kw: Any) -> Any:
-        raise NotImplementedError
-
-    def run(self, ws: str, argv: Sequence[str], env: dict[str, str]) -> str:
-        p = self.popen(ws, argv, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = p.communicate(timeout=60)
-        if p.returncode != 0:
-            raise SystemExit(f"demo: {' '.join(argv[2:4])} failed on {ws}: {err.decode()[-500:]}")
-        return str(out.decode())
-
-    def served(self) -> int:
-        out = self.run(self.names[0], [sys.executable, "-c", STATS, f"{self.hub}/_stats"], {})
-        return int(json.loads(out)["bytes_served"])
-
-    def serve_args(self, ws: str) -> list[str]:
-        raise NotImplementedError
-
-    def config(self, ws: str) -> str:
-        return ""
-
-
-class Namespaces(Place):
-    def __init__(self, office: Office, repo_json: Path, work: Path) -> None:
-        self.office = office
-        self.names = [h.name for h in office.workstations]
-        mirror = office.mirror_host
-        assert mirror is not None
-        try:
-            _, urls = spawn(repo_json, work, host=mirror.ip, start=partial(office.popen, mirror))
-        except RuntimeError as e:
-            raise SystemExit(f"demo: {e}") from None
-        self.hub = urls["hub_url"]
-
-    def popen(self, ws: str, argv: Sequence[str], env: dict[str, str], **kw: Any) -> Any:
-        return self.office.popen(self.office.host(ws), argv, env=env, **kw)
-
-    def serve_args(self, ws: str) -> list[str]:
-        return ["--interface", self.office.host(ws).ip]
-
-
-class Loopback(Place):
-    """Every agent on 127.0.0.1 with its own ports; peers configured, no mDNS."""
-
-    def __init__(self, n: int, repo_json: Path, work: Path, rate: int) -> None:
-        self.names = [f"ws{i}" for i in range(1, n + 1)]
-        self.procs: list[subprocess.Popen[bytes]] = []
-        try:
-            proc, urls = spawn(repo_json, work, "--total-rate", str(rate), name="mirror")
-        except RuntimeError as e:
-            raise SystemExit(f"demo: {e}") from None
-        self.procs.append(proc)
-        self.hub = urls["hub_url"]
-        base = 17400 + os.getpid() % 500 * 20
-        self.ports = {ws: (base + 2 * i, base + 2 * i + 1) for i, ws in enumerate(self.names)}
-
-    def popen(self, ws: str, argv: Sequence[str], env: dict[str, str], **kw: Any) -> Any:
-        p = subprocess.Popen(list(argv), env={**os.environ, **env}, **kw)
-        self.procs.append(p)
-        return p
-
-    def serve_args(self, ws: str) -> list[str]:
-        rpc, bt = self.ports[ws]
-        return ["--interface", "127.0.0.1", "--port", str(rpc), "--torrent-port", str(bt),
-                "--no-discovery"]  # fmt: skip
-
-    def config(self, ws: str) -> str:
-        peers = ", ".join(f'"127.0.0.1:{self.ports[o][0]}"' for o in self.names if o != ws)
-        return f"peers = [{peers}]\n"
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def wait(cond: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def run_office(place: Place, repo: Repo, work: Path, segment_mib: int) -> list[dict[str, Any]]:
-    homes = {}
-    for ws in place.names:
-        home = work / ws
-        home.mkdir()
-        (home / "config.toml").write_text(
-            place.config(ws)
-            + f'\n[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{place.hub}/"]\n'
-        )
-        homes[ws] = home
-
-    def env(ws: str) -> dict[str, str]:
-        return {
-            "P2PMODEL_HOME": str(homes[ws]),
-            "P2PMODEL_LAN": "on",
-            "P2PMODEL_SEGMENT_MIB": str(segment_mib),
-            "P2PMODEL_LOG": "info",
-        }
-
-    for ws in place.names:
-        log = open(work / f"{ws}.serve.log", "ab")  # noqa: SIM115 - the child owns it
-        place.popen(ws, [*CLI, "serve", *place.serve_args(ws)], env(ws), stdout=log, stderr=log)
-        log.close()
-
-    def status(ws: str) -> dict[str, Any]:
-        return dict(json.loads(place.run(ws, [*CLI, "status", "--json"], env(ws))))
-
-    for ws in place.names:
-        wait(lambda ws=ws: (homes[ws] / "run" / "control.sock").exists(), 30, f"agent on {ws}")
-    ids = {ws: status(ws)["agent"] for ws in place.names}
-
-    def meshed() -> bool:
-        return all(
-            {p["agent"] for p in status(ws)["peers"] if p["alive"]} >= set(ids.values()) - {ids[ws]}
-            for ws in place.names
-        )
-
-    wait(meshed, 30, "the agents to find each other")
-    say(f"{len(place.names)} agents see each other; starting `p2pmodel get` on all at once")
-    before = place.served()
+def run_office(
+    place: Place, repo: Repo, work: Path, segment_mib: int, rate: int
+) -> list[dict[str, Any]]:
+    # On loopback nothing shapes the mirror's link: it throttles itself.
+    flags = ("--total-rate", str(rate)) if isinstance(place, Loopback) else ()
+    site = Site(place, repo, work, mirror_flags=flags)
+    site.extra_env = {"P2PMODEL_SEGMENT_MIB": str(segment_mib), "P2PMODEL_LOG": "info"}
+    site.serve_all()
+    site.wait_mesh()
+    hosts = place.workstations
+    say(f"{len(hosts)} agents see each other; starting `p2pmodel get` on all at once")
+    before = site.served()
     procs = {}
     t0 = time.monotonic()
-    for ws in place.names:
-        argv = [*CLI, "get", f"hf://{repo.repo_id}", "--to", str(work / f"out-{ws}"), "--json"]
-        procs[ws] = place.popen(ws, argv, env(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for ws in hosts:
+        argv = site.get_cmd(work / f"out-{ws.name}")
+        procs[ws.name] = site.popen(ws, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rows = []
     pending = dict(procs)
     ended: dict[str, float] = {}
@@ -192,36 +63,32 @@ def run_office(place: Place, repo: Repo, work: Path, segment_mib: int) -> list[d
         if TRACE and time.monotonic() - t0 >= next_sample:
             next_sample += 0.5
             trace.append(
-                (round(time.monotonic() - t0, 2), round((place.served() - before) / MiB, 1))
+                (round(time.monotonic() - t0, 2), round((site.served() - before) / MiB, 1))
             )
-        for ws, p in list(pending.items()):
+        for name, p in list(pending.items()):
             if p.poll() is not None:
-                ended[ws] = time.monotonic() - t0
-                del pending[ws]
+                ended[name] = time.monotonic() - t0
+                del pending[name]
         if time.monotonic() - t0 > 600:
             raise SystemExit("demo: the gets took over 10 minutes")
         time.sleep(0.05)
-    for ws, p in procs.items():
+    for name, p in procs.items():
         out, err = p.communicate()
         result = json.loads(out) if p.returncode == 0 else {}
-        exact = p.returncode == 0 and all(
-            (work / f"out-{ws}" / f.path).read_bytes() == f.data_path.read_bytes()
-            for f in repo.files
-        )
         rows.append(
             {
-                "workstation": ws,
+                "workstation": name,
                 "exit": p.returncode,
                 "error": err.decode().strip()[-300:] if p.returncode else "",
                 "from_mirrors": result.get("fetched", 0),
                 "from_peers": result.get("from_peers", 0),
-                "seconds": ended[ws],
-                "exact": exact,
+                "seconds": ended[name],
+                "exact": p.returncode == 0 and not site.mismatches(work / f"out-{name}"),
             }
         )
     if TRACE:
         print("mirror MiB served over time:", trace)
-    rows.append({"workstation": "mirror", "served": place.served() - before})
+    rows.append({"workstation": "mirror", "served": site.served() - before})
     return rows
 
 
@@ -243,8 +110,6 @@ def main() -> int:
             work / "upstream", "demo/office-image", shards=4, shard_size=args.size_mib * MiB // 4
         )
         total = sum(f.size for f in repo.files)
-        repo_json = work / "repo.json"
-        repo_json.write_text(repo.to_json())
         say(
             f"a generated model of {total / MiB:.0f} MiB in {len(repo.files)} files; the mirror "
             f"gives {args.rate_mib:g} MiB/s in all, so one download alone takes "
@@ -255,18 +120,18 @@ def main() -> int:
                 f"virtual office: {args.workstations} workstations in network namespaces on a "
                 f"bridge, LAN links {4 * args.rate_mib:g} MiB/s, mDNS discovery"
             )
-            with Office(args.workstations, mirror_rate=rate, lan_rate=4 * rate) as office:
-                rows = run_office(Namespaces(office, repo_json, work), repo, work, args.segment_mib)
+            place: Place = Office(args.workstations, mirror_rate=rate, lan_rate=4 * rate)
         else:
             say(
                 f"no network namespaces ({why_not}): the same agents on loopback only, "
                 "static peers instead of mDNS, the mirror throttled in-process"
             )
-            place = Loopback(args.workstations, repo_json, work, rate)
-            try:
-                rows = run_office(place, repo, work, args.segment_mib)
-            finally:
-                place.close()
+            place = Loopback(args.workstations)
+        try:
+            with place:
+                rows = run_office(place, repo, work, args.segment_mib, rate)
+        except SiteError as exc:
+            raise SystemExit(f"demo: {exc}") from None
         ws_rows, mirror = rows[:-1], rows[-1]
         print("\n| workstation | from the mirror | from the LAN | seconds | exact |")
         print("| --- | ---: | ---: | ---: | --- |")

@@ -279,7 +279,8 @@ class Site(Generic[P]):
                 for o in self.office.workstations
                 if isinstance(o, LocalHost) and o != ws
             )
-            top = f"peers = [{peers}]\n{top}"
+            # Every agent shares one loopback: their HF endpoints each take a free port.
+            top = f'peers = [{peers}]\nhf_endpoint = "127.0.0.1:0"\n{top}'
         (self.homes[ws.name] / "config.toml").write_text(
             f'{top}\n[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{self.hub}/"]\n'
         )

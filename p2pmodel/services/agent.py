@@ -25,6 +25,7 @@ import trio
 from ..adapters.home import agent_id
 from ..adapters.netif import local_ipv4
 from ..adapters.store import Store
+from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
@@ -75,10 +76,12 @@ class AgentOptions:
     hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
 
 
-def _real_swarm(store: Store, interfaces: list[str], port: int) -> SwarmAdapter:
+def _real_swarm(
+    store: Store, interfaces: list[str], port: int, tls: OfficeTls | None = None
+) -> SwarmAdapter:
     from ..adapters.swarm import Swarm
 
-    return Swarm(store, interfaces, port)
+    return Swarm(store, interfaces, port, tls)
 
 
 def _real_discovery(**kw: Any) -> Any:
@@ -92,7 +95,7 @@ class Outside:
     """The outside things an agent uses: real ones by default, fakes in tests."""
 
     transport: Transport = field(default_factory=TcpTransport)
-    swarm: Callable[[Store, list[str], int], SwarmAdapter] = _real_swarm
+    swarm: Callable[[Store, list[str], int, OfficeTls | None], SwarmAdapter] = _real_swarm
     discovery: AnnouncerFactory = _real_discovery
     http: HttpFactory | None = None  # None: a real HTTP client
     interfaces: Callable[[], list[str]] = local_ipv4
@@ -122,11 +125,14 @@ class Agent:
         self.interfaces = (
             self.opts.interfaces or list(config.interfaces) or self.outside.interfaces()
         )
+        # With an office key: the office CA and this agent's own certificate (fresh each start).
+        key = config.office_key
+        self.tls = OfficeTls(key, self.id) if key is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         tune_malloc()
         opts = self.opts
-        adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port)
+        adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port, self.tls)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(adapter.run)
@@ -138,6 +144,7 @@ class Agent:
                     torrent_port=lambda: adapter.port,
                     discovery=self.outside.discovery if opts.discovery else None,
                     static_peers=self.config.peers,
+                    tls=self.tls,
                 )
                 self.swarm = SwarmService(
                     adapter,
@@ -211,6 +218,11 @@ class Agent:
             "agent": self.id,
             "home": str(self.home),
             "interfaces": self.interfaces,
+            "office": {
+                "key": self.tls is not None,
+                "fingerprint": self.tls.fingerprint if self.tls is not None else None,
+                "other_office_agents": len(self.peers.other_offices),
+            },
             "rpc_port": self.peers.rpc_port,
             "torrent_port": swarm.get("port"),
             "seeding": swarm.get("seeding", 0),

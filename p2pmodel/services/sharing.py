@@ -296,7 +296,7 @@ class SharingService:
 
         piece = unit_piece_size(size, self.segment)
         hashes = await trio.to_thread.run_sync(piece_hashes, where(), u.start, u.stop, piece)
-        info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes)
+        info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes, self.swarm.ca)
         span = unit_pieces(u.start, u.stop, piece)
         # where() again: committed while we hashed means same bytes, new place.
         self.swarm.add_unit(u.blob, size, u.index, span, info, where(), have=True)
@@ -432,7 +432,7 @@ class SharingService:
             ):
                 reply = await self.peers.request(agent, wire.UnitQuery(u.blob, u.index))
                 if isinstance(reply, wire.UnitInfo) and unit_shape(
-                    reply.info, u.blob, size, u.index, u.start, u.stop, piece
+                    reply.info, u.blob, size, u.index, u.start, u.stop, piece, self.swarm.ca
                 ):
                     info = reply.info
                     break

@@ -43,6 +43,10 @@ class SwarmAdapter(Protocol):
     @property
     def port(self) -> int: ...
 
+    ca: bytes | None  # the office CA in every info dict (None: an open office)
+
+    def allow(self, hosts: set[str]) -> None: ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
     def seed(self, digest: str, size: int) -> bool: ...
@@ -260,8 +264,15 @@ class SwarmService:
         return got.ok
 
     def _peers_changed(self) -> None:
+        # With a key only peers of a live authenticated session get through libtorrent's
+        # IP filter (the adapter ignores this in an open office).
+        self.swarm.allow(self.peers.verified_hosts())
         for check in list(self._holder_checks):
             check()
+
+    @property
+    def ca(self) -> bytes | None:
+        return self.swarm.ca
 
     def stored(self, digest: str, size: int) -> None:
         """A blob was verified into the store: seed it; its unit torrents serve from there."""

@@ -169,9 +169,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     home = _home()
     if req.ref.kind == "name":  # an unknown name fails here, before any heavy import
         from .adapters.home import load_catalog, load_config
-        from .core.catalog import lookup_name
+        from .adapters.store import Store
+        from .core.catalog import find_name, unknown_name
 
-        lookup_name(req.ref, load_config(home), load_catalog())
+        config, catalog = load_config(home), load_catalog()
+        known = find_name(req.ref, config, catalog) or Store(home).lookup(req.ref.text)
+        if known is None and config.office_key is None:  # with a key, the office may know it
+            raise unknown_name(req.ref, config, catalog)
     result = fast_get(req, home)
     if result is None:
         from .adapters import control

@@ -228,9 +228,7 @@ class PeerTable:
 
     def holders(self, digest: str) -> list[Peer]:
         """Live peers holding ``digest`` complete, by agent id."""
-        return [
-            p for p in self._sorted() if p.alive and digest in p.holds and digest not in p.lies
-        ]
+        return [p for p in self._sorted() if p.alive and digest in p.holds and digest not in p.lies]
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Plain data for ``status --json``, by agent id."""

@@ -33,6 +33,7 @@ from ..core.timeline import Timeline
 from . import dashboard, metrics
 from .gets import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
+from .names import NameService
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
@@ -106,6 +107,7 @@ class Agent:
     peers: PeerService
     sharing: SharingService | None
     gets: GetService
+    names: NameService
     hf: HfEndpoint | None = None
 
     def __init__(
@@ -161,12 +163,19 @@ class Agent:
                     if opts.sharing
                     else None
                 )
+                self.names = NameService(
+                    self.peers,
+                    self.store,
+                    keyed=self.tls is not None,
+                    wait_for_peers=opts.wait_for_peers,
+                )
                 self.gets = GetService(
                     self.home,
                     self.config,
                     lan=self.swarm,
                     sharing=self.sharing,
                     http=self.outside.http,
+                    names=self.names if self.tls is not None else None,
                 )
                 await nursery.start(self.swarm.run)
                 await nursery.start(self.peers.run)

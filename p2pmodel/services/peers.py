@@ -115,6 +115,14 @@ class PeerService:
     def holders(self, digest: str) -> list[Peer]:
         return self.table.holders(digest)
 
+    def distrust(self, agent: str, content: str, why: str) -> None:
+        """The peer lied about ``content`` (a digest or a name): not asked for it again."""
+        if self.table.distrust(agent, content, why):
+            log.warning("distrusting peer %s for %s: %s", agent, content, why)
+
+    def trusted(self, agent: str, content: str) -> bool:
+        return self.table.trusted(agent, content)
+
     def verified_hosts(self) -> set[str]:
         """Addresses of live peers that proved the office key (any answer, in an open office)."""
         return self.table.verified_hosts()

@@ -191,6 +191,15 @@ class Agent:
         finally:
             adapter.close()
 
+    async def publish(self, name: str, manifest_digest: str, force: bool) -> None:
+        """Offer a manifest ``p2pmodel publish`` stored to the office as ``name``."""
+        from ..core.errors import UserError
+
+        manifest = self.store.load_manifest(manifest_digest)
+        if manifest is None:
+            raise UserError(f"no manifest {manifest_digest[:19]} in the store to publish")
+        await self.names.publish(name, manifest, force, self.swarm.stored)
+
     @property
     def rpc_port(self) -> int:
         return self.peers.rpc_port

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,13 @@ class ControlServer:
         gets: GetService,
         status: Callable[[], dict[str, Any]],
         after_get: Callable[[], None] = lambda: None,
+        publish: Callable[[str, str, bool], Awaitable[None]] | None = None,
     ) -> None:
         self.path = socket_path(home)
         self.gets = gets
         self.status = status
         self.after_get = after_get
+        self.publish = publish
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,8 @@ class ControlServer:
                 await stream.send_all(pack({"event": "status", **self.status()}))
             elif op == "get":
                 await self._get(stream, req)
+            elif op == "publish" and self.publish is not None:
+                await stream.send_all(pack(await self._publish(req)))
             else:
                 await stream.send_all(
                     pack({"event": "error", "message": f"bad op {op!r}", "code": 2})
@@ -90,6 +94,17 @@ class ControlServer:
             frames = decoder.feed(chunk)
             if frames:
                 return unpack(frames[0])
+
+    async def _publish(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Offer a manifest the CLI stored to the office under a name (``publish``)."""
+        assert self.publish is not None
+        try:
+            await self.publish(str(req["ref"]), str(req["manifest"]), bool(req.get("force")))
+        except P2PModelError as e:
+            return {"event": "error", "message": str(e), "code": e.exit_code}
+        except KeyError as e:
+            return {"event": "error", "message": f"publish needs {e}", "code": 2}
+        return {"event": "result"}
 
     async def _get(self, stream: trio.SocketStream, req: dict[str, Any]) -> None:
         progress = Progress()

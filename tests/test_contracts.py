@@ -217,7 +217,7 @@ def swarm_kind(request: pytest.FixtureRequest, key: OfficeKey | None) -> Callabl
     """A swarm per store, open or (with ``key``) of the office: SSL torrents, IP filter."""
     names = iter(["aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd"])
 
-    def tls(office: OfficeKey | None | str) -> OfficeTls | None:
+    def tls(office: OfficeKey | str | None) -> OfficeTls | None:
         k = key if office == "ours" else office
         return OfficeTls(k, next(names)) if isinstance(k, OfficeKey) else None
 
@@ -343,9 +343,7 @@ async def test_swarm_unit_with_bad_bytes_at_the_source_is_not_taken(
     assert sb.unit_info(digest, 1) is None
 
 
-async def test_swarm_gives_outsiders_nothing_with_a_key(
-    tmp_path: Path, nursery, swarm_kind, key
-):
+async def test_swarm_gives_outsiders_nothing_with_a_key(tmp_path: Path, nursery, swarm_kind, key):
     """With a key, a swarm of another office and an open one that knows the blob's open info
     dict (anyone can compute it from the bytes) get not one byte of a seeded blob; in an open
     office the open one gets all of it, as before keys."""

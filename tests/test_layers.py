@@ -139,7 +139,9 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
 """
 
 
-@pytest.mark.parametrize("argv", [["ls", "--json"], ["ls", "--catalog"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv", [["ls", "--json"], ["ls", "--catalog"], ["--version"], ["key", "new"]]
+)
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
     """``ls`` and friends answer without importing trio, httpx, libtorrent, zeroconf or rich."""
     code = QUICK.replace("{heavy}", repr(set(HEAVY)))

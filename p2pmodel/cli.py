@@ -516,8 +516,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
         return 0
+    office = status.get("office") or {}
+    key = f"office key {office['fingerprint']}" if office.get("key") else "open office"
     print(
-        f"agent {status['agent']} on {', '.join(status['interfaces'])} (rpc {status['rpc_port']})"
+        f"agent {status['agent']} on {', '.join(status['interfaces'])} "
+        f"(rpc {status['rpc_port']}, {key})"
     )
     print(
         f"seeding {status['seeding']} blobs; from LAN {human(status['from_peers'])}, "
@@ -531,6 +534,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {p['agent']:18} {', '.join(p['addresses']):24} {state:5} "
             f"heard {p['last_heard_age']:.1f} s ago, holds {p['holds']}"
         )
+        for lie in p.get("distrusted") or []:
+            print(f"    distrusted for {lie['content']}: {lie['why']}")
     for t in status["transfers"]:
         print(f"  {t['label']}: {human(t['have'])}/{human(t['size'])} {t['state']} {t['source']}")
     return 0

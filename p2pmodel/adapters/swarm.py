@@ -298,14 +298,15 @@ class Swarm:
         try:
             why, got = await self._follow(t, stall_timeout=stall_timeout, on_progress=on_progress)
             if why:
+                bad = t.hash_failures
                 await self._salvage(t)
-                return SwarmFetch(False, why, got)
+                return SwarmFetch(False, why, got, bad)
             path = self.swarm_dir / hex_part(digest)
             await self._flush(t)
             actual = await trio.to_thread.run_sync(digest_file, path, algorithm(digest), size)
             if actual != digest:
                 self._forget(t, delete_files=True)
-                return SwarmFetch(False, "bytes from peers failed the digest", got)
+                return SwarmFetch(False, "bytes from peers failed the digest", got, t.hash_failures)
             # Verified: into the store, where it keeps seeding.
             await trio.to_thread.run_sync(
                 self.store.save_torrent_info, digest, without_cert(info, self.ca)
@@ -419,7 +420,7 @@ class Swarm:
             t, stall_timeout=stall_timeout, on_progress=on_progress, peers=peers
         )
         if why:
-            return SwarmFetch(False, why, got)
+            return SwarmFetch(False, why, got, t.hash_failures)
         await self._flush(t)  # our hash of the whole blob reads the file: written out first
         t.seeding = True
         return SwarmFetch(True, "", got)

@@ -30,6 +30,7 @@ class SwarmFetch:
     ok: bool
     why: str = ""
     downloaded: int = 0  # payload bytes received from peers
+    bad_pieces: int = 0  # pieces that failed their hash (a peer sent wrong bytes)
 
 
 MIN_PIECE = 256 * KiB

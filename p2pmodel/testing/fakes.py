@@ -332,7 +332,8 @@ class FakeSwarm:
             if not _pieces_ok(data, 0, bdecode(info)):
                 self.net.pieces_refused += 1
                 self.hash_failures += 1
-                return SwarmFetch(False, "pieces failed their hash")
+                await trio.sleep(stall_timeout)  # like libtorrent: waits for good pieces
+                return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", 0, 1)
             if on_progress is not None:
                 on_progress(len(data))
             tmp = self.store.partial / "swarm" / hex_part(digest)
@@ -386,6 +387,7 @@ class FakeSwarm:
         if u is None:
             return SwarmFetch(False, "no such unit torrent")
         info = bdecode(u.info)
+        bad = 0
         deadline = trio.current_time() + stall_timeout
         while trio.current_time() < deadline:
             for endpoint in peers():
@@ -407,6 +409,7 @@ class FakeSwarm:
                 if len(data) != u.stop - u.start or not _pieces_ok(data, u.start, info):
                     self.net.pieces_refused += 1
                     self.hash_failures += 1
+                    bad += 1
                     continue  # a bad piece is never written: try another holder
                 fd = os.open(u.path, os.O_WRONLY)
                 try:
@@ -418,7 +421,7 @@ class FakeSwarm:
                 u.seeding = True
                 return SwarmFetch(True, "", len(data))
             await trio.sleep(0.5)
-        return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s")
+        return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", 0, bad)
 
     def rehome_units(self, digest: str) -> None:
         dest = self.store.blob_path(digest)

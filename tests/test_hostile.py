@@ -56,11 +56,6 @@ SEGMENT = 256 * 1024
 H = struct.Struct(">I")
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.01)
-
-
 @dataclass
 class Scene:
     repo: Repo

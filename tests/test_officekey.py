@@ -155,16 +155,21 @@ def link(agent: str, net: MemoryNetwork, key: OfficeKey | None, served: list[obj
     return lnk
 
 
+async def listening(nursery: trio.Nursery, net: MemoryNetwork, served: list[object]) -> PeerLink:
+    """Agent aaaaaaaa of the office, serving on h:7000 and logging what it served."""
+    office = link("aaaaaaaa", net, KEY, served)
+    await nursery.start(office.run)
+    await office.listen("h", 7000)
+    return office
+
+
 @pytest.mark.parametrize("outsider", ["no key", "another key"])
 async def test_an_outsider_gets_a_closed_connection_and_no_hello(nursery, outsider: str) -> None:
     """A peer of the office answers its own; one without the key or with another gets no
     hello and none of its requests reach a handler, and neither does the office's request
     reach the outsider."""
-    net = MemoryNetwork()
-    served: list[object] = []
-    office = link("aaaaaaaa", net, KEY, served)
-    await nursery.start(office.run)
-    await office.listen("h", 7000)
+    net, served = MemoryNetwork(), []
+    office = await listening(nursery, net, served)
     friend = link("bbbbbbbb", net, KEY, [])
     stranger = link("cccccccc", net, None if outsider == "no key" else OTHER, [])
     for lnk in (friend, stranger):
@@ -190,11 +195,8 @@ async def test_an_outsider_gets_a_closed_connection_and_no_hello(nursery, outsid
 
 async def test_a_hello_must_name_the_agent_its_certificate_names(nursery) -> None:
     """A keyed peer whose hello claims another agent id than its certificate is refused."""
-    net = MemoryNetwork()
-    served: list[object] = []
-    office = link("aaaaaaaa", net, KEY, served)
-    await nursery.start(office.run)
-    await office.listen("h", 7000)
+    net, served = MemoryNetwork(), []
+    office = await listening(nursery, net, served)
     liar = link("bbbbbbbb", net, KEY, [])
     liar.hello = lambda: Hello("eeeeeeee", PROTOCOL_VERSION, 1, 1)
     await nursery.start(liar.run)

@@ -31,11 +31,6 @@ OTHER = format_key(bytes(32))
 QWEN = "75e0b4be04f60ec59a75f475837eced720f823b6"  # qwen-image:v1.0 in the shipped catalog
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.01)
-
-
 def offline() -> httpx.AsyncClient:
     """A client whose every request fails to connect (a workstation with no internet)."""
 

@@ -11,7 +11,9 @@ immutable ``PeerSeen`` and handed to the trio thread with ``trio.from_thread.run
 token captured in ``run``. A restarted agent announces a new ``boot`` TXT value: with the
 same records as before its crash, peers' caches would see nothing new and report nothing.
 A removed service becomes ``PeerGone``. Services whose TXT record does
-not parse are another agent's problem: logged and ignored. mDNS only tells us about goodbyes; a
+not parse are another agent's problem: logged and ignored. With an office key the TXT record
+carries ``office``, the key's fingerprint (never the key): ``PeerService`` ignores agents of
+another office at once. mDNS only tells us about goodbyes; a
 peer that dies without one stays in mDNS caches for the record TTL, which is why liveness is
 judged by ``peers.PeerTable`` from RPC answers, not here.
 """

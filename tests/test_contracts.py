@@ -367,3 +367,28 @@ async def test_swarm_gives_outsiders_nothing_with_a_key(tmp_path: Path, nursery,
     else:
         assert not plain.ok and plain.downloaded == 0
         assert not c.blob_path(digest).exists()
+
+
+async def test_swarm_ip_filter_lets_only_allowed_peers_in(tmp_path: Path, nursery, swarm_kind, key):
+    """With a key, even a swarm of the same office gets nothing from a seeder whose filter
+    does not list its address, and all of it once it does; an open office filters nothing."""
+    data = os.urandom(MiB)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sa = await started(nursery, swarm_kind(a))
+    sb = await started(nursery, swarm_kind(b))
+    assert sa.seed(digest, len(data))
+    sa.allow(set())  # nobody is verified yet
+    peers = [("127.0.0.1", sa.port)]
+    keyed = with_cert(info, sa.ca)
+    with trio.fail_after(30):
+        first = await sb.fetch(digest, len(data), keyed, peers, stall_timeout=2.0)
+    if key is None:
+        assert first.ok
+        return
+    assert not first.ok and first.downloaded == 0
+    sa.allow({"127.0.0.1"})
+    with trio.fail_after(30):
+        second = await sb.fetch(digest, len(data), keyed, peers, stall_timeout=10.0)
+    assert second.ok, second.why
+    assert b.blob_path(digest).read_bytes() == data

@@ -140,6 +140,9 @@ class GetService:
             board=self.board,
             bucket=self.bucket,
             on_mirror_bytes=self.stats.mirror_bytes,
+            # Every blob stored is seeded at once (and its unit torrents follow it into the
+            # store), also those fetched for the HF endpoint's readers.
+            on_stored=self.lan.stored if self.lan is not None else None,
             watch=self,
         )
 

@@ -6,10 +6,11 @@ the Hugging Face endpoint; next the dashboard) hands a ``GetRequest`` and a ``Pr
 (``services.get``) with what the agent keeps across gets: one HTTP client (its connection
 pool), one ``MirrorBoard`` (mirror ranks, backoffs and bans for bad bytes survive from one get
 to the next; mirrors given up on get another chance when a get starts), one ``TokenBucket``
-for all mirror traffic (unlimited by default), and the get statistics, where mirror bytes are
-counted as they arrive. Whatever goes wrong leaves ``get`` as the one error that says whose
-fault it was (``core.errors.first_cause``), never as an exception group, so every front end
-reports it the same way.
+for all mirror traffic (unlimited by default; ``[limits]`` set its rate through ``limits``,
+a ``LimitsService``), and the get statistics, where mirror bytes are counted as they arrive.
+Whatever goes wrong leaves ``get`` as the one error that says whose fault it was
+(``core.errors.first_cause``), never as an exception group, so every front end reports it the
+same way.
 
 For the HF endpoint it also resolves repositories (``resolve``: the store first, then
 upstream; a gated repository's files go only to a token upstream accepted) and lets a client
@@ -42,6 +43,7 @@ from ..adapters.http import Timeouts, make_client
 from ..adapters.store import Store
 from ..core.config import Config
 from ..core.errors import IntegrityError, NotFound, P2PModelError, SourceError, first_cause
+from ..core.limits import Rates
 from ..core.manifest import FileEntry, Manifest
 from ..core.mirrors import MirrorBoard
 from ..core.progress import Progress
@@ -60,6 +62,7 @@ from .get import (
     get,
     list_upstream,
 )
+from .limits import LimitsService
 
 log = logging.getLogger(__name__)
 HttpFactory = Callable[[], httpx.AsyncClient]
@@ -101,6 +104,8 @@ class GetService:
         self.sharing = sharing
         self.board = MirrorBoard()
         self.bucket = TokenBucket()
+        self.limits = LimitsService(config.limits)
+        self.limits.watch(self._set_mirror_rate)
         self.stats = GetStats()
         self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
         self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
@@ -164,6 +169,7 @@ class GetService:
         self.stats.started += 1
         self.stats.running += 1
         t0 = trio.current_time()
+        self.limits.apply()  # an agent follows the schedule; a lone get starts with what holds now
         self.board.revive(t0)
         try:
             result = await get(
@@ -192,6 +198,15 @@ class GetService:
         self.stats.durations.append(trio.current_time() - t0)
         self.stats.duration.observe(trio.current_time() - t0)
         return result
+
+    def _set_mirror_rate(self, rates: Rates) -> None:
+        self.bucket.set_rate(rates.mirror_download, trio.current_time())
+
+    def reload(self, config: Config) -> None:
+        """A reloaded config: gets that start from now on use its mirrors; its limits apply at
+        once, to running gets too."""
+        self.config = config
+        self.limits.set_limits(config.limits)
 
     def transfers(self) -> list[dict[str, Any]]:
         """Files of running gets still in flight (for ``status``)."""

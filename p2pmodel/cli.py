@@ -83,11 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
+    from .cli_office import add_commands  # rm, pin, unpin, gc
+
+    add_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        from .cli_office import COMMANDS as OFFICE_COMMANDS
+
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
@@ -98,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve": cmd_serve,
             "status": cmd_status,
             "verify": cmd_verify,
+            **OFFICE_COMMANDS,
         }[args.command]
         try:
             return handler(args)
@@ -324,7 +330,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     await nursery.start(agent.run)
                 except OSError as e:
                     raise UserError(f"cannot listen on {agent.interfaces}: {e.strerror}") from None
-                control = ControlServer(home, agent.gets, agent.status, after_get=trim_memory)
+                control = ControlServer(
+                    home, agent.gets, agent.status, after_get=trim_memory, ops=agent.control_ops()
+                )
                 await nursery.start(control.run)
                 print(
                     f"p2pmodel: agent {agent.id} serving on {', '.join(agent.interfaces)} "
@@ -451,14 +459,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "path": str(store.snapshot_dir(parse_ref(ref_text))),
             }
         )
+    from .cli_office import add_keeping, ago
+
+    on_disk = add_keeping(store, rows)
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no models yet (p2pmodel get NAME:TAG)")
+    now = time.time()
     for r in rows:
         state = "complete" if r["complete"] else f"partial, {human(r['missing_bytes'])} missing"
-        print(f"{r['ref']:40} {human(r['size']):>10}  {r['files']:>4} files  {state}")
+        print(
+            f"{r['ref']:40} {human(r['size']):>10}  {r['files']:>4} files  {state}"
+            f"  used {ago(now - r['last_use'])}{'  pinned' if r['pinned'] else ''}"
+        )
+        for other in r["shared_with"]:
+            n = other["blobs"]
+            print(
+                f"    shares {n} blob{'s' if n != 1 else ''} ({human(other['bytes'])}) "
+                f"with {other['ref']}"
+            )
+    if rows:
+        from .adapters.home import load_config
+
+        cap = load_config(_home()).store_max
+        print(f"store: {human(on_disk)} on disk" + (f" (cap {human(cap)})" if cap else ""))
     return 0
 
 

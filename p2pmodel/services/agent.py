@@ -3,15 +3,15 @@
 Theory of operation. ``Agent.run`` is the one root nursery. It opens the swarm adapter
 (libtorrent), then builds the services and starts them in order: ``SwarmService`` (seeds the
 store), ``PeerService`` (serves the peer link, announces the agent, judges liveness),
-``SharingService`` (unless sharing is off), ``GetService`` and its ``LimitsService`` (the
-``[limits]`` schedule). The services know each other only through the narrow methods
-docs/architecture.md lists; the agent wires them and renders their statistics (``status``).
-``Outside`` names the outside things the agent uses, so tests run real agents on in-memory
-fakes (``testing.fakes``). ``open_agent`` runs an agent for the duration of a block (the
-embedded agent of a daemonless ``get``); an error in the block leaves it as it was raised,
-never wrapped in an exception group. ``reload`` takes a re-read config
-(``SIGHUP``): mirrors for the gets that start next, limits at once, static peers dialled at
-once; running transfers go on.
+``SharingService`` (unless sharing is off), ``GetService``, its ``LimitsService`` (the
+``[limits]`` schedule) and the ``StoreKeeper`` (the store's cap). The services know each other
+only through the narrow methods docs/architecture.md lists; the agent wires them and renders
+their statistics (``status``). ``Outside`` names the outside things the agent uses, so tests
+run real agents on in-memory fakes (``testing.fakes``). ``open_agent`` runs an agent for the
+duration of a block (the embedded agent of a daemonless ``get``); an error in the block leaves
+it as it was raised, never wrapped in an exception group. ``reload`` takes a re-read config
+(``SIGHUP``): mirrors for the gets that start next, limits and the cap at once, static peers
+dialled at once; running transfers go on.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ..core.timeline import Timeline
 from . import dashboard, metrics
 from .gets import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
+from .keeper import StoreKeeper
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
@@ -111,6 +112,7 @@ class Agent:
     sharing: SharingService | None
     gets: GetService
     hf: HfEndpoint | None = None
+    keeper: StoreKeeper
 
     def __init__(
         self,
@@ -172,9 +174,14 @@ class Agent:
                 await nursery.start(self.peers.run)
                 if self.sharing is not None:
                     await nursery.start(self.sharing.run)
+                self.keeper = StoreKeeper(
+                    self.store, self.config.store_max, in_use=self.gets.in_use, swarm=self.swarm
+                )
+                self.gets.after_get.append(self.keeper.got)
                 self.gets.limits.watch(self._apply_rates)
                 await nursery.start(self.gets.run)
                 await nursery.start(self.gets.limits.run)
+                await nursery.start(self.keeper.run)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
@@ -198,6 +205,7 @@ class Agent:
         self.config = config
         self.gets.reload(config)
         self.peers.set_static_peers(config.peers)
+        self.keeper.set_cap(config.store_max)
         return notes
 
     async def reload_config(self) -> None:
@@ -211,6 +219,20 @@ class Agent:
         for note in self.reload(config):
             log.warning("%s", note)
         log.info("config reloaded from %s", config.path)
+
+    def control_ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """What the control socket offers besides ``status`` and ``get``."""
+
+        async def rm(req: dict[str, Any]) -> dict[str, Any]:
+            ref = req.get("ref")
+            if not isinstance(ref, str):
+                raise UserError("rm needs a reference")
+            return (await self.keeper.remove(ref)).describe()
+
+        async def gc(req: dict[str, Any]) -> dict[str, Any]:
+            return (await self.keeper.collect()).describe()
+
+        return {"rm": rm, "gc": gc}
 
     @property
     def rpc_port(self) -> int:
@@ -269,6 +291,7 @@ class Agent:
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),
+            "store": self.keeper.last.describe() if self.keeper.last else None,
         }
 
 

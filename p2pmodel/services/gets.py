@@ -25,6 +25,7 @@ raises, so the client's connection is cut short and no wrong file ever completes
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -109,6 +110,8 @@ class GetService:
         self.stats = GetStats()
         self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
         self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
+        self.after_get: list[Callable[[str], None]] = []  # told the ref when a get ends
+        self._reading: collections.Counter[str] = collections.Counter()  # blob -> open readers
         self._make_http = http
         self._http: httpx.AsyncClient | None = None
         self._ids = itertools.count(1)
@@ -194,6 +197,8 @@ class GetService:
         finally:
             self.stats.running -= 1
             del self.running[key]
+            for fn in self.after_get:
+                fn(req.ref.text)
         self.stats.completed += 1
         self.stats.durations.append(trio.current_time() - t0)
         self.stats.duration.observe(trio.current_time() - t0)
@@ -207,6 +212,15 @@ class GetService:
         once, to running gets too."""
         self.config = config
         self.limits.set_limits(config.limits)
+
+    def in_use(self) -> tuple[set[str], set[str]]:
+        """The refs running gets fetch, and the blobs this agent's gets, downloads and HF
+        endpoint readers are working on (never evicted)."""
+        refs = {label for label, _ in self.running.values()}
+        blobs = {key for _, progress in self.running.values() for key in progress.files}
+        blobs |= self.downloads.keys() | self._fetches.keys()
+        blobs |= {d for d, n in self._reading.items() if n > 0}
+        return refs, blobs
 
     def transfers(self) -> list[dict[str, Any]]:
         """Files of running gets still in flight (for ``status``)."""
@@ -298,9 +312,11 @@ class GetService:
         reader = BlobReader(self, entry, start, stop, fetch)
         if fetch is not None:
             fetch.readers += 1
+        self._reading[entry.digest] += 1
         try:
             yield reader
         finally:
+            self._reading[entry.digest] -= 1
             reader.close()
             if fetch is not None:
                 fetch.readers -= 1

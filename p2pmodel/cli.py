@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
-    from .cli_office import add_commands  # rm, pin, unpin, gc
+    from .cli_office import add_commands  # rm, pin, unpin, gc, mirrors
 
     add_commands(sub)
     return p

@@ -1,10 +1,10 @@
-"""The office service's commands (part of the CLI): ``rm``, ``pin``/``unpin`` and ``gc``,
-and what ``ls`` shows of the store's upkeep.
+"""The office service's commands (part of the CLI): ``rm``, ``pin``/``unpin``, ``gc`` and
+``mirrors``, and what ``ls`` shows of the store's upkeep.
 
 Each is a quick command: it imports no trio, httpx, libtorrent, zeroconf or rich. What needs the
-running agent (``rm`` and ``gc`` of a store it seeds) goes over the control socket; without an
-agent the command does the work itself. Errors are one line and an exit code, as everywhere
-in the CLI.
+running agent (``rm`` and ``gc`` of a store it seeds, live mirror statistics) goes over the
+control socket; without an agent the command does the work itself (the store) or says what it
+cannot know (mirrors' rates). Errors are one line and an exit code, as everywhere in the CLI.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ def add_commands(sub: Any) -> None:
         pn.add_argument("ref", help="the reference as `p2pmodel ls` shows it")
     gc = sub.add_parser("gc", help="delete unused blobs; evict old models over store_max")
     gc.add_argument("--json", action="store_true", help="print JSON")
+    mi = sub.add_parser("mirrors", help="mirror rules, their candidates and how they do")
+    mi.add_argument("--json", action="store_true", help="print JSON")
+    mi.add_argument(
+        "--git-config",
+        action="store_true",
+        help="print `git config --global url.<mirror>.insteadOf <origin>` for the same rules",
+    )
 
 
 def _ref_text(text: str) -> str:
@@ -132,11 +139,89 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mirrors(args: argparse.Namespace) -> int:
+    from .adapters.home import load_config
+    from .core.mirrors import mirror_key
+
+    home = _home()
+    config = load_config(home)
+    rules = [{"for": r.prefix, "use": list(r.use)} for r in config.mirrors]
+    if args.git_config:
+        for line in git_config_lines(rules):
+            print(line)
+        return 0
+    live = _agent_op(home, {"op": "mirrors"})
+    if live is not None:
+        rules = live["rules"]  # the agent's own (it may run with an older config)
+    board: dict[str, Any] = live["mirrors"] if live else {}
+    table: list[dict[str, Any]] = [
+        {
+            "for": r["for"],
+            "use": [
+                {"url": u, "mirror": mirror_key(u), **board.get(mirror_key(u), {})}
+                for u in r["use"]
+            ],
+        }
+        for r in rules
+    ]
+    if args.json:
+        _print_json({"agent": live is not None, "rules": table})
+        return 0
+    if not table:
+        print("no [[mirror]] rules: every URL is fetched from its origin (see README)")
+    for rule in table:
+        print(rule["for"])
+        for c in rule["use"]:
+            print(f"  {c['url']:40} {_mirror_state(c) if live else ''}".rstrip())
+    if live is None:
+        print("(no agent runs: rates, errors and states are measured by a running p2pmodel serve)")
+    return 0
+
+
+def _mirror_state(c: dict[str, Any]) -> str:
+    from .core.progress import human
+
+    if "state" not in c:
+        return "not used yet"
+    state = c["state"]
+    if state == "backing off":
+        state += f" ({c['backoff_for']:.0f} s)"
+    parts = [state]
+    if c.get("rate"):
+        parts.append(f"{human(c['rate'])}/s per connection")
+    parts.append(f"{human(c['delivered'])} delivered")
+    if c.get("errors"):
+        parts.append(f"{c['errors']} errors (last: {c['last_error']})")
+    if c.get("banned_for"):
+        parts.append(f"banned for {len(c['banned_for'])} files")
+    return ", ".join(parts)
+
+
+def git_config_lines(rules: list[dict[str, Any]]) -> list[str]:
+    """``git config`` commands that make git use the same mirrors (one per origin: git has no
+    failover, so the first mirror that is not the origin itself)."""
+    import shlex
+
+    out = []
+    for rule in rules:
+        origin = rule["for"]
+        mirrors = [u for u in rule["use"] if u != origin]
+        if not mirrors:
+            out.append(f"# {origin}: no mirror besides the origin itself")
+            continue
+        key = f"url.{mirrors[0]}.insteadOf"
+        out.append(f"git config --global {shlex.quote(key)} {shlex.quote(origin)}")
+        if len(mirrors) > 1:
+            out.append(f"#   (git takes one mirror per origin; not used: {', '.join(mirrors[1:])})")
+    return out
+
+
 COMMANDS = {
     "rm": cmd_rm,
     "pin": cmd_pin,
     "unpin": cmd_pin,
     "gc": cmd_gc,
+    "mirrors": cmd_mirrors,
 }
 
 

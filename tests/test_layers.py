@@ -149,11 +149,13 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
         ["pin", "name:tag"],
         ["unpin", "name:tag"],
         ["gc"],
+        ["mirrors"],
+        ["mirrors", "--git-config"],
     ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
-    """``ls`` and the store commands answer without importing trio, httpx, libtorrent,
-    zeroconf or rich."""
+    """``ls``, the store commands and ``mirrors`` without an agent answer without importing
+    trio, httpx, libtorrent, zeroconf or rich."""
     code = QUICK.replace("{heavy}", repr(set(HEAVY)))
     r = subprocess.run(
         [sys.executable, "-c", code, *argv],

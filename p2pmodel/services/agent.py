@@ -232,7 +232,13 @@ class Agent:
         async def gc(req: dict[str, Any]) -> dict[str, Any]:
             return (await self.keeper.collect()).describe()
 
-        return {"rm": rm, "gc": gc}
+        async def mirrors(req: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "rules": [{"for": r.prefix, "use": list(r.use)} for r in self.config.mirrors],
+                "mirrors": self.gets.board.snapshot(trio.current_time()),
+            }
+
+        return {"rm": rm, "gc": gc, "mirrors": mirrors}
 
     @property
     def rpc_port(self) -> int:

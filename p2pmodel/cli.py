@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
-    from .cli_office import add_commands  # rm, pin, unpin, gc, mirrors
+    from .cli_office import add_commands  # rm, pin, unpin, gc, mirrors, service
 
     add_commands(sub)
     return p
@@ -281,23 +281,18 @@ def _apply_progress(progress: Any, msg: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
     import trio
 
     from .adapters.control import NoAgent, request
     from .adapters.home import load_config, switches
+    from .adapters.journal import setup_logging
     from .services.agent import Agent, AgentOptions, trim_memory
     from .services.control import ControlServer
 
     env = switches()
-    level = env.log.upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(env.log)
     home = _home()
     config = load_config(home)
     try:
@@ -323,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 agent = Agent(home, config, opts)
                 try:
@@ -340,7 +335,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                async for _ in signals:
+                async for sig in signals:
+                    if sig == signal.SIGHUP:  # re-read config.toml; transfers go on
+                        await agent.reload_config()
+                        continue
                     nursery.cancel_scope.cancel()
                     break
 

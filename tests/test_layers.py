@@ -151,11 +151,12 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
         ["gc"],
         ["mirrors"],
         ["mirrors", "--git-config"],
+        ["service", "status"],
     ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
-    """``ls``, the store commands and ``mirrors`` without an agent answer without importing
-    trio, httpx, libtorrent, zeroconf or rich."""
+    """``ls``, the store and service commands and ``mirrors`` without an agent answer without
+    importing trio, httpx, libtorrent, zeroconf or rich."""
     code = QUICK.replace("{heavy}", repr(set(HEAVY)))
     r = subprocess.run(
         [sys.executable, "-c", code, *argv],

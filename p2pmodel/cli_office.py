@@ -56,11 +56,12 @@ def _agent_op(home: Path, req: dict[str, Any]) -> dict[str, Any] | None:
     except NoAgent:
         return None
     if answer.get("event") == "error":
-        error = P2PModelError(str(answer.get("message")))
+        message = str(answer.get("message"))
+        if message.startswith("bad op"):  # an agent started before this p2pmodel was updated
+            raise UserError(f"the running agent does not know '{req['op']}': restart it")
+        error = P2PModelError(message)
         error.exit_code = int(answer.get("code") or 1)
         raise error
-    if answer.get("event") == "status" and "agent" in answer:  # an agent from before rm/gc
-        raise UserError(f"the running agent does not know '{req['op']}': restart it")
     answer.pop("event", None)
     return answer
 

@@ -378,7 +378,10 @@ class Store:
                     path.unlink()
                 elif path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
-        self.touch(ref.text)  # every get, fast or not, and every --to export passes here
+        # Every get, fast or not, and every --to export passes here. Best effort: a store
+        # that cannot record it (read-only, full) still serves the model.
+        with contextlib.suppress(LocalError, OSError):
+            self.touch(ref.text)
         return top
 
     def export(self, manifest: Manifest, dest: Path) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from ..adapters.store import Store
-from ..core.errors import UserError
+from ..core.errors import P2PModelError, UserError
 from ..core.retention import Plan
 from .swarm import SwarmService
 
@@ -92,7 +92,7 @@ class StoreKeeper:
             if self.cap is not None:
                 try:
                     await self.collect()
-                except OSError as e:  # a full or read-only disk must not stop the agent
+                except (OSError, P2PModelError) as e:  # a full disk must not stop the agent
                     log.warning("keeping the store under its cap failed: %s", e)
             await self._wake.wait()
             self._wake = trio.Event()

@@ -406,6 +406,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"seeding {status['seeding']} blobs; from LAN {human(status['from_peers'])}, "
         f"from mirrors {human(status['from_mirrors'])}"
     )
+    if limits := status.get("limits"):
+        from .core.limits import describe_rate
+
+        window = f" (schedule {limits['window']})" if limits.get("window") else ""
+        print(
+            f"limits: mirror download {describe_rate(limits['mirror_download'])}, "
+            f"LAN upload {describe_rate(limits['lan_upload'])}{window}"
+        )
     alive = [p for p in status["peers"] if p["alive"]]
     print(f"peers: {len(alive)} alive")
     for p in status["peers"]:

@@ -34,7 +34,7 @@ def test_sighup_reloads_limits_and_peers_while_a_get_runs(tmp_path: Path, repo: 
     """A get throttled to 1 MB/s by [limits] goes on through a SIGHUP that brings a higher
     limit (applied at once) and ends exact; the static peer added to the config is dialled; a
     broken config on the next SIGHUP is logged at error level and the agent keeps its config;
-    log lines carry syslog priorities."""
+    log lines carry syslog priorities; ``status`` shows the limits in force."""
     with Office(2, prefix=f"p2pm-h11-{secrets.token_hex(2)}") as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
@@ -47,6 +47,8 @@ def test_sighup_reloads_limits_and_peers_while_a_get_runs(tmp_path: Path, repo: 
         site.serve(ws2, "--no-discovery")
         ws2_id = site.status(ws2)["agent"]
         assert site.status(ws1)["limits"]["mirror_download"] == 1e6
+        shown = site.cli(ws1, "status").stdout
+        assert "limits: mirror download 1.0 MB/s, LAN upload unlimited" in shown
 
         out = tmp_path / "out"
         get = office.popen(

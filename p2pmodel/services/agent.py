@@ -3,39 +3,47 @@
 Theory of operation. ``Agent.run`` is the one root nursery. It opens the swarm adapter
 (libtorrent), then builds the services and starts them in order: ``SwarmService`` (seeds the
 store), ``PeerService`` (serves the peer link, announces the agent, judges liveness),
-``SharingService`` (unless sharing is off) and ``GetService``. The services know each other
+``SharingService`` (unless sharing is off), ``GetService``, its ``LimitsService`` (the
+``[limits]`` schedule) and the ``StoreKeeper`` (the store's cap). The services know each other
 only through the narrow methods docs/architecture.md lists; the agent wires them and renders
 their statistics (``status``). ``Outside`` names the outside things the agent uses, so tests
 run real agents on in-memory fakes (``testing.fakes``). ``open_agent`` runs an agent for the
 duration of a block (the embedded agent of a daemonless ``get``); an error in the block leaves
-it as it was raised, never wrapped in an exception group.
+it as it was raised, never wrapped in an exception group. ``reload`` takes a re-read config
+(``SIGHUP``): mirrors for the gets that start next, limits and the cap at once, static peers
+dialled at once; running transfers go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ..adapters.home import agent_id
+from ..adapters.home import agent_id, load_config
 from ..adapters.netif import local_ipv4
 from ..adapters.store import Store
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
+from ..core.errors import UserError
+from ..core.limits import Rates
 from ..core.timeline import Timeline
 from . import dashboard, metrics
 from .gets import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
+from .keeper import StoreKeeper
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
 
+log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
 TRIM_EVERY = 30.0
 
@@ -104,6 +112,7 @@ class Agent:
     sharing: SharingService | None
     gets: GetService
     hf: HfEndpoint | None = None
+    keeper: StoreKeeper
 
     def __init__(
         self,
@@ -165,7 +174,14 @@ class Agent:
                 await nursery.start(self.peers.run)
                 if self.sharing is not None:
                     await nursery.start(self.sharing.run)
+                self.keeper = StoreKeeper(
+                    self.store, self.config.store_max, in_use=self.gets.in_use, swarm=self.swarm
+                )
+                self.gets.after_get.append(self.keeper.got)
+                self.gets.limits.watch(self._apply_rates)
                 await nursery.start(self.gets.run)
+                await nursery.start(self.gets.limits.run)
+                await nursery.start(self.keeper.run)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
@@ -174,6 +190,55 @@ class Agent:
                 task_status.started(self)
         finally:
             adapter.close()
+
+    def _apply_rates(self, rates: Rates) -> None:
+        self.swarm.set_upload_limit(rates.lan_upload)
+        if self.sharing is not None:
+            self.sharing.set_rate(rates.mirror_download)
+
+    def reload(self, config: Config) -> list[str]:
+        """A re-read config (``SIGHUP``): applied without stopping anything. Returns notes on
+        what needs a restart instead."""
+        notes = []
+        if config.interfaces != self.config.interfaces and not self.opts.interfaces:
+            notes.append("'interfaces' changed: restart the agent to listen there")
+        self.config = config
+        self.gets.reload(config)
+        self.peers.set_static_peers(config.peers)
+        self.keeper.set_cap(config.store_max)
+        return notes
+
+    async def reload_config(self) -> None:
+        """``SIGHUP``: read ``config.toml`` again and apply it; a bad one is logged and the
+        agent goes on with the config it has."""
+        try:
+            config = await trio.to_thread.run_sync(load_config, self.home)
+        except UserError as e:
+            log.error("config not reloaded: %s", e)
+            return
+        for note in self.reload(config):
+            log.warning("%s", note)
+        log.info("config reloaded from %s", config.path)
+
+    def control_ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """What the control socket offers besides ``status`` and ``get``."""
+
+        async def rm(req: dict[str, Any]) -> dict[str, Any]:
+            ref = req.get("ref")
+            if not isinstance(ref, str):
+                raise UserError("rm needs a reference")
+            return (await self.keeper.remove(ref)).describe()
+
+        async def gc(req: dict[str, Any]) -> dict[str, Any]:
+            return (await self.keeper.collect()).describe()
+
+        async def mirrors(req: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "rules": [{"for": r.prefix, "use": list(r.use)} for r in self.config.mirrors],
+                "mirrors": self.gets.board.snapshot(trio.current_time()),
+            }
+
+        return {"rm": rm, "gc": gc, "mirrors": mirrors}
 
     @property
     def rpc_port(self) -> int:
@@ -231,6 +296,8 @@ class Agent:
             "link": vars(self.peers.stats).copy(),
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
             "hf_endpoint": self.hf.url if self.hf is not None else None,
+            "limits": self.gets.limits.status(),
+            "store": self.keeper.last.describe() if self.keeper.last else None,
         }
 
 

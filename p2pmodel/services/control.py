@@ -1,5 +1,6 @@
-"""The control socket's agent side: ``status`` and ``get`` for a running ``p2pmodel serve``
-(framing and client: ``adapters.control``).
+"""The control socket's agent side: ``status`` and ``get`` for a running ``p2pmodel serve``,
+and the agent's other operations (``rm``, ``gc``, ``mirrors``: one request, one ``result`` or
+``error`` frame) (framing and client: ``adapters.control``).
 
 A get asked over the socket runs in ``GetService`` like any other; its progress goes back four
 times a second, then one ``result`` or ``error`` frame (the error's one line and exit code, the
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .get import GetRequest
 from .gets import GetService
 
 log = logging.getLogger(__name__)
+Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
@@ -37,11 +39,13 @@ class ControlServer:
         gets: GetService,
         status: Callable[[], dict[str, Any]],
         after_get: Callable[[], None] = lambda: None,
+        ops: Mapping[str, Op] | None = None,
     ) -> None:
         self.path = socket_path(home)
         self.gets = gets
         self.status = status
         self.after_get = after_get
+        self.ops = dict(ops or {})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,8 @@ class ControlServer:
                 await stream.send_all(pack({"event": "status", **self.status()}))
             elif op == "get":
                 await self._get(stream, req)
+            elif isinstance(op, str) and op in self.ops:
+                await stream.send_all(pack(await self._op(op, req)))
             else:
                 await stream.send_all(
                     pack({"event": "error", "message": f"bad op {op!r}", "code": 2})
@@ -80,6 +86,15 @@ class ControlServer:
             log.exception("control request failed")
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _op(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"event": "result", **await self.ops[op](req)}
+        except P2PModelError as e:
+            return {"event": "error", "message": str(e), "code": e.exit_code}
+        except Exception as e:  # a bug of ours: the client still gets one line
+            log.exception("control op %r failed", op)
+            return {"event": "error", "message": f"internal error in the agent: {e!r}", "code": 70}
 
     async def _receive(self, stream: trio.SocketStream) -> dict[str, Any]:
         decoder = FrameDecoder(MAX_FRAME)

@@ -80,6 +80,7 @@ class PeerService:
         self._alive: frozenset[str] = frozenset()
         self._wake = trio.Event()
         self._peer_seen = trio.Event()
+        self._static_wake = trio.Event()
 
     # -- what other services use ---------------------------------------------------------------
 
@@ -160,8 +161,7 @@ class PeerService:
                 )
                 await nursery.start(announcer.run)
             nursery.start_soon(self._liveness)
-            if self._static:
-                nursery.start_soon(self._static_peers)
+            nursery.start_soon(self._static_peers)
             task_status.started()
 
     def _on_discovery(self, event: DiscoveryEvent) -> None:
@@ -181,9 +181,16 @@ class PeerService:
             self._wake.set()
             self._changed()
 
+    def set_static_peers(self, peers: Sequence[str]) -> None:
+        """A reloaded config's static peers: new ones are dialled at once; removed ones are
+        no longer dialled (one still alive stays a peer until it goes)."""
+        if list(peers) != self._static:
+            self._static = list(peers)
+            self._static_wake.set()
+
     async def _static_peers(self) -> None:
         while True:
-            for text in self._static:
+            for text in list(self._static):
                 host, _, port = text.rpartition(":")
                 with contextlib.suppress(RpcError, PeerProtocolError):
                     hello = await self.link.probe(host.strip("[]"), int(port))
@@ -191,7 +198,9 @@ class PeerService:
                     self._seen(
                         hello.agent, addrs, hello.torrent_port, "static", trio.current_time()
                     )
-            await trio.sleep(STATIC_EVERY)
+            with trio.move_on_after(STATIC_EVERY if self._static else math.inf):
+                await self._static_wake.wait()
+            self._static_wake = trio.Event()
 
     async def _liveness(self) -> None:
         async with trio.open_nursery() as nursery:

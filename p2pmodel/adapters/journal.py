@@ -68,4 +68,7 @@ def setup_logging(
     root.setLevel(getattr(logging, level.upper(), logging.WARNING))
     # httpx logs every request at info: thousands of lines per model in the journal.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # zeroconf warns, with a traceback, for each send on an address that has just gone away;
+    # the agent notices the change within seconds and announces on the addresses left.
+    logging.getLogger("zeroconf").setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
     return handler

@@ -120,11 +120,26 @@ class Swarm:
         self._units: dict[tuple[str, int], _Torrent] = {}
         self.swarm_dir = store.partial / "swarm"
         self._uploaded_before = 0
+        self._port = port
         self._hash_failures_before = 0
+
+    def listen_on(self, listen: Sequence[str]) -> None:
+        """Listen on these addresses from now on, on the same port (peers know it)."""
+        if list(listen) != self.listen:
+            self.listen = list(listen)
+            port = self.port
+            self.session.apply_settings(
+                {"listen_interfaces": ",".join(f"{ip}:{port}" for ip in self.listen)}
+            )
 
     @property
     def port(self) -> int:
-        return int(self.session.listen_port())
+        # Remembered: while the listen sockets are being re-opened on other addresses
+        # (listen_on), the session says 0, and peers must keep being told the same port.
+        port = int(self.session.listen_port())
+        if port:
+            self._port = port
+        return self._port
 
     # -- the alert pump ------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from .swarm import SwarmAdapter, SwarmService
 
 log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
+NETWORK_EVERY = 2.0  # seconds between looks at the machine's addresses (joins within 5 s)
 TRIM_EVERY = 30.0
 
 
@@ -187,6 +188,7 @@ class Agent:
                     await nursery.start(self.hf.run)
                     nursery.start_soon(self._sample)
                 nursery.start_soon(_trim_every, TRIM_EVERY)
+                nursery.start_soon(self._follow_network)
                 task_status.started(self)
         finally:
             adapter.close()
@@ -196,12 +198,30 @@ class Agent:
         if self.sharing is not None:
             self.sharing.set_rate(rates.mirror_download)
 
+    def _pinned(self) -> list[str]:
+        """Addresses the user chose (``--interface``, then config ``interfaces``); [] = all."""
+        return self.opts.interfaces or list(self.config.interfaces)
+
+    async def _follow_network(self) -> None:
+        """Follow the machine's addresses while it runs: one that appears (a laptop docks,
+        Wi-Fi joins) is served and announced at the next look, one that goes is dropped."""
+        while True:
+            wanted = self._pinned() or self.outside.interfaces()
+            if wanted != self.interfaces:
+                await self._use_interfaces(wanted)
+            await trio.sleep(NETWORK_EVERY)
+
+    async def _use_interfaces(self, wanted: list[str]) -> None:
+        log.info("interfaces: %s -> %s", ", ".join(self.interfaces), ", ".join(wanted))
+        await self.peers.set_interfaces(wanted)
+        self.interfaces = list(self.peers.interfaces) or wanted
+        self.swarm.listen_on(self.interfaces)
+
     def reload(self, config: Config) -> list[str]:
-        """A re-read config (``SIGHUP``): applied without stopping anything. Returns notes on
-        what needs a restart instead."""
-        notes = []
-        if config.interfaces != self.config.interfaces and not self.opts.interfaces:
-            notes.append("'interfaces' changed: restart the agent to listen there")
+        """A re-read config (``SIGHUP``): applied without stopping anything (pinned
+        ``interfaces`` too, at the next look at the network). Returns notes on what needs a
+        restart instead."""
+        notes: list[str] = []
         self.config = config
         self.gets.reload(config)
         self.peers.set_static_peers(config.peers)
@@ -275,7 +295,7 @@ class Agent:
         return {
             "agent": self.id,
             "home": str(self.home),
-            "interfaces": self.interfaces,
+            "interfaces": self.peers.interfaces,  # what it serves on now
             "rpc_port": self.peers.rpc_port,
             "torrent_port": swarm.get("port"),
             "seeding": swarm.get("seeding", 0),

@@ -47,6 +47,8 @@ class SwarmAdapter(Protocol):
 
     def seed(self, digest: str, size: int) -> bool: ...
 
+    def listen_on(self, listen: Sequence[str]) -> None: ...
+
     def seeding(self, digest: str) -> bool: ...
 
     def holds_partial(self, digest: str) -> bool: ...
@@ -148,6 +150,10 @@ class SwarmService:
 
     def statistics(self) -> dict[str, Any]:
         return self.swarm.statistics()
+
+    def listen_on(self, interfaces: Sequence[str]) -> None:
+        """The agent's addresses changed: accept peers there (same port)."""
+        self.swarm.listen_on(interfaces)
 
     # -- limits and the store over time (``services.limits``, ``services.keeper``) -------------
 

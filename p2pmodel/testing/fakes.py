@@ -254,6 +254,11 @@ class FakeSwarm:
         finally:
             self.net.swarms.pop((self.host, self._port), None)
 
+    def listen_on(self, listen: Sequence[str]) -> None:
+        self.net.swarms.pop((self.host, self._port), None)
+        self.host = next(iter(listen))
+        self.net.swarms[(self.host, self._port)] = self
+
     def _peer(self, endpoint: tuple[str, int]) -> FakeSwarm | None:
         other = self.net.swarms.get(endpoint)
         return other if other is not self else None

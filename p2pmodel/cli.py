@@ -96,11 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
+    from .cli_office import add_commands  # rm, pin, unpin, gc, mirrors, service
+
+    add_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        from .cli_office import COMMANDS as OFFICE_COMMANDS
+
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
@@ -113,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve": cmd_serve,
             "status": cmd_status,
             "verify": cmd_verify,
+            **OFFICE_COMMANDS,
         }[args.command]
         try:
             return handler(args)
@@ -294,23 +300,18 @@ def _apply_progress(progress: Any, msg: dict[str, Any]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
     import trio
 
     from .adapters.control import NoAgent, request
     from .adapters.home import load_config, switches
+    from .adapters.journal import setup_logging
     from .services.agent import Agent, AgentOptions, trim_memory
     from .services.control import ControlServer
 
     env = switches()
-    level = env.log.upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(env.log)
     home = _home()
     config = load_config(home)
     try:
@@ -342,7 +343,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 agent = Agent(home, config, opts)
                 try:
@@ -350,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 except OSError as e:
                     raise UserError(f"cannot listen on {agent.interfaces}: {e.strerror}") from None
                 control = ControlServer(
-                    home, agent.gets, agent.status, after_get=trim_memory, publish=agent.publish
+                    home, agent.gets, agent.status, after_get=trim_memory, ops=agent.control_ops()
                 )
                 await nursery.start(control.run)
                 office = f"office key {agent.tls.fingerprint}" if agent.tls else "open office"
@@ -360,7 +361,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                async for _ in signals:
+                async for sig in signals:
+                    if sig == signal.SIGHUP:  # re-read config.toml; transfers go on
+                        await agent.reload_config()
+                        continue
                     nursery.cancel_scope.cancel()
                     break
 
@@ -526,6 +530,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"seeding {status['seeding']} blobs; from LAN {human(status['from_peers'])}, "
         f"from mirrors {human(status['from_mirrors'])}"
     )
+    if limits := status.get("limits"):
+        from .core.limits import describe_rate
+
+        window = f" (schedule {limits['window']})" if limits.get("window") else ""
+        print(
+            f"limits: mirror download {describe_rate(limits['mirror_download'])}, "
+            f"LAN upload {describe_rate(limits['lan_upload'])}{window}"
+        )
     alive = [p for p in status["peers"] if p["alive"]]
     print(f"peers: {len(alive)} alive")
     for p in status["peers"]:
@@ -579,14 +591,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "path": str(store.snapshot_dir(parse_ref(ref_text))),
             }
         )
+    from .cli_office import add_keeping, ago
+
+    on_disk = add_keeping(store, rows)
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no models yet (p2pmodel get NAME:TAG)")
+    now = time.time()
     for r in rows:
         state = "complete" if r["complete"] else f"partial, {human(r['missing_bytes'])} missing"
-        print(f"{r['ref']:40} {human(r['size']):>10}  {r['files']:>4} files  {state}")
+        print(
+            f"{r['ref']:40} {human(r['size']):>10}  {r['files']:>4} files  {state}"
+            f"  used {ago(now - r['last_use'])}{'  pinned' if r['pinned'] else ''}"
+        )
+        for other in r["shared_with"]:
+            n = other["blobs"]
+            print(
+                f"    shares {n} blob{'s' if n != 1 else ''} ({human(other['bytes'])}) "
+                f"with {other['ref']}"
+            )
+    if rows:
+        from .adapters.home import load_config
+
+        cap = load_config(_home()).store_max
+        print(f"store: {human(on_disk)} on disk" + (f" (cap {human(cap)})" if cap else ""))
     return 0
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from p2pmodel.core.coordinator import (
     LEASE,
+    SHARE_HORIZON,
     AnnounceDone,
     Coordinator,
     FetchFromMirror,
@@ -325,6 +326,36 @@ def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
     d.set_peers({"b"})
     d.want({"x": 4 * SEG})
     assert sum(isinstance(a, FetchFromMirror) for a in d.poll(0.0)) == 1
+
+
+def test_alone_a_rate_limited_agent_leases_what_it_fetches_in_the_horizon():
+    """A limited agent alone leases only SHARE_HORIZON seconds of units at its rate (at least
+    one), takes the next as one lands, and a raised rate lets it lease more at once."""
+    c = Coordinator("a", segment=SEG)
+    c.set_rate(2 * SEG / SHARE_HORIZON)  # two units' worth
+    c.want({"x": 8 * SEG})
+    first = [a.unit for a in c.poll(0.0) if isinstance(a, FetchFromMirror)]
+    assert len(first) == 2
+    c.landed(first[0])
+    assert len([a for a in c.poll(1.0) if isinstance(a, FetchFromMirror)]) == 1
+    c.set_rate(SEG / (10 * SHARE_HORIZON))  # less than a unit: still one at a time
+    assert [a for a in c.poll(2.0) if isinstance(a, FetchFromMirror)] == []
+    c.set_rate(None)
+    assert len([a for a in c.poll(3.0) if isinstance(a, FetchFromMirror)]) == 5
+
+
+def test_a_slow_agent_leaves_the_rest_to_a_peer_that_joins():
+    """Units a rate-limited agent has not leased are free for a peer that joins later: it
+    fetches them from the mirror instead of waiting for the slow agent."""
+    slow, fast = Coordinator("aa", segment=SEG), Coordinator("bb", segment=SEG)
+    slow.set_rate(SEG / SHARE_HORIZON)
+    slow.want({"x": 4 * SEG})
+    (held,) = [a for a in slow.poll(0.0) if isinstance(a, SendClaim)]
+    fast.set_peers({"aa"})
+    fast.want({"x": 4 * SEG})
+    fast.peer_claim("aa", held.unit, held.expires)
+    taken = [a.unit for a in fast.poll(1.0) if isinstance(a, FetchFromMirror)]
+    assert len(taken) == 1 and taken[0] != held.unit
 
 
 def test_a_landed_unit_lets_the_next_one_start_but_keeps_its_lease():

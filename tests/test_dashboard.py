@@ -96,18 +96,26 @@ async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
     repo = make_model(tmp_path / "r", "acme/metrics", shards=1, shard_size=2 * MiB)
     a, b = await two_agents(nursery, tmp_path, repo, rate=64 * MiB)
     await wait_until(lambda: b.id in a.peers.alive_ids())
-    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
     assert a.hf is not None
-    async with httpx.AsyncClient() as http:
-        r = await http.get(a.hf.url + "/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(r.text)
-        for s in fam.samples
-    }
+
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(a.hf.url + "/metrics")  # type: ignore[union-attr]
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(r.text)
+            for s in fam.samples
+        }
+
     size = sum(f.size for f in repo.files)
     mirror = (("mirror", "http://hub.mirror.test"),)
+    before = await scrape()
+    assert mirror[0] not in {k for name, labels in before for k in labels}
+    assert before[("p2pmodel_gets_total", (("outcome", "completed"),))] == 0
+    assert before[("p2pmodel_store_bytes", ())] == 0
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    samples = await scrape()
     assert samples[("p2pmodel_mirror_bytes_total", mirror)] == size
     assert samples[("p2pmodel_get_duration_seconds_count", ())] == 1
     assert samples[("p2pmodel_gets_total", (("outcome", "completed"),))] == 1

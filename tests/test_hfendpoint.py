@@ -159,6 +159,8 @@ async def test_snapshot_download_cold_then_warm(endpoint, tmp_path: Path, repos)
     again = await snapshot(ep.url, repo, tmp_path / "c2")
     assert_exact(again, repo)
     assert ep.served() == size(repo)
+    # What the endpoint fetched is offered to the office like any stored blob.
+    assert all(ep.agent.swarm.seeding(f"sha256:{f.sha256}") for f in repo.files if f.lfs)
 
 
 async def test_hf_hub_download_one_file_and_a_dataset(endpoint, tmp_path: Path, repos):

@@ -42,7 +42,7 @@ def layer_of(module: str) -> str:
     sub = parts[1]
     if sub in ("core", "adapters", "services", "testing"):
         return sub
-    if sub in ("cli", "__main__"):
+    if sub in ("cli", "cli_office", "__main__"):
         return "cli"
     raise AssertionError(f"{module} is in no layer: put it in core/, adapters/ or services/")
 
@@ -140,10 +140,24 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
 
 
 @pytest.mark.parametrize(
-    "argv", [["ls", "--json"], ["ls", "--catalog"], ["--version"], ["key", "new"]]
+    "argv",
+    [
+        ["ls", "--json"],
+        ["ls", "--catalog"],
+        ["--version"],
+        ["rm", "name:tag"],
+        ["pin", "name:tag"],
+        ["unpin", "name:tag"],
+        ["gc"],
+        ["mirrors"],
+        ["mirrors", "--git-config"],
+        ["service", "status"],
+        ["key", "new"],
+    ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
-    """``ls`` and friends answer without importing trio, httpx, libtorrent, zeroconf or rich."""
+    """``ls``, the store and service commands and ``mirrors`` without an agent answer without
+    importing trio, httpx, libtorrent, zeroconf or rich."""
     code = QUICK.replace("{heavy}", repr(set(HEAVY)))
     r = subprocess.run(
         [sys.executable, "-c", code, *argv],

@@ -34,6 +34,18 @@ def put_verified(store: Store, data: bytes) -> tuple[str, bytes]:
     return digest, info
 
 
+async def seeder_and_fetcher(
+    tmp_path: Path, nursery: trio.Nursery, data: bytes
+) -> tuple[str, bytes, tuple[Swarm, Swarm]]:
+    """Two running swarms on loopback: the first's store holds ``data`` verified."""
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    digest, info = put_verified(a, data)
+    sa, sb = Swarm(a, ["127.0.0.1"]), Swarm(b, ["127.0.0.1"])
+    for s in (sa, sb):
+        await nursery.start(s.run)
+    return digest, info, (sa, sb)
+
+
 async def test_a_blob_seeded_by_one_agent_is_fetched_by_another(tmp_path: Path, nursery):
     """A fetched blob arrives exact, lands read-only in the store and is seeded on at once."""
     data = os.urandom(6 * MiB + 123)
@@ -129,11 +141,8 @@ async def test_pieces_from_a_seeder_that_vanished_are_kept_for_the_mirrors(tmp_p
     """When peers stop mid-blob, the pieces that passed their hash become resume state, so
     the mirror fetcher only fetches the rest."""
     data = os.urandom(8 * MiB)
-    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
-    digest, info = put_verified(a, data)
-    sa, sb = Swarm(a, ["127.0.0.1"]), Swarm(b, ["127.0.0.1"])
-    for s in (sa, sb):
-        await nursery.start(s.run)
+    digest, info, (sa, sb) = await seeder_and_fetcher(tmp_path, nursery, data)
+    b = sb.store
     sa.session.apply_settings(
         {"upload_rate_limit": 2 * MiB, "ignore_limits_on_local_network": False}
     )
@@ -156,3 +165,38 @@ async def test_pieces_from_a_seeder_that_vanished_are_kept_for_the_mirrors(tmp_p
     part = b.partial_path(digest).read_bytes()
     for start, stop in state.done:
         assert part[start:stop] == data[start:stop]
+
+
+async def test_the_upload_limit_holds_loopback_peers_and_lifts_live(tmp_path: Path, nursery):
+    """A seeder limited to 64 KiB/s is still serving a 4 MiB blob once 256 KiB arrived (LAN
+    and loopback peers are limited too); meanwhile the blob counts as being uploaded, so it is
+    not unseeded; lifting the limit lets the same transfer finish at once."""
+    data = os.urandom(4 * MiB)
+    digest, info, (sa, sb) = await seeder_and_fetcher(tmp_path, nursery, data)
+    b = sb.store
+    assert sa.seed(digest, len(data))
+    sa.set_upload_limit(64 * 1024)
+    got: list[int] = []
+    result = []
+
+    async def fetch() -> None:
+        result.append(
+            await sb.fetch(
+                digest, len(data), info, [("127.0.0.1", sa.port)], on_progress=got.append
+            )
+        )
+
+    nursery.start_soon(fetch)
+    with trio.fail_after(30):
+        while sum(got) < 256 * 1024:  # noqa: ASYNC110 (bounded poll of a real transfer)
+            await trio.sleep(0.05)
+    assert not result, "the whole blob went through a 64 KiB/s limit at once"
+    assert sa.uploading() == {digest}
+    assert sa.unseed([digest]) == [digest] and sa.seeding(digest)
+    sa.set_upload_limit(None)
+    with trio.fail_after(30):  # at 64 KiB/s the rest would take ~60 s
+        while not result:  # noqa: ASYNC110 (bounded poll of a real transfer)
+            await trio.sleep(0.05)
+    assert result[0].ok, result[0].why
+    assert b.blob_path(digest).read_bytes() == data
+    assert sa.unseed([digest]) == [] and not sa.seeding(digest)

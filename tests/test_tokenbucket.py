@@ -71,3 +71,14 @@ def test_random_schedule_keeps_the_average() -> None:
         now += rng.random() * 0.01
         now += bucket.reserve(n, now)
     assert abs(total / now - 5_000_000) / 5_000_000 < 0.02
+
+
+def test_a_debt_from_before_an_unlimited_spell_is_forgotten() -> None:
+    """Limited, unlimited for a while, limited again: the first block after that waits only
+    for itself, not for what was owed before the unlimited spell."""
+    bucket = TokenBucket(rate=1000.0)
+    bucket.reserve(10_000, 0.0)  # deep in debt: ~10 s owed at 1000 B/s
+    bucket.set_rate(None, 0.0)
+    assert bucket.reserve(10**6, 1.0) == 0.0
+    bucket.set_rate(1000.0, 2.0)
+    assert bucket.reserve(500, 2.0) == 0.5

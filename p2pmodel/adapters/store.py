@@ -20,7 +20,8 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from typing import Any
 import msgpack
 
 from ..core.digests import algorithm, hex_part
-from ..core.errors import LocalError
+from ..core.errors import LocalError, P2PModelError
 from ..core.manifest import Manifest, ManifestError
 from ..core.rangeset import RangeSet
-from ..core.refs import Ref
+from ..core.refs import Ref, parse_ref
+from ..core.retention import Model, Plan, plan
 
 STATE_VERSION = 1
 
@@ -126,6 +128,8 @@ class Store:
         self.snapshots = self.root / "snapshots"
         self.refs_file = self.root / "refs.msgpack"
         self.torrents = self.root / "torrents"
+        self.uses_file = self.root / "used.msgpack"
+        self.pins_file = self.root / "pins.msgpack"
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -325,6 +329,7 @@ class Store:
             refs = self.refs()
             refs[ref] = manifest_digest
             _atomic_write(self.refs_file, msgpack.packb(dict(sorted(refs.items()))))
+            self._touch_locked(ref)  # a get starts using it (and is not the first evicted)
 
     def gated(self) -> set[str]:
         """Digests of manifests of gated repositories (served only to a token upstream took)."""
@@ -373,6 +378,10 @@ class Store:
                     path.unlink()
                 elif path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
+        # Every get, fast or not, and every --to export passes here. Best effort: a store
+        # that cannot record it (read-only, full) still serves the model.
+        with contextlib.suppress(LocalError, OSError):
+            self.touch(ref.text)
         return top
 
     def export(self, manifest: Manifest, dest: Path) -> Path:
@@ -383,3 +392,177 @@ class Store:
             for f in manifest.files:
                 place(self.blob_path(f.digest), dest / f.path)
         return dest
+
+    # -- the store over time: last use, pins, removal and collection ---------------------------
+    #
+    # Last use is one small map (ref -> wall-clock seconds) rewritten under the store lock when
+    # a get records its ref and whenever a snapshot is made (every get, the fast path and
+    # --to exports): ~0.3 ms, no scan. Pins are a list of refs. What to evict is decided by
+    # ``core.retention``; ``collect`` gathers its inputs and carries the plan out.
+
+    def _read_map(self, path: Path) -> dict[str, Any]:
+        try:
+            raw = msgpack.unpackb(path.read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return {}
+        return {k: v for k, v in raw.items() if isinstance(k, str)} if isinstance(raw, dict) else {}
+
+    def last_used(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._read_map(self.uses_file).items() if _number(v)}
+
+    def _touch_locked(self, ref: str) -> None:
+        uses = self._read_map(self.uses_file)
+        uses[ref] = time.time()
+        _atomic_write(self.uses_file, msgpack.packb(uses))
+
+    def touch(self, ref: str) -> None:
+        """Record that ``ref`` was used now (it is evicted last)."""
+        with self._lock(), disk_errors("recording the last use of a model"):
+            self._touch_locked(ref)
+
+    def pins(self) -> set[str]:
+        return {k for k, v in self._read_map(self.pins_file).items() if v is True}
+
+    def set_pinned(self, ref: str, pinned: bool) -> None:
+        with self._lock(), disk_errors("recording a pin"):
+            pins = {k: True for k in self.pins()}
+            if pinned:
+                pins[ref] = True
+            else:
+                pins.pop(ref, None)
+            _atomic_write(self.pins_file, msgpack.packb(dict(sorted(pins.items()))))
+
+    def models(self) -> list[Model]:
+        """Every ref in the store as the retention rules see it. A ref with no recorded use
+        (an older store) counts as used when its manifest was stored."""
+        uses, pins = self.last_used(), self.pins()
+        out = []
+        for ref, digest in sorted(self.refs().items()):
+            m = self.load_manifest(digest)
+            blobs = frozenset(m.blobs()) if m is not None else frozenset()
+            when = uses.get(ref)
+            if when is None:
+                try:
+                    when = (self.manifests / f"{hex_part(digest)}.msgpack").stat().st_mtime
+                except OSError:
+                    when = 0.0
+            out.append(Model(ref, blobs, when, ref in pins))
+        return out
+
+    def partial_files(self) -> dict[str, int]:
+        """Partial downloads by key, with the bytes their files take."""
+        out: dict[str, int] = {}
+        for path in self.partial.glob("*.part"):
+            with contextlib.suppress(OSError):
+                key = path.name[: -len(".part")]
+                out[key.replace("-", ":", 1) if not key.startswith("url-") else key] = (
+                    path.stat().st_blocks * 512
+                )
+        return out
+
+    def plan_collection(
+        self,
+        *,
+        cap: int | None = None,
+        drop: Collection[str] = (),
+        busy_refs: Collection[str] = (),
+        busy_blobs: Collection[str] = (),
+    ) -> Plan:
+        """What ``core.retention.plan`` would evict and delete now (reads only)."""
+        partials = self.partial_files()
+        return plan(
+            self.models(),
+            dict(self.verified_blobs()),
+            cap=cap,
+            drop=drop,
+            busy_refs=busy_refs,
+            busy_blobs=busy_blobs,
+            extra=sum(partials.values()),
+        )
+
+    def collect(
+        self,
+        *,
+        cap: int | None = None,
+        drop: Collection[str] = (),
+        busy_refs: Collection[str] = (),
+        busy_blobs: Collection[str] = (),
+        deletable: Collection[str] | None = None,
+    ) -> tuple[Plan, list[str]]:
+        """Carry out the plan, decided again under the store lock (a get recording its ref
+        meanwhile waits, and a blob it names is then kept). ``deletable``: the only blobs that
+        may be deleted (those the agent stopped seeding; None: any). Returns the plan and the
+        blobs deleted."""
+        with self._lock(), disk_errors("removing models from the store"):
+            p = self.plan_collection(cap=cap, drop=drop, busy_refs=busy_refs, busy_blobs=busy_blobs)
+            refs = self.refs()
+            if p.evict:
+                for ref in p.evict:
+                    refs.pop(ref, None)
+                _atomic_write(self.refs_file, msgpack.packb(dict(sorted(refs.items()))))
+                for ref in p.evict:
+                    self._drop_snapshot(ref, refs)
+                for path in (self.uses_file, self.pins_file):
+                    entries = self._read_map(path)
+                    if entries.keys() & set(p.evict):
+                        for ref in p.evict:
+                            entries.pop(ref, None)
+                        _atomic_write(path, msgpack.packb(entries))
+            deleted = [d for d in p.delete if deletable is None or d in deletable]
+            for digest in deleted:
+                self.remove_blob(digest)
+            self._sweep(refs, busy_blobs)
+        return p, deleted
+
+    def _drop_snapshot(self, ref: str, remaining: dict[str, str]) -> None:
+        """Remove a ref's snapshot directory unless a remaining ref shares it (``hf://o/r``
+        and ``hf://o/r@main`` do)."""
+        parts = _snapshot_parts(ref)
+        if parts is None or any(_snapshot_parts(r) == parts for r in remaining):
+            return
+        top = self.snapshots.joinpath(*parts)
+        shutil.rmtree(top, ignore_errors=True)
+        for parent in top.parents:  # empty directories above it (org/, hf/) go too
+            if parent == self.snapshots or not parent.is_relative_to(self.snapshots):
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+    def _sweep(self, refs: dict[str, str], busy: Collection[str]) -> None:
+        """Manifests no ref names (stored over an hour ago: a get saves its manifest a moment
+        before it records the ref), and partial downloads of blobs no ref wants that no
+        download holds (their lock is free), leave the store."""
+        wanted: set[str] = set(busy)
+        digests = set(refs.values())
+        for digest in digests:
+            m = self.load_manifest(digest)
+            if m is not None:
+                wanted |= set(m.blobs())
+        old = time.time() - 3600
+        for path in self.manifests.glob("*.msgpack"):
+            with contextlib.suppress(OSError):
+                if f"sha256:{path.stem}" not in digests and path.stat().st_mtime < old:
+                    path.unlink()
+        for key in self.partial_files():
+            if key in wanted or key.startswith("url-"):
+                continue  # a URL's download has no digest yet: its own get cleans up
+            lock = self.lock_partial(key)
+            if lock is None:
+                continue
+            try:
+                self.discard_partial(key)
+                with contextlib.suppress(FileNotFoundError):
+                    (self.partial / (key.replace(":", "-") + ".lock")).unlink()
+            finally:
+                os.close(lock)
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _snapshot_parts(ref: str) -> tuple[str, ...] | None:
+    try:
+        return parse_ref(ref).snapshot_parts()
+    except P2PModelError:
+        return None

@@ -78,7 +78,21 @@ def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dic
         # Every peer is an office colleague: no tit-for-tat. libtorrent's default of 8
         # unchoked peers, re-chosen every 15 s, left newly announced units waiting.
         "unchoke_slots_limit": -1,
+        # [limits] lan_upload counts what peers receive, not TCP/IP headers.
+        "rate_limit_ip_overhead": False,
     }
+
+
+def _one_peer_class(session: Any) -> None:
+    """Every peer in the global peer class, so ``upload_rate_limit`` applies to all of them.
+    libtorrent's default filter puts private and loopback addresses (the whole office) in its
+    "local" class, which no session-wide rate limit touches (measured: an 8 MB/s limit left
+    loopback peers at full speed; with this filter, 2 MB/s held)."""
+    everyone = lt.ip_filter()
+    flags = 1 << session.global_peer_class_id
+    everyone.add_rule("0.0.0.0", "255.255.255.255", flags)
+    everyone.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", flags)
+    session.set_peer_class_filter(everyone)
 
 
 @dataclass
@@ -116,6 +130,7 @@ class Swarm:
         self.ca = tls.ca_pem if tls is not None else None
         settings = session_settings(self.listen, port, ssl=tls is not None)
         self.session = lt.session(settings)  # type: ignore[call-overload]
+        _one_peer_class(self.session)
         if tls is not None:
             self.allow(set())
         self._by_hash: dict[str, _Torrent] = {}
@@ -123,13 +138,29 @@ class Swarm:
         self._units: dict[tuple[str, int], _Torrent] = {}
         self.swarm_dir = store.partial / "swarm"
         self._uploaded_before = 0
+        self._port = port
         self._hash_failures_before = 0
+
+    def listen_on(self, listen: Sequence[str]) -> None:
+        """Listen on these addresses from now on, on the same port (peers know it)."""
+        if list(listen) != self.listen:
+            self.listen = list(listen)
+            port = self.port
+            ssl = "s" if self.tls is not None else ""
+            self.session.apply_settings(
+                {"listen_interfaces": ",".join(f"{ip}:{port}{ssl}" for ip in self.listen)}
+            )
 
     @property
     def port(self) -> int:
-        if self.tls is not None:
-            return int(self.session.ssl_listen_port())
-        return int(self.session.listen_port())
+        # Remembered: while the listen sockets are being re-opened on other addresses
+        # (listen_on), the session says 0, and peers must keep being told the same port.
+        # With a key only the SSL listener is open.
+        ssl = self.tls is not None
+        port = int(self.session.ssl_listen_port() if ssl else self.session.listen_port())
+        if port:
+            self._port = port
+        return self._port
 
     def allow(self, hosts: set[str]) -> None:
         """With a key: only these addresses may connect or be connected to (every other one
@@ -523,6 +554,40 @@ class Swarm:
             self.session.remove_torrent(t.handle)
         t.error = t.error or "removed"
         t.finished.set()
+
+    # -- limits and the store over time ---------------------------------------------------------
+
+    def set_upload_limit(self, rate: float | None) -> None:
+        """What this agent serves to peers, in payload bytes per second (None: unlimited).
+        Applies at once to running transfers."""
+        self.session.apply_settings({"upload_rate_limit": 0 if rate is None else max(1, int(rate))})
+
+    def uploading(self) -> set[str]:
+        """Digests of blobs a peer that lacks them is connected for (whole blob or unit
+        torrents): a peer fetching them from us, so they must stay on disk. A peer that is a
+        seed too (it has them all) does not count."""
+        busy = set()
+        for t in [*self._by_digest.values(), *self._units.values()]:
+            with contextlib.suppress(RuntimeError):
+                st = t.handle.status()
+                if st.num_peers > st.num_seeds:
+                    busy.add(t.digest)
+        return busy
+
+    def unseed(self, digests: Sequence[str]) -> list[str]:
+        """Stop seeding these blobs before they leave the store; returns the ones a peer is
+        connected for now (they stay seeded, and on disk)."""
+        busy = self.uploading()
+        for digest in digests:
+            if digest in busy:
+                continue
+            t = self._by_digest.get(digest)
+            if t is not None and t.seeding:
+                self._forget(t, delete_files=False)
+            for (d, _), u in list(self._units.items()):
+                if d == digest:
+                    self._forget_unit(u)
+        return [d for d in digests if d in busy]
 
     def statistics(self) -> dict[str, Any]:
         seeding = [t for t in self._by_digest.values() if t.seeding]

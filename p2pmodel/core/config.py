@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .limits import Limits, LimitsError, parse_limits, parse_size
 from .officekey import OfficeKey
 from .refs import parse_ref
 
@@ -47,6 +48,8 @@ class Config:
     connections: int = DEFAULT_CONNECTIONS
     hf_origin: str = HF_ORIGIN  # where hf:// lives upstream (HF_ENDPOINT, as the HF tools)
     ms_origin: str = MS_ORIGIN  # where ms:// lives upstream (MODELSCOPE_ENDPOINT)
+    limits: Limits = field(default_factory=Limits)  # [limits]: rates, quiet hours
+    store_max: int | None = None  # bytes the store may hold (None: no cap)
     path: str | None = None  # where it was read from, for messages
     hf_endpoint: str | None = DEFAULT_HF_ENDPOINT  # host:port the agent serves; None: off
     token_hosts: tuple[str, ...] = (HF_ORIGIN + "/",)  # URL prefixes a user's HF token may go to
@@ -110,6 +113,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         "office_key",
         "office_key_file",
     }
+    known |= {"limits", "store_max"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _Bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -175,6 +179,11 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         if not h.startswith(("https://", "http://")) or h.count("/") < 3:
             raise _Bad(f"hf_token_hosts: {h!r} is not a URL prefix like 'https://huggingface.co/'")
     office_key, office_key_file = _parse_office_key(raw, env)
+    try:
+        limits = parse_limits(raw.get("limits", {}))
+        store_max = parse_size(raw["store_max"], "store_max") if "store_max" in raw else None
+    except LimitsError as e:
+        raise _Bad(str(e)) from None
     return Config(
         mirrors=tuple(rules),
         models={parse_ref(k).text: v for k, v in models.items()},
@@ -186,6 +195,8 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         ms_origin=(env.get("MODELSCOPE_ENDPOINT") or MS_ORIGIN).rstrip("/"),
         hf_endpoint=serve,
         token_hosts=tuple(hosts),
+        limits=limits,
+        store_max=store_max,
         path=path,
         office_key=office_key,
         office_key_file=office_key_file,

@@ -19,6 +19,13 @@ To make those rare, each unit has an owner among the live agents (rendezvous has
 all claimed (work stealing at the tail). A unit some peer announces is taken from it over the
 LAN (``FetchFromPeer``), and a mirror fetch of it still running is stopped.
 
+An agent's share is sized to its rate by pulling: with peers it leases one unit at a time and
+takes the next only when that one landed, so a slow or rate-limited agent fetches fewer units
+and the others take the rest (work stealing). Alone, an agent leases every unit at once, but a
+rate-limited one (``set_rate``, the agent's ``mirror_download`` now) leases only what it
+fetches in ``SHARE_HORIZON`` seconds (at least one unit): a peer that joins later finds units
+nobody leases and fetches them itself instead of waiting for the slow agent.
+
 Events in: ``want``, ``peer_claim``, ``peer_done``, ``peer_release``, ``peer_gone``,
 ``landed``, ``fetched``, ``failed``, ``drop``. ``poll(now)`` returns the actions to take now
 and ``next_deadline()`` when to poll again if nothing else happens (aioquic's ``get_timer``).
@@ -28,11 +35,13 @@ Nothing here does IO or reads a clock.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 SEGMENT = 16 * 1024 * 1024
 LEASE = 30.0  # seconds a claim holds without renewal (a dead peer's end sooner: peer_gone)
 RENEW_AT = 0.5  # renew when this fraction of the lease has passed
+SHARE_HORIZON = 10.0  # seconds of mirror traffic a rate-limited agent leases ahead, alone
 
 
 @dataclass(frozen=True, order=True)
@@ -122,6 +131,7 @@ class Coordinator:
     max_active: int = 1  # units fetched from mirrors at once by this agent (with peers)
     lease: float = LEASE
     segment: int = SEGMENT
+    rate: float | None = None  # this agent's mirror rate limit, bytes/s (None: unlimited)
     _units: list[Unit] = field(default_factory=list)
     _leases: dict[tuple[str, int], _Lease] = field(default_factory=dict)
     _holders: dict[tuple[str, int], set[str]] = field(default_factory=dict)
@@ -159,6 +169,11 @@ class Coordinator:
             self._peers | {self.agent},
             key=lambda a: hashlib.sha256(f"{a}/{unit.blob}/{unit.index}".encode()).digest(),
         )
+
+    def set_rate(self, rate: float | None) -> None:
+        """This agent's mirror rate limit changed (a schedule boundary, a reloaded config):
+        the leases it takes from now on are sized to it; those it holds run to their end."""
+        self.rate = rate
 
     def have(self, unit: Unit) -> None:
         """This agent holds the unit already (resumed from disk, or the blob was in the store)."""
@@ -322,10 +337,15 @@ class Coordinator:
         # units finish one after another and spread over the LAN while the mirror works on.
         # A peer lost for a moment does not make us claim everything.
         limit = len(self._units) if self._solo else self.max_active
+        budget = math.inf if self.rate is None else self.rate * SHARE_HORIZON
         self._landed &= self._mine.keys()
+        active = [units[k] for k in self._mine if k not in self._landed and k in units]
+        inflight = sum(a.stop - a.start for a in active)
         for u in own + [u for u in free if u not in own]:
-            if len(self._mine) - len(self._landed) >= limit:
+            if len(active) >= limit or (active and inflight + u.stop - u.start > budget):
                 break
             self._mine[u.key] = now + self.lease
+            active.append(u)
+            inflight += u.stop - u.start
             out += [SendClaim(u, now + self.lease), FetchFromMirror(u)]
         return out

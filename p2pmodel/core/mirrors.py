@@ -109,6 +109,31 @@ class MirrorBoard:
     def all_stats(self) -> list[MirrorStats]:
         return list(self._m.values())
 
+    def snapshot(self, now: float) -> dict[str, dict[str, object]]:
+        """Plain data per mirror for ``p2pmodel mirrors``: measured rate (per connection),
+        bytes delivered, errors, and its state now."""
+        out: dict[str, dict[str, object]] = {}
+        for m in self._m.values():
+            if m.dead:
+                state = "given up"
+            elif m.backoff_until > now:
+                state = "backing off"
+            elif m.rate is None and not m.delivered:
+                state = "untried" if not m.failures else "failing"
+            else:
+                state = "ok"
+            out[m.key] = {
+                "state": state,
+                "rate": m.rate,
+                "delivered": m.delivered,
+                "active": m.active,
+                "errors": m.failures,
+                "last_error": m.last_error,
+                "backoff_for": max(0.0, m.backoff_until - now),
+                "banned_for": sorted(m.bans),
+            }
+        return out
+
     def revive(self, now: float) -> None:
         """A new get starts (the board is the agent's, kept across gets): mirrors given up on
         get another chance, and bans for missing files are lifted (a mirror catches up).

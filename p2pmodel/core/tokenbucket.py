@@ -44,6 +44,9 @@ class TokenBucket:
     def set_rate(self, rate: float | None, now: float) -> None:
         """A new rate from ``now`` on (a schedule boundary, a reloaded config)."""
         self._refill(now)
+        was_unlimited = self.rate is None
         self.rate = rate if rate is None or rate > 0 else None
         if self.rate is not None:
-            self._tokens = min(self._tokens, self._capacity())
+            # A debt left from before an unlimited spell is not owed (quiet hours that start
+            # in the evening must not stall on the last limited block of the morning).
+            self._tokens = 0.0 if was_unlimited else min(self._tokens, self._capacity())

@@ -3,42 +3,51 @@
 Theory of operation. ``Agent.run`` is the one root nursery. It opens the swarm adapter
 (libtorrent), then builds the services and starts them in order: ``SwarmService`` (seeds the
 store), ``PeerService`` (serves the peer link, announces the agent, judges liveness),
-``SharingService`` (unless sharing is off) and ``GetService``. The services know each other
+``SharingService`` (unless sharing is off), ``GetService``, its ``LimitsService`` (the
+``[limits]`` schedule) and the ``StoreKeeper`` (the store's cap). The services know each other
 only through the narrow methods docs/architecture.md lists; the agent wires them and renders
 their statistics (``status``). ``Outside`` names the outside things the agent uses, so tests
 run real agents on in-memory fakes (``testing.fakes``). ``open_agent`` runs an agent for the
 duration of a block (the embedded agent of a daemonless ``get``); an error in the block leaves
-it as it was raised, never wrapped in an exception group.
+it as it was raised, never wrapped in an exception group. ``reload`` takes a re-read config
+(``SIGHUP``): mirrors for the gets that start next, limits and the cap at once, static peers
+dialled at once; running transfers go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ..adapters.home import agent_id
+from ..adapters.home import agent_id, load_config
 from ..adapters.netif import local_ipv4
 from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
+from ..core.errors import UserError
+from ..core.limits import Rates
 from ..core.timeline import Timeline
 from . import dashboard, metrics
 from .gets import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
+from .keeper import StoreKeeper
 from .names import NameService
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
 
+log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
+NETWORK_EVERY = 2.0  # seconds between looks at the machine's addresses (joins within 5 s)
 TRIM_EVERY = 30.0
 
 
@@ -109,6 +118,7 @@ class Agent:
     gets: GetService
     names: NameService
     hf: HfEndpoint | None = None
+    keeper: StoreKeeper
 
     def __init__(
         self,
@@ -181,12 +191,20 @@ class Agent:
                 await nursery.start(self.peers.run)
                 if self.sharing is not None:
                     await nursery.start(self.sharing.run)
+                self.keeper = StoreKeeper(
+                    self.store, self.config.store_max, in_use=self.gets.in_use, swarm=self.swarm
+                )
+                self.gets.after_get.append(self.keeper.got)
+                self.gets.limits.watch(self._apply_rates)
                 await nursery.start(self.gets.run)
+                await nursery.start(self.gets.limits.run)
+                await nursery.start(self.keeper.run)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
                     nursery.start_soon(self._sample)
                 nursery.start_soon(_trim_every, TRIM_EVERY)
+                nursery.start_soon(self._follow_network)
                 task_status.started(self)
         finally:
             adapter.close()
@@ -199,6 +217,82 @@ class Agent:
         if manifest is None:
             raise UserError(f"no manifest {manifest_digest[:19]} in the store to publish")
         await self.names.publish(name, manifest, force, self.swarm.stored)
+
+    def _apply_rates(self, rates: Rates) -> None:
+        self.swarm.set_upload_limit(rates.lan_upload)
+        if self.sharing is not None:
+            self.sharing.set_rate(rates.mirror_download)
+
+    def _pinned(self) -> list[str]:
+        """Addresses the user chose (``--interface``, then config ``interfaces``); [] = all."""
+        return self.opts.interfaces or list(self.config.interfaces)
+
+    async def _follow_network(self) -> None:
+        """Follow the machine's addresses while it runs: one that appears (a laptop docks,
+        Wi-Fi joins) is served and announced at the next look, one that goes is dropped."""
+        while True:
+            wanted = self._pinned() or self.outside.interfaces()
+            if wanted != self.interfaces:
+                await self._use_interfaces(wanted)
+            await trio.sleep(NETWORK_EVERY)
+
+    async def _use_interfaces(self, wanted: list[str]) -> None:
+        log.info("interfaces: %s -> %s", ", ".join(self.interfaces), ", ".join(wanted))
+        await self.peers.set_interfaces(wanted)
+        self.interfaces = list(self.peers.interfaces) or wanted
+        self.swarm.listen_on(self.interfaces)
+
+    def reload(self, config: Config) -> list[str]:
+        """A re-read config (``SIGHUP``): applied without stopping anything (pinned
+        ``interfaces`` too, at the next look at the network). Returns notes on what needs a
+        restart instead."""
+        notes: list[str] = []
+        self.config = config
+        self.gets.reload(config)
+        self.peers.set_static_peers(config.peers)
+        self.keeper.set_cap(config.store_max)
+        if config.office_key != (self.tls.key if self.tls is not None else None):
+            notes.append("the office key changed: it takes effect when the agent restarts")
+        return notes
+
+    async def reload_config(self) -> None:
+        """``SIGHUP``: read ``config.toml`` again and apply it; a bad one is logged and the
+        agent goes on with the config it has."""
+        try:
+            config = await trio.to_thread.run_sync(load_config, self.home)
+        except UserError as e:
+            log.error("config not reloaded: %s", e)
+            return
+        for note in self.reload(config):
+            log.warning("%s", note)
+        log.info("config reloaded from %s", config.path)
+
+    def control_ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """What the control socket offers besides ``status`` and ``get``."""
+
+        async def rm(req: dict[str, Any]) -> dict[str, Any]:
+            ref = req.get("ref")
+            if not isinstance(ref, str):
+                raise UserError("rm needs a reference")
+            return (await self.keeper.remove(ref)).describe()
+
+        async def gc(req: dict[str, Any]) -> dict[str, Any]:
+            return (await self.keeper.collect()).describe()
+
+        async def mirrors(req: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "rules": [{"for": r.prefix, "use": list(r.use)} for r in self.config.mirrors],
+                "mirrors": self.gets.board.snapshot(trio.current_time()),
+            }
+
+        async def publish(req: dict[str, Any]) -> dict[str, Any]:
+            ref, manifest = req.get("ref"), req.get("manifest")
+            if not isinstance(ref, str) or not isinstance(manifest, str):
+                raise UserError("publish needs a reference and a manifest digest")
+            await self.publish(ref, manifest, bool(req.get("force")))
+            return {}
+
+        return {"rm": rm, "gc": gc, "mirrors": mirrors, "publish": publish}
 
     @property
     def rpc_port(self) -> int:
@@ -235,7 +329,7 @@ class Agent:
         return {
             "agent": self.id,
             "home": str(self.home),
-            "interfaces": self.interfaces,
+            "interfaces": self.peers.interfaces,  # what it serves on now
             "office": {
                 "key": self.tls is not None,
                 "fingerprint": self.tls.fingerprint if self.tls is not None else None,
@@ -261,6 +355,8 @@ class Agent:
             "link": vars(self.peers.stats).copy(),
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
             "hf_endpoint": self.hf.url if self.hf is not None else None,
+            "limits": self.gets.limits.status(),
+            "store": self.keeper.last.describe() if self.keeper.last else None,
         }
 
 

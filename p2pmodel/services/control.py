@@ -1,5 +1,6 @@
-"""The control socket's agent side: ``status`` and ``get`` for a running ``p2pmodel serve``
-(framing and client: ``adapters.control``).
+"""The control socket's agent side: ``status`` and ``get`` for a running ``p2pmodel serve``,
+and the agent's other operations (``rm``, ``gc``, ``mirrors``: one request, one ``result`` or
+``error`` frame) (framing and client: ``adapters.control``).
 
 A get asked over the socket runs in ``GetService`` like any other; its progress goes back four
 times a second, then one ``result`` or ``error`` frame (the error's one line and exit code, the
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .get import GetRequest
 from .gets import GetService
 
 log = logging.getLogger(__name__)
+Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
@@ -37,13 +39,13 @@ class ControlServer:
         gets: GetService,
         status: Callable[[], dict[str, Any]],
         after_get: Callable[[], None] = lambda: None,
-        publish: Callable[[str, str, bool], Awaitable[None]] | None = None,
+        ops: Mapping[str, Op] | None = None,
     ) -> None:
         self.path = socket_path(home)
         self.gets = gets
         self.status = status
         self.after_get = after_get
-        self.publish = publish
+        self.ops = dict(ops or {})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +72,8 @@ class ControlServer:
                 await stream.send_all(pack({"event": "status", **self.status()}))
             elif op == "get":
                 await self._get(stream, req)
-            elif op == "publish" and self.publish is not None:
-                await stream.send_all(pack(await self._publish(req)))
+            elif isinstance(op, str) and op in self.ops:
+                await stream.send_all(pack(await self._op(op, req)))
             else:
                 await stream.send_all(
                     pack({"event": "error", "message": f"bad op {op!r}", "code": 2})
@@ -85,6 +87,15 @@ class ControlServer:
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def _op(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"event": "result", **await self.ops[op](req)}
+        except P2PModelError as e:
+            return {"event": "error", "message": str(e), "code": e.exit_code}
+        except Exception as e:  # a bug of ours: the client still gets one line
+            log.exception("control op %r failed", op)
+            return {"event": "error", "message": f"internal error in the agent: {e!r}", "code": 70}
+
     async def _receive(self, stream: trio.SocketStream) -> dict[str, Any]:
         decoder = FrameDecoder(MAX_FRAME)
         while True:
@@ -94,17 +105,6 @@ class ControlServer:
             frames = decoder.feed(chunk)
             if frames:
                 return unpack(frames[0])
-
-    async def _publish(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Offer a manifest the CLI stored to the office under a name (``publish``)."""
-        assert self.publish is not None
-        try:
-            await self.publish(str(req["ref"]), str(req["manifest"]), bool(req.get("force")))
-        except P2PModelError as e:
-            return {"event": "error", "message": str(e), "code": e.exit_code}
-        except KeyError as e:
-            return {"event": "error", "message": f"publish needs {e}", "code": 2}
-        return {"event": "result"}
 
     async def _get(self, stream: trio.SocketStream, req: dict[str, Any]) -> None:
         progress = Progress()

@@ -6,10 +6,11 @@ the Hugging Face endpoint; next the dashboard) hands a ``GetRequest`` and a ``Pr
 (``services.get``) with what the agent keeps across gets: one HTTP client (its connection
 pool), one ``MirrorBoard`` (mirror ranks, backoffs and bans for bad bytes survive from one get
 to the next; mirrors given up on get another chance when a get starts), one ``TokenBucket``
-for all mirror traffic (unlimited by default), and the get statistics, where mirror bytes are
-counted as they arrive. Whatever goes wrong leaves ``get`` as the one error that says whose
-fault it was (``core.errors.first_cause``), never as an exception group, so every front end
-reports it the same way.
+for all mirror traffic (unlimited by default; ``[limits]`` set its rate through ``limits``,
+a ``LimitsService``), and the get statistics, where mirror bytes are counted as they arrive.
+Whatever goes wrong leaves ``get`` as the one error that says whose fault it was
+(``core.errors.first_cause``), never as an exception group, so every front end reports it the
+same way.
 
 For the HF endpoint it also resolves repositories (``resolve``: the store first, then
 upstream; a gated repository's files go only to a token upstream accepted) and lets a client
@@ -24,6 +25,7 @@ raises, so the client's connection is cut short and no wrong file ever completes
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -42,6 +44,7 @@ from ..adapters.http import Timeouts, make_client
 from ..adapters.store import Store
 from ..core.config import Config
 from ..core.errors import IntegrityError, NotFound, P2PModelError, SourceError, first_cause
+from ..core.limits import Rates
 from ..core.manifest import FileEntry, Manifest
 from ..core.mirrors import MirrorBoard
 from ..core.progress import Progress
@@ -61,6 +64,7 @@ from .get import (
     get,
     list_upstream,
 )
+from .limits import LimitsService
 
 log = logging.getLogger(__name__)
 HttpFactory = Callable[[], httpx.AsyncClient]
@@ -104,9 +108,13 @@ class GetService:
         self.names = names
         self.board = MirrorBoard()
         self.bucket = TokenBucket()
+        self.limits = LimitsService(config.limits)
+        self.limits.watch(self._set_mirror_rate)
         self.stats = GetStats()
         self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
         self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
+        self.after_get: list[Callable[[str], None]] = []  # told the ref when a get ends
+        self._reading: collections.Counter[str] = collections.Counter()  # blob -> open readers
         self._make_http = http
         self._http: httpx.AsyncClient | None = None
         self._ids = itertools.count(1)
@@ -143,6 +151,9 @@ class GetService:
             board=self.board,
             bucket=self.bucket,
             on_mirror_bytes=self.stats.mirror_bytes,
+            # Every blob stored is seeded at once (and its unit torrents follow it into the
+            # store), also those fetched for the HF endpoint's readers.
+            on_stored=self.lan.stored if self.lan is not None else None,
             watch=self,
         )
 
@@ -164,6 +175,7 @@ class GetService:
         self.stats.started += 1
         self.stats.running += 1
         t0 = trio.current_time()
+        self.limits.apply()  # an agent follows the schedule; a lone get starts with what holds now
         self.board.revive(t0)
         try:
             result = await get(
@@ -189,10 +201,30 @@ class GetService:
         finally:
             self.stats.running -= 1
             del self.running[key]
+            for fn in self.after_get:
+                fn(req.ref.text)
         self.stats.completed += 1
         self.stats.durations.append(trio.current_time() - t0)
         self.stats.duration.observe(trio.current_time() - t0)
         return result
+
+    def _set_mirror_rate(self, rates: Rates) -> None:
+        self.bucket.set_rate(rates.mirror_download, trio.current_time())
+
+    def reload(self, config: Config) -> None:
+        """A reloaded config: gets that start from now on use its mirrors; its limits apply at
+        once, to running gets too."""
+        self.config = config
+        self.limits.set_limits(config.limits)
+
+    def in_use(self) -> tuple[set[str], set[str]]:
+        """The refs running gets fetch, and the blobs this agent's gets, downloads and HF
+        endpoint readers are working on (never evicted)."""
+        refs = {label for label, _ in self.running.values()}
+        blobs = {key for _, progress in self.running.values() for key in progress.files}
+        blobs |= self.downloads.keys() | self._fetches.keys()
+        blobs |= {d for d, n in self._reading.items() if n > 0}
+        return refs, blobs
 
     def transfers(self) -> list[dict[str, Any]]:
         """Files of running gets still in flight (for ``status``)."""
@@ -284,9 +316,11 @@ class GetService:
         reader = BlobReader(self, entry, start, stop, fetch)
         if fetch is not None:
             fetch.readers += 1
+        self._reading[entry.digest] += 1
         try:
             yield reader
         finally:
+            self._reading[entry.digest] -= 1
             reader.close()
             if fetch is not None:
                 fetch.readers -= 1

@@ -179,6 +179,7 @@ class PeerLink:
         self._idle: dict[str, list[_Conn]] = {}
         self._outboxes: dict[str, trio.MemorySendChannel[tuple[Message, Delivery | None]]] = {}
         self._preferred: dict[str, PeerAddr] = {}
+        self._listening: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -197,10 +198,24 @@ class PeerLink:
                 await conn.aclose()
 
     async def listen(self, host: str, port: int) -> int:
-        """Serve peers on ``host:port`` (0: any free port) until the link stops; the port."""
+        """Serve peers on ``host:port`` (0: any free port) until ``unlisten`` or the link
+        stops; the port."""
         assert self._nursery is not None, "the link is not running"
-        bound: int = await self._nursery.start(self.transport.serve, host, port, self._serve)
+        scope = trio.CancelScope()
+
+        async def serve(task_status: trio.TaskStatus[int]) -> None:
+            with scope:
+                await self.transport.serve(host, port, self._serve, task_status=task_status)
+
+        bound: int = await self._nursery.start(serve)
+        self._listening[host] = scope
         return bound
+
+    def unlisten(self, host: str) -> None:
+        """Stop serving on ``host`` (its address went away); its connections end."""
+        scope = self._listening.pop(host, None)
+        if scope is not None:
+            scope.cancel()
 
     # -- serving peers -------------------------------------------------------------------------
 

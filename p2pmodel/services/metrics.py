@@ -85,6 +85,19 @@ class _Snapshot:
             for kind, n in sorted(m.errors.items()):
                 errors.add_metric([m.key, kind], n)
         yield errors
+        limit = GaugeMetricFamily(
+            "p2pmodel_rate_limit_bytes_per_second",
+            "The bandwidth limit in force (absent: unlimited), by direction",
+            labels=["direction"],
+        )
+        rates = agent.gets.limits.rates
+        for direction, value in (
+            ("mirror_download", rates.mirror_download if rates else None),
+            ("lan_upload", rates.lan_upload if rates else None),
+        ):
+            if value is not None:
+                limit.add_metric([direction], value)
+        yield limit
         gets_total = CounterMetricFamily("p2pmodel_gets", "Gets, by outcome", labels=["outcome"])
         gets_total.add_metric(["completed"], gets.completed)
         gets_total.add_metric(["failed"], gets.failed)

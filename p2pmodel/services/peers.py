@@ -88,6 +88,9 @@ class PeerService:
         self._verified: frozenset[str] = frozenset()
         self._wake = trio.Event()
         self._peer_seen = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._announcing: trio.CancelScope | None = None
+        self._static_wake = trio.Event()
 
     # -- what other services use ---------------------------------------------------------------
 
@@ -165,25 +168,61 @@ class PeerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.link.run)
             self.rpc_port = await self.link.listen(self.interfaces[0], self.rpc_port)
             for ip in self.interfaces[1:]:
                 await self.link.listen(ip, self.rpc_port)
-            if self._discovery is not None:
-                announcer = self._discovery(
-                    agent=self.id,
-                    interfaces=self.interfaces,
-                    rpc_port=self.rpc_port,
-                    torrent_port=self._torrent_port(),
-                    proto=PROTOCOL_VERSION,
-                    office=self.office,
-                    on_event=self._on_discovery,
-                )
-                await nursery.start(announcer.run)
+            await self._announce()
             nursery.start_soon(self._liveness)
-            if self._static:
-                nursery.start_soon(self._static_peers)
+            nursery.start_soon(self._static_peers)
             task_status.started()
+
+    async def _announce(self) -> None:
+        """(Re)start mDNS on the current interfaces: a goodbye on the old set, then the
+        announcement and browsing on the new one."""
+        if self._discovery is None or self._nursery is None:
+            return
+        if self._announcing is not None:
+            self._announcing.cancel()
+        announcer = self._discovery(
+            agent=self.id,
+            interfaces=self.interfaces,
+            rpc_port=self.rpc_port,
+            torrent_port=self._torrent_port(),
+            proto=PROTOCOL_VERSION,
+            office=self.office,
+            on_event=self._on_discovery,
+        )
+        scope = self._announcing = trio.CancelScope()
+
+        async def announce(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await announcer.run(task_status=task_status)
+
+        await self._nursery.start(announce)
+
+    async def set_interfaces(self, interfaces: Sequence[str]) -> None:
+        """The agent's addresses changed (a laptop docked, Wi-Fi joined, a cable came out):
+        serve peers on the new ones, stop on the gone ones, announce again. An address that
+        cannot be listened on now is left out and tried at the next change."""
+        new = list(dict.fromkeys(interfaces))
+        if new == self.interfaces:
+            return
+        for ip in [ip for ip in self.interfaces if ip not in new]:
+            self.link.unlisten(ip)
+        usable = [ip for ip in self.interfaces if ip in new]
+        for ip in [ip for ip in new if ip not in self.interfaces]:
+            try:
+                await self.link.listen(ip, self.rpc_port)
+                usable.append(ip)
+            except OSError as e:
+                log.warning("cannot serve peers on %s: %s", ip, e)
+        self.interfaces = [ip for ip in new if ip in usable]
+        if self.interfaces:
+            await self._announce()
+        elif self._announcing is not None:
+            self._announcing.cancel()
 
     def _on_discovery(self, event: DiscoveryEvent) -> None:
         now = trio.current_time()
@@ -207,9 +246,16 @@ class PeerService:
             self._wake.set()
             self._changed()
 
+    def set_static_peers(self, peers: Sequence[str]) -> None:
+        """A reloaded config's static peers: new ones are dialled at once; removed ones are
+        no longer dialled (one still alive stays a peer until it goes)."""
+        if list(peers) != self._static:
+            self._static = list(peers)
+            self._static_wake.set()
+
     async def _static_peers(self) -> None:
         while True:
-            for text in self._static:
+            for text in list(self._static):
                 host, _, port = text.rpartition(":")
                 with contextlib.suppress(RpcError, PeerProtocolError):
                     hello = await self.link.probe(host.strip("[]"), int(port))
@@ -218,7 +264,9 @@ class PeerService:
                         hello.agent, addrs, hello.torrent_port, "static", trio.current_time()
                     )
                     self._heard(hello.agent)  # it answered: verified
-            await trio.sleep(STATIC_EVERY)
+            with trio.move_on_after(STATIC_EVERY if self._static else math.inf):
+                await self._static_wake.wait()
+            self._static_wake = trio.Event()
 
     async def _liveness(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -137,6 +137,11 @@ class SharingService:
         """Blobs a running get shares out now."""
         return set(self._wants)
 
+    def set_rate(self, rate: float | None) -> None:
+        """This agent's mirror rate limit now: the units it leases alone are sized to it."""
+        self.coord.set_rate(rate)
+        self.wake()
+
     def status(self, now: float) -> dict[str, object]:
         return {
             "leases": [

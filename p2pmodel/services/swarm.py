@@ -51,6 +51,8 @@ class SwarmAdapter(Protocol):
 
     def seed(self, digest: str, size: int) -> bool: ...
 
+    def listen_on(self, listen: Sequence[str]) -> None: ...
+
     def seeding(self, digest: str) -> bool: ...
 
     def holds_partial(self, digest: str) -> bool: ...
@@ -101,6 +103,12 @@ class SwarmAdapter(Protocol):
     def prune_units(self, now: float, keep: set[str], idle: float = ...) -> float | None: ...
 
     def statistics(self) -> dict[str, Any]: ...
+
+    def set_upload_limit(self, rate: float | None) -> None: ...
+
+    def uploading(self) -> set[str]: ...
+
+    def unseed(self, digests: Sequence[str]) -> list[str]: ...
 
     def close(self) -> None: ...
 
@@ -157,6 +165,26 @@ class SwarmService:
 
     def statistics(self) -> dict[str, Any]:
         return self.swarm.statistics()
+
+    def listen_on(self, interfaces: Sequence[str]) -> None:
+        """The agent's addresses changed: accept peers there (same port)."""
+        self.swarm.listen_on(interfaces)
+
+    # -- limits and the store over time (``services.limits``, ``services.keeper``) -------------
+
+    def set_upload_limit(self, rate: float | None) -> None:
+        """What peers may take from us, bytes/s (None: unlimited), from now on."""
+        self.swarm.set_upload_limit(rate)
+
+    def uploading(self) -> set[str]:
+        """Blobs a peer is fetching from us now (they must stay on disk)."""
+        return self.swarm.uploading()
+
+    def unseed(self, digests: Sequence[str]) -> list[str]:
+        """Stop seeding blobs about to leave the store; returns those a peer fetches now."""
+        busy = self.swarm.unseed(digests)
+        self._prune_wake.set()  # unit torrents may have gone
+        return busy
 
     # -- peers' requests -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ real adapters.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -244,6 +245,8 @@ class FakeSwarm:
         self._seeding: dict[str, int] = {}
         self._fetching: set[str] = set()
         self._units: dict[tuple[str, int], _Unit] = {}
+        self._serving: collections.Counter[str] = collections.Counter()  # digest -> peers
+        self.upload_limit: float | None = None
         self.uploaded = 0
         self.downloaded = 0
         self.hash_failures = 0
@@ -267,6 +270,11 @@ class FakeSwarm:
     def _lets_in(self, host: str) -> bool:
         return self.allowed is None or host in self.allowed
 
+    def listen_on(self, listen: Sequence[str]) -> None:
+        self.net.swarms.pop((self.host, self._port), None)
+        self.host = next(iter(listen))
+        self.net.swarms[(self.host, self._port)] = self
+
     def _peer(self, endpoint: tuple[str, int]) -> FakeSwarm | None:
         """The swarm at ``endpoint``, if a connection to it would get through: the same
         office (CA), and each one's IP filter lets the other in."""
@@ -277,12 +285,18 @@ class FakeSwarm:
             return None
         return other
 
-    async def _carry(self, source: FakeSwarm, nbytes: int) -> None:
-        """The time ``nbytes`` take over the LAN (the slower of the two links)."""
-        if self.net.lan_rate:
-            await trio.sleep(nbytes / self.net.lan_rate)
-        else:
-            await trio.lowlevel.checkpoint()
+    async def _carry(self, source: FakeSwarm, nbytes: int, digest: str) -> None:
+        """The time ``nbytes`` take over the LAN (the slower of the link and the source's
+        upload limit); the source counts a peer fetching ``digest`` meanwhile."""
+        rates = [r for r in (self.net.lan_rate, source.upload_limit) if r]
+        source._serving[digest] += 1
+        try:
+            if rates:
+                await trio.sleep(nbytes / min(rates))
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            source._serving[digest] -= 1
         source.uploaded += nbytes
         self.downloaded += nbytes
 
@@ -328,7 +342,7 @@ class FakeSwarm:
         self._fetching.add(digest)
         try:
             data = source.store.blob_path(digest).read_bytes()
-            await self._carry(source, len(data))
+            await self._carry(source, len(data), digest)
             if not _pieces_ok(data, 0, bdecode(info)):
                 self.net.pieces_refused += 1
                 self.hash_failures += 1
@@ -403,7 +417,7 @@ class FakeSwarm:
                         data = f.read(u.stop - u.start)
                 except OSError:  # moved into the store just now: its seeder re-points it
                     continue
-                await self._carry(source, len(data))
+                await self._carry(source, len(data), digest)
                 if (digest, index) not in self._units:
                     return SwarmFetch(False, "torrent removed")
                 if len(data) != u.stop - u.start or not _pieces_ok(data, u.start, info):
@@ -447,6 +461,21 @@ class FakeSwarm:
             elif now >= u.idle_since + idle:
                 del self._units[key]
         return min((u.idle_since + idle for u in self._units.values()), default=None)
+
+    def set_upload_limit(self, rate: float | None) -> None:
+        self.upload_limit = rate
+
+    def uploading(self) -> set[str]:
+        return {d for d, n in self._serving.items() if n > 0}
+
+    def unseed(self, digests: Sequence[str]) -> list[str]:
+        busy = self.uploading()
+        for digest in digests:
+            if digest not in busy:
+                self._seeding.pop(digest, None)
+                for key in [k for k in self._units if k[0] == digest]:
+                    del self._units[key]
+        return [d for d in digests if d in busy]
 
     def statistics(self) -> dict[str, Any]:
         return {

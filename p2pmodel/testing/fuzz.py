@@ -9,8 +9,9 @@ case.
 - ``frame_decoder``: bytes in arbitrary chunks into ``wire.FrameDecoder`` and ``wire.decode``,
   mixing valid frames, msgpack of any shape and noise: only ``PeerProtocolError``; valid frames
   come back out whole, however the bytes were cut.
-- ``control_socket``: bytes into the agent's control socket server (``services.control``): it
-  answers with well-formed frames or closes, never raises and never logs a bug.
+- ``control_socket``: bytes into the agent's control socket server (``services.control``, with
+  a get service and a publish op that refuse everything): it answers with well-formed frames or
+  closes, never raises and never logs a bug.
 - ``manifest_parser``: bytes and near-manifests into ``Manifest.from_bytes``: only
   ``ManifestError``; whatever it accepts has safe paths and re-encodes to the same digest.
 """
@@ -181,7 +182,7 @@ class _Gets:
         raise UserError(f"not in the fuzzer: {req.ref.text}")
 
 
-async def _publish(name: str, manifest: str, force: bool) -> None:
+async def _publish(req: dict[str, Any]) -> dict[str, Any]:
     await trio.lowlevel.checkpoint()
     raise UserError("not in the fuzzer")
 
@@ -220,7 +221,7 @@ def check_control(
         Path("/nonexistent"),
         _Gets(),  # type: ignore[arg-type]
         status,
-        publish=_publish,
+        ops={"publish": _publish},
     )
     bugs = _Bugs()
     logger = logging.getLogger("p2pmodel")

@@ -299,9 +299,10 @@ class Site(Generic[P]):
 
     # -- agents ------------------------------------------------------------------------------
 
-    def start(self, ws: Host, *args: str) -> subprocess.Popen[bytes]:
-        """Start ws's agent (``serve --interface <ws ip> ARGS``) without waiting for it."""
-        argv = [*CLI, "serve", "--interface", ws.ip]
+    def start(self, ws: Host, *args: str, pin: bool = True) -> subprocess.Popen[bytes]:
+        """Start ws's agent (``serve --interface <ws ip> ARGS``) without waiting for it;
+        ``pin=False``: no ``--interface``, the agent follows the machine's addresses."""
+        argv = [*CLI, "serve", *(["--interface", ws.ip] if pin else [])]
         if isinstance(ws, LocalHost):
             argv += ["--port", str(ws.rpc_port), "--torrent-port", str(ws.torrent_port)]
             argv.append("--no-discovery")

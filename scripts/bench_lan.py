@@ -56,7 +56,7 @@ from p2pmodel.adapters.store import Store
 from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
-from p2pmodel.testing.site import Site, SiteError, drop_environ, wait_for
+from p2pmodel.testing.site import Site, SiteError, drop_environ, stop_group, wait_for
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -341,6 +341,10 @@ class Nginx:
         master = python_free_pid(self.proc.pid, b"nginx")
         return children(master)
 
+    def stop(self) -> None:
+        """Stop it (and its workers), so a later part can start its own on the same port."""
+        stop_group(self.proc)
+
 
 def python_free_pid(pid: int, name: bytes) -> int:
     """The process named `name` under a Popen of `ip netns exec ...` (it may exec or fork)."""
@@ -483,6 +487,7 @@ def bench_lan(
             reset_receiver(site, ws1, ws2)
     for ws in (ws1, ws2):
         office.shape(ws, None)
+    nginx.stop()
     return list(results.values())
 
 

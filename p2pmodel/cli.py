@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="this agent, its peers and transfers")
     st.add_argument("--json", action="store_true", help="print JSON")
 
+    pb = sub.add_parser(
+        "publish", help="offer a model directory of this workstation to the office as NAME:TAG"
+    )
+    pb.add_argument("dir", type=Path, metavar="DIR", help="the model's directory")
+    pb.add_argument("name", metavar="NAME:TAG", help="the name keyed workstations get it by")
+    pb.add_argument("--force", action="store_true", help="replace a NAME:TAG of other content")
+    pb.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ky = sub.add_parser("key", help="the office key: only agents holding it exchange anything")
+    kys = ky.add_subparsers(dest="key_command", metavar="KEY_COMMAND", parser_class=_Parser)
+    kys.add_parser("new", help="print a fresh office key (put it in every workstation's config)")
+    kys.add_parser("fingerprint", help="print the configured key's fingerprint (it is public)")
+
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--catalog", action="store_true", help="list the names p2pmodel knows")
@@ -99,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         handler = {
             "get": cmd_get,
+            "key": cmd_key,
+            "publish": cmd_publish,
             "ls": cmd_ls,
             "serve": cmd_serve,
             "status": cmd_status,
@@ -175,9 +190,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     home = _home()
     if req.ref.kind == "name":  # an unknown name fails here, before any heavy import
         from .adapters.home import load_catalog, load_config
-        from .core.catalog import lookup_name
+        from .adapters.store import Store
+        from .core.catalog import find_name, unknown_name
 
-        lookup_name(req.ref, load_config(home), load_catalog())
+        config, catalog = load_config(home), load_catalog()
+        known = find_name(req.ref, config, catalog) or Store(home).lookup(req.ref.text)
+        if known is None and config.office_key is None:  # with a key, the office may know it
+            raise unknown_name(req.ref, config, catalog)
     result = fast_get(req, home)
     if result is None:
         from .adapters import control
@@ -310,6 +329,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         segment=env.segment,
         hf_endpoint=config.hf_endpoint,
     )
+    if config.office_key is None:
+        print(
+            "p2pmodel: no office key: an open office (any host on the LAN can fetch what this "
+            "agent seeds, and names are not taken from peers; see 'p2pmodel key new')",
+            file=sys.stderr,
+        )
     if config.hf_endpoint and not config.hf_endpoint.startswith("127."):
         print(
             f"p2pmodel: warning: the Hugging Face endpoint listens on {config.hf_endpoint}: "
@@ -329,9 +354,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     home, agent.gets, agent.status, after_get=trim_memory, ops=agent.control_ops()
                 )
                 await nursery.start(control.run)
+                office = f"office key {agent.tls.fingerprint}" if agent.tls else "open office"
                 print(
                     f"p2pmodel: agent {agent.id} serving on {', '.join(agent.interfaces)} "
-                    f"(rpc {agent.rpc_port}, torrent {agent.status()['torrent_port']})",
+                    f"(rpc {agent.rpc_port}, torrent {agent.status()['torrent_port']}, {office})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -344,6 +370,101 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(run)
     print("p2pmodel: agent stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """``key new``: a fresh key on stdout (nowhere else); ``key fingerprint``: the
+    configured key's public fingerprint, to check two workstations agree."""
+    if args.key_command == "new":
+        import secrets
+
+        from .core.officekey import KEY_BYTES, format_key
+
+        print(format_key(secrets.token_bytes(KEY_BYTES)))
+        if sys.stdout.isatty():
+            print(
+                'p2pmodel: put it in every workstation\'s config.toml as office_key = "..." '
+                "(or in a file named by office_key_file), then restart the agents",
+                file=sys.stderr,
+            )
+        return 0
+    if args.key_command == "fingerprint":
+        from .adapters.home import load_config
+
+        key = load_config(_home()).office_key
+        if key is None:
+            raise UserError(
+                "no office key is configured (office_key, office_key_file, "
+                "P2PMODEL_OFFICE_KEY): an open office"
+            )
+        print(key.fingerprint)
+        return 0
+    raise UserError("p2pmodel key needs a command: new or fingerprint")
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Store a local model directory (hard links, no second copy) and offer it to the office
+    through the running agent."""
+    import datetime
+
+    from .adapters import control
+    from .adapters.home import agent_id, load_catalog, load_config
+    from .adapters.store import Store
+    from .core.catalog import describe_target, find_name
+    from .core.refs import parse_ref
+    from .services.get import GetResult
+    from .services.publish import prepare
+
+    ref = parse_ref(args.name)
+    if ref.kind != "name":
+        raise UserError(f"publish takes a NAME:TAG of your own, not {ref.text!r}")
+    home = _home()
+    config = load_config(home)
+    target = find_name(ref, config, load_catalog())
+    warnings = []
+    if target is not None and target.origin == "config":
+        warnings.append(
+            f"{ref.text} is in this workstation's config ({describe_target(target)}): config "
+            "names win, so 'get' here still gives that; keyed workstations without it in their "
+            "config get the published model"
+        )
+    elif target is not None:
+        warnings.append(
+            f"{ref.text} is a catalog name ({describe_target(target)}): on keyed workstations "
+            "the published model wins over the catalog's"
+        )
+    if config.office_key is None:
+        warnings.append(
+            "no office key: other workstations take names only from keyed peers, so they "
+            "cannot get it by name (see 'p2pmodel key new')"
+        )
+    store = Store(home)
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    manifest, already, copied = prepare(
+        store, args.dir.expanduser().resolve(), ref, agent_id(home), now, force=args.force
+    )
+    if copied:
+        warnings.append(f"{copied} file(s) were copied: the directory is on another filesystem")
+    if already:
+        warnings.append(f"{ref.text} is published with these very files already")
+    try:
+        req = {"op": "publish", "ref": ref.text, "manifest": manifest.digest, "force": args.force}
+        answer = next(iter(control.request(home, req, timeout=30)))
+        if answer.get("event") == "error":
+            print(f"p2pmodel: error: {answer.get('message')}", file=sys.stderr)
+            return int(answer.get("code") or 1)
+    except control.NoAgent:
+        store.set_ref(ref.text, manifest.digest)
+        warnings.append("no agent runs here: start 'p2pmodel serve' to offer it to the office")
+    path = store.make_snapshot(ref, manifest)
+    for w in warnings:
+        print(f"p2pmodel: warning: {w}", file=sys.stderr)
+    if args.json:
+        result = GetResult(path, manifest, name_from="published", manifest_from="store")
+        _print_json({**result.describe(ref.text), "already_published": already})
+    else:
+        print(path)
     return 0
 
 
@@ -399,8 +520,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
         return 0
+    office = status.get("office") or {}
+    key = f"office key {office['fingerprint']}" if office.get("key") else "open office"
     print(
-        f"agent {status['agent']} on {', '.join(status['interfaces'])} (rpc {status['rpc_port']})"
+        f"agent {status['agent']} on {', '.join(status['interfaces'])} "
+        f"(rpc {status['rpc_port']}, {key})"
     )
     print(
         f"seeding {status['seeding']} blobs; from LAN {human(status['from_peers'])}, "
@@ -422,6 +546,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {p['agent']:18} {', '.join(p['addresses']):24} {state:5} "
             f"heard {p['last_heard_age']:.1f} s ago, holds {p['holds']}"
         )
+        for lie in p.get("distrusted") or []:
+            print(f"    distrusted for {lie['content']}: {lie['why']}")
     for t in status["transfers"]:
         print(f"  {t['label']}: {human(t['have'])}/{human(t['size'])} {t['state']} {t['source']}")
     return 0

@@ -23,8 +23,13 @@ namespaces and reads /proc. One run measures:
    (utime+stime from /proc/PID/stat over `--idle-seconds` of wall time) are measured, once for
    the agent that did all the transfers above and once after restarting it.
 
+Parts 1 and 2 run once per `--key` mode: `off` (an open office) and `on` (every agent with the
+same office key: mutual TLS on the peer link, SSL torrents, the IP filter), the agents restarted
+between modes; the last table compares the modes in the same run.
+
 Targets (BRIEF section 6): LAN rate p2pmodel/curl >= 0.9; idle agent RSS < 100 MB; idle CPU < 1%.
-MB here is 10^6 bytes; sizes of blobs are in MiB.
+Office key (issue 10): the LAN ratio to curl with the key within 5% of the one without, and
+discovery within 0.3 s. MB here is 10^6 bytes; sizes of blobs are in MiB.
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.adapters.store import Store
+from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
-from p2pmodel.testing.site import Site, SiteError, drop_environ, wait_for
+from p2pmodel.testing.site import Site, SiteError, drop_environ, stop_group, wait_for
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -247,12 +253,18 @@ def window(samples: list[tuple[float, int]], t0: float) -> Window:
 
 
 class LanSite(Site[Office]):
-    """The office site, plus what this benchmark reads of its agents: their pids and memory."""
+    """The office site, plus what this benchmark reads of its agents: their pids and memory,
+    and the office key every config gets while ``key`` is set."""
 
     def __init__(self, office: Office, repo: Repo, work: Path, others: Sequence[Repo]) -> None:
+        self.key: str | None = None
         super().__init__(office, repo, work, others)
         self.pids: dict[str, int] = {}
         self.memory: list[dict[str, Any]] = []  # agents' memory at points of the run
+
+    def configure(self, ws: Host, top: str = "") -> None:
+        key = f'office_key = "{self.key}"\n' if self.key else ""
+        super().configure(ws, key + top)
 
     def wait_ready(self, ws: Host, seconds: float = 30) -> None:
         super().wait_ready(ws, seconds)
@@ -328,6 +340,10 @@ class Nginx:
     def worker_pids(self) -> list[int]:
         master = python_free_pid(self.proc.pid, b"nginx")
         return children(master)
+
+    def stop(self) -> None:
+        """Stop it (and its workers), so a later part can start its own on the same port."""
+        stop_group(self.proc)
 
 
 def python_free_pid(pid: int, name: bytes) -> int:
@@ -471,6 +487,7 @@ def bench_lan(
             reset_receiver(site, ws1, ws2)
     for ws in (ws1, ws2):
         office.shape(ws, None)
+    nginx.stop()
     return list(results.values())
 
 
@@ -606,6 +623,7 @@ def measure_idle(
 def bench_idle(site: LanSite, repo: Repo, seconds: float, settle: float, shards: int) -> list[Idle]:
     office = site.office
     ws1, ws2, ws3 = office.workstations[:3]
+    site.configure(ws3)  # the key (or none) ws1 and ws2 run with now
     site.serve(ws3)
     site.wait_mesh([ws1, ws2, ws3])
     log(f"ws1 gets {IDLE_REPO} ({shards} shards) from the mirror")
@@ -826,6 +844,58 @@ def report(
     return "\n".join(lines), checks
 
 
+def key_report(
+    args: argparse.Namespace,
+    size: int,
+    modes: dict[str, list[LanResult]],
+    discs: dict[str, list[Discovery]],
+) -> tuple[str, list[dict[str, Any]]]:
+    """The key's cost, both modes measured in this run: LAN ratios to curl and discovery."""
+    lines = [
+        "| measure | key off | key on | on / off (or on - off) | target | result |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    checks: list[dict[str, Any]] = []
+
+    def med(results: list[LanResult], tool: str, rate: int) -> float | None:
+        res = next((r for r in results if r.tool == tool and r.rate_mb_s == rate), None)
+        return res.med(lambda r: r.window.transfer_s) if res is not None else None
+
+    def ratio(mode: str, rate: int) -> float | None:
+        results = modes.get(mode, [])
+        p2p = med(results, "p2pmodel get, agent to agent", rate)
+        curl = med(results, "curl from nginx to a file", rate)
+        return curl / p2p if p2p and curl else None
+
+    for rate in args.lan_rate:
+        link = f"tbf {rate} MB/s" if rate else "unshaped"
+        off, on = ratio("off", rate), ratio("on", rate)
+        if off is None or on is None:
+            continue
+        ok = on >= 0.95 * off
+        lines.append(
+            f"| LAN transfer, p2pmodel / curl to a file ({link}) | {off:.3f} | {on:.3f} "
+            f"| {on / off:.3f} | >= 0.95 | {verdict(ok)} |"
+        )
+        checks.append({"what": f"key on / off, LAN ratio to curl ({link})", "value": on / off,
+                       "target": ">= 0.95", "pass": ok})  # fmt: skip
+    medians = {}
+    for mode, ds in discs.items():
+        vals = [d.a_sees_b_s for d in ds if d.a_sees_b_s is not None]
+        if vals:
+            medians[mode] = statistics.median(vals)
+    if "off" in medians and "on" in medians:
+        diff = medians["on"] - medians["off"]
+        ok = diff <= 0.3
+        lines.append(
+            f"| discovery: start B -> A lists B alive, median s | {medians['off']:.2f} "
+            f"| {medians['on']:.2f} | {diff:+.2f} | <= +0.30 | {verdict(ok)} |"
+        )
+        checks.append({"what": "key on - off, discovery median s", "value": diff,
+                       "target": "<= 0.3", "pass": ok})  # fmt: skip
+    return "\n".join(lines), checks
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -848,12 +918,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-shards", type=int, default=50, help="blobs for the idle test (50)")
     p.add_argument("--idle-shard-mib", type=int, default=2, help="their size in MiB (2)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: lan,discovery,idle")
+    p.add_argument(
+        "--key", default="off,on", help="office key modes to run parts 1 and 2 in (off,on)"
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", type=Path, help="parent of the temporary directory (/var/tmp)")
     p.add_argument("--keep-work", action="store_true", help="keep it (logs, stores) for debugging")
     args = p.parse_args(argv)
     args.lan_rate = [int(x) for x in str(args.lan_rate).split(",") if x.strip()]
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    args.key = [x.strip() for x in str(args.key).split(",") if x.strip()]
+    if not args.key or set(args.key) - {"on", "off"}:
+        p.error("--key is a comma list of on and off")
     if not 1 <= args.size_mib <= 1024:
         p.error("--size-mib must be 1..1024 (the data limit of this machine)")
     if args.repeat < 1 or args.discovery_reps < 0 or args.idle_shards < 1:
@@ -881,10 +957,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load0 = os.getloadavg()
     parent = args.workdir or Path("/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="bench-lan-", dir=parent))
-    lan: list[LanResult] = []
-    disc: list[Discovery] = []
     idle: list[Idle] = []
     memory: list[dict[str, Any]] = []
+    modes: dict[str, list[LanResult]] = {}
+    discs: dict[str, list[Discovery]] = {}
+    key_text = format_key(secrets.token_bytes(32))  # never printed: the key is a secret
     size = args.size_mib * MiB
     try:
         log(f"writing a {args.size_mib} MiB model and a {args.idle_shards}-shard model in {work}")
@@ -901,13 +978,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             site = LanSite(office, big, work, [small])
             memory = site.memory
             ws1, ws2 = office.workstations[:2]
-            site.serve(ws1)
-            site.serve(ws2)
-            site.wait_mesh([ws1, ws2])
-            if "lan" not in args.skip:
-                lan = bench_lan(site, big, args.lan_rate, args.repeat, not args.no_devnull)
-            if "discovery" not in args.skip:
-                disc = bench_discovery(site, args.discovery_reps)
+            for mode in args.key:
+                site.key = key_text if mode == "on" else None
+                for ws in (ws1, ws2):
+                    if ws.name in site.procs:
+                        site.stop(ws)
+                    site.configure(ws)
+                    site.serve(ws)
+                site.wait_mesh([ws1, ws2])
+                log(f"== office key {mode}")
+                if "lan" not in args.skip:
+                    modes[mode] = bench_lan(
+                        site, big, args.lan_rate, args.repeat, not args.no_devnull
+                    )
+                if "discovery" not in args.skip:
+                    discs[mode] = bench_discovery(site, args.discovery_reps)
             if "idle" not in args.skip:
                 idle = bench_idle(
                     site, small, args.idle_seconds, args.idle_settle, args.idle_shards
@@ -918,7 +1003,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     load1 = os.getloadavg()
-    table, checks = report(args, size, lan, disc, idle, memory)
+    table, checks = "", []
+    for i, mode in enumerate(args.key):
+        last = i == len(args.key) - 1
+        part, part_checks = report(
+            args, size, modes.get(mode, []), discs.get(mode, []), idle if last else [],
+            memory if last else [],
+        )  # fmt: skip
+        table += f"### office key {mode}\n\n{part}\n\n"
+        checks += [{**c, "key": mode} for c in part_checks]
+    if len(args.key) > 1:
+        part, part_checks = key_report(args, size, modes, discs)
+        table += f"### office key on vs off (same run)\n\n{part}\n"
+        checks += part_checks
     cmd = " ".join(["scripts/bench-lan", *(sys.argv[1:] if argv is None else argv)])
     header = (
         f"`{cmd.strip()}` ({started:%Y-%m-%d %H:%M} UTC; load average {load0[0]:.2f} before, "
@@ -940,15 +1037,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "other_offices": others,
             },
             "size_bytes": size,
-            "lan": [
-                {
-                    "tool": r.tool,
-                    "rate_mb_s": r.rate_mb_s,
-                    "runs": [{**asdict(x), "transfer_s": x.window.transfer_s} for x in r.runs],
-                }
-                for r in lan
-            ],
-            "discovery": [asdict(d) for d in disc],
+            "lan": {
+                m: [
+                    {
+                        "tool": r.tool,
+                        "rate_mb_s": r.rate_mb_s,
+                        "runs": [{**asdict(x), "transfer_s": x.window.transfer_s} for x in r.runs],
+                    }
+                    for r in results
+                ]
+                for m, results in modes.items()
+            },
+            "discovery": {m: [asdict(d) for d in ds] for m, ds in discs.items()},
             "idle": [{**asdict(i), "cpu_pct": i.cpu_pct} for i in idle],
             "memory": memory,
             "checks": checks,

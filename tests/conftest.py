@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from p2pmodel.testing.mirror import Faults, Mirror
 from p2pmodel.testing.models import Repo, RepoFile, make_model
@@ -40,6 +41,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "lan" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """A fake clock for in-process agents (tests that take it run under it). It jumps only
+    once every task has been idle for 10 ms of real time: a thread hashing or writing a block
+    then finishes before deadlines that depend on it fire."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
 
 
 @pytest.fixture(scope="session")

@@ -243,3 +243,56 @@ def test_verify_finds_and_removes_a_rotten_blob(cli_home, tmp_path, mirror_facto
     out = tmp_path / "again"
     assert run_cli(cli_home, "get", "tiny:v1", "--to", str(out)).returncode == 0
     assert (out / victim.path).read_bytes() == victim.data_path.read_bytes()
+
+
+def test_key_new_prints_a_fresh_key_and_fingerprint_reads_it(tmp_path: Path) -> None:
+    """``key new`` prints a different valid key each time, on stdout only; with it in the
+    config, ``key fingerprint`` prints its fingerprint, and without any key says so."""
+    a, b = run_cli(tmp_path, "key", "new"), run_cli(tmp_path, "key", "new")
+    assert a.returncode == b.returncode == 0
+    key = a.stdout.strip()
+    assert key.startswith("p2pk1-") and key != b.stdout.strip() and key not in a.stderr
+    none = run_cli(tmp_path, "key", "fingerprint")
+    assert none.returncode == 2 and "no office key" in none.stderr
+    (tmp_path / "config.toml").write_text(f'office_key = "{key}"\n')
+    fp = run_cli(tmp_path, "key", "fingerprint")
+    assert fp.returncode == 0 and len(fp.stdout.strip()) == 16 and fp.stdout.strip() not in key
+    (tmp_path / "config.toml").write_text(f'office_key = "{key[:-3]}"\n')
+    bad = run_cli(tmp_path, "key", "fingerprint")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and key[:-3] not in bad.stderr
+
+
+def test_publish_links_the_files_and_refuses_other_content_without_force(tmp_path: Path) -> None:
+    """``publish`` stores a directory as hard links (no second copy), lists it like any
+    model, answers a second publish of the same files as a no-op, refuses other content
+    under the name unless --force, and refuses paths a manifest may not have."""
+    home, model = tmp_path / "home", tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "sub" / "w.bin").write_bytes(os.urandom(MiB))
+    (model / "a.json").write_text("{}")
+    (model / ".git").mkdir()
+    (model / ".git" / "HEAD").write_text("ref")
+    r = run_cli(home, "publish", str(model), "team:v1", "--json", env={"P2PMODEL_LAN": "off"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [f["path"] for f in out["files"]] == ["a.json", "sub/w.bin"]
+    assert out["source"].startswith("published:") and not out["already_published"]
+    blob = home / "store" / "blobs" / "sha256" / out["files"][1]["digest"][7:9]
+    assert (blob / out["files"][1]["digest"][7:]).stat().st_ino == (
+        model / "sub/w.bin"
+    ).stat().st_ino
+    again = run_cli(home, "publish", str(model), "team:v1", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["already_published"]
+    (model / "b.txt").write_text("new")
+    refused = run_cli(home, "publish", str(model), "team:v1")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert refused.stderr.count("p2pmodel: error") == 1
+    forced = run_cli(home, "publish", str(model), "team:v1", "--force", "--json")
+    assert forced.returncode == 0 and len(json.loads(forced.stdout)["files"]) == 3
+    got = run_cli(home, "get", "team:v1")
+    assert got.returncode == 0 and (Path(got.stdout.strip()) / "b.txt").read_text() == "new"
+    (model / "bad\\name").write_text("x")
+    bad = run_cli(home, "publish", str(model), "team:v2")
+    assert bad.returncode == 2 and "backslash" in bad.stderr and "Traceback" not in bad.stderr
+    hf = run_cli(home, "publish", str(model), "hf://a/b")
+    assert hf.returncode == 2 and "NAME:TAG" in hf.stderr

@@ -152,6 +152,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
         ["mirrors"],
         ["mirrors", "--git-config"],
         ["service", "status"],
+        ["key", "new"],
     ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:

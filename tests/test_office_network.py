@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Office, netns_available
 
@@ -23,15 +24,23 @@ pytestmark = [
 JOIN_WITHIN = 5.0  # what the issue asks; the test allows twice that on a loaded 2-CPU box
 
 
-def test_an_address_that_appears_is_announced_without_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["open", "keyed"])
+def test_an_address_that_appears_is_announced_without_a_restart(
+    tmp_path: Path, keyed: bool
+) -> None:
     """ws2's agent starts with no address on its LAN interface (loopback only). When the
     address is added, both agents list each other alive within seconds; when it is removed
-    again ws2's agent keeps running and logs no error; when it returns, so does the peer."""
+    again ws2's agent keeps running and logs no error; when it returns, so does the peer (also
+    with an office key: the SSL-only swarm listener follows the address too)."""
     repo: Repo = make_model(tmp_path / "up", "acme/net", shards=1, shard_size=MiB)
     with Office(2, prefix=f"p2pm-net{secrets.token_hex(2)}") as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.extra_env = {"P2PMODEL_LOG": "info"}
+        if keyed:
+            key = format_key(secrets.token_bytes(32))
+            for ws in (ws1, ws2):
+                site.configure(ws, f'office_key = "{key}"')
         ws2.run("ip", "addr", "flush", "dev", "eth0", check=True)
         site.serve(ws1)
         # No --interface and no config 'interfaces': every IPv4 address the machine has.

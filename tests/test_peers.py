@@ -188,8 +188,10 @@ def test_snapshot_is_plain_data() -> None:
             "source": "mdns",
             "last_heard_age": 1.5,
             "alive": True,
+            "verified": True,
             "holds": 2,
             "partial": 1,
+            "distrusted": [],
         },
         {
             "agent": "b",
@@ -198,8 +200,10 @@ def test_snapshot_is_plain_data() -> None:
             "source": "static",
             "last_heard_age": 3.5,
             "alive": False,
+            "verified": False,
             "holds": 0,
             "partial": 0,
+            "distrusted": [],
         },
     ]
 

@@ -26,13 +26,6 @@ MiB = 1024 * 1024
 SEGMENT = 256 * 1024
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    # Jump only once every task has been idle for 10 ms of real time: a thread hashing or
-    # writing a block then finishes before deadlines that depend on it fire.
-    return trio.testing.MockClock(autojump_threshold=0.01)
-
-
 @dataclass
 class Sim:
     office: SimOffice

@@ -11,7 +11,9 @@ immutable ``PeerSeen`` and handed to the trio thread with ``trio.from_thread.run
 token captured in ``run``. A restarted agent announces a new ``boot`` TXT value: with the
 same records as before its crash, peers' caches would see nothing new and report nothing.
 A removed service becomes ``PeerGone``. Services whose TXT record does
-not parse are another agent's problem: logged and ignored. mDNS only tells us about goodbyes; a
+not parse are another agent's problem: logged and ignored. With an office key the TXT record
+carries ``office``, the key's fingerprint (never the key): ``PeerService`` ignores agents of
+another office at once. mDNS only tells us about goodbyes; a
 peer that dies without one stays in mDNS caches for the record TTL, which is why liveness is
 judged by ``peers.PeerTable`` from RPC answers, not here.
 """
@@ -38,6 +40,7 @@ CLOSE_TIMEOUT = 3.0  # seconds for goodbye + close when cancelled
 # An agent id is one DNS label (it names our service instance and host record).
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 _MAX_TXT_DIGITS = 5  # ports and protocol versions fit in 16 bits
+_OFFICE_RE = re.compile(r"([0-9a-f]{16})?")  # a key's fingerprint, or none (an open office)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class PeerSeen:
     rpc_port: int
     torrent_port: int
     proto: int
+    office: str = ""  # the fingerprint of the agent's office key ("": an open office)
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,10 @@ def parse_service(name: str, info: ServiceInfo) -> PeerSeen | None:
     rpc = _txt_int(props, "rpc", 1, 65535)
     bt = _txt_int(props, "bt", 1, 65535)
     addrs = tuple(info.parsed_addresses(IPVersion.V4Only))
-    if proto is None or rpc is None or bt is None or not addrs:
+    office = props.get("office") or ""
+    if proto is None or rpc is None or bt is None or not addrs or not _OFFICE_RE.fullmatch(office):
         return None
-    return PeerSeen(agent=agent, addrs=addrs, rpc_port=rpc, torrent_port=bt, proto=proto)
+    return PeerSeen(agent, addrs, rpc_port=rpc, torrent_port=bt, proto=proto, office=office)
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Discovery:
         rpc_port: int,
         torrent_port: int,
         proto: int = 1,
+        office: str = "",
         on_event: Callable[[DiscoveryEvent], None],
     ) -> None:
         if not valid_agent_id(agent):
@@ -148,6 +154,9 @@ class Discovery:
         self.rpc_port = rpc_port
         self.torrent_port = torrent_port
         self.proto = proto
+        if not _OFFICE_RE.fullmatch(office):
+            raise ValueError("office must be a key fingerprint (16 hex digits) or empty")
+        self.office = office
         self._on_event = on_event
         self._name = instance_name(agent)
         # Changes on every restart, so peers whose caches still hold our records from before a
@@ -155,17 +164,20 @@ class Discovery:
         self.boot = secrets.token_hex(4)
 
     def service_info(self) -> ServiceInfo:
+        properties = {
+            "agent": self.agent,
+            "proto": str(self.proto),
+            "rpc": str(self.rpc_port),
+            "bt": str(self.torrent_port),
+            "boot": self.boot,
+        }
+        if self.office:  # a fingerprint only: it tells nothing of the key
+            properties["office"] = self.office
         return ServiceInfo(
             SERVICE_TYPE,
             self._name,
             port=self.rpc_port,
-            properties={
-                "agent": self.agent,
-                "proto": str(self.proto),
-                "rpc": str(self.rpc_port),
-                "bt": str(self.torrent_port),
-                "boot": self.boot,
-            },
+            properties=properties,
             server=f"{self.agent}-p2pmodel.local.",
             parsed_addresses=self.interfaces,
         )

@@ -8,6 +8,7 @@ it reads. Quick commands use it, so it imports nothing heavy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import tomllib
@@ -20,6 +21,7 @@ from ..core.catalog import Catalog, parse_catalog
 from ..core.config import Config, parse_config
 from ..core.coordinator import SEGMENT
 from ..core.errors import UserError
+from ..core.officekey import OfficeKey
 
 
 def default_home() -> Path:
@@ -43,7 +45,21 @@ def load_config(home: Path, env: Mapping[str, str] | None = None) -> Config:
         raise UserError(f"cannot read config {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"bad config {path}: {e}") from None
-    return parse_config(raw, env, str(path))
+    config = parse_config(raw, env, str(path))
+    if config.office_key is None and config.office_key_file is not None:
+        config = dataclasses.replace(config, office_key=read_key_file(home, config.office_key_file))
+    return config
+
+
+def read_key_file(home: Path, name: str) -> OfficeKey:
+    """The key in ``office_key_file`` (a path relative to the home, ``~`` expanded)."""
+    path = home / Path(name).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not text"
+        raise UserError(f"cannot read office_key_file {path}: {reason}") from None
+    return OfficeKey.parse(text, f"office_key_file {path}")
 
 
 def load_catalog() -> Catalog:

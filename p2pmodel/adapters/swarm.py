@@ -10,6 +10,15 @@ stored info and trusts the read-only file (``seed_mode``), no re-hash. A fetched
 against the upstream digest (in a thread) and only then moved into ``blobs/`` with
 ``move_storage``, where it keeps seeding. The alert pump wakes on ``set_alert_fd`` and turns
 alerts into plain events at once (alerts die at the next ``pop_alerts``).
+
+With an office key (``tls``) every torrent is an SSL torrent of the office (the CA's PEM in
+its info dict, ``torrents.with_cert``) and the session listens only for SSL connections: a
+peer must show a certificate the office CA signed, and each torrent is handed this agent's
+own when libtorrent asks (``torrent_need_cert_alert``). On top of that the IP filter lets
+through only the addresses of peers with a live authenticated session (``allow``), so a host
+the office does not know is reset before any handshake, and a peer whose session ended
+(found dead) is cut off at once. The store keeps torrent infos in their open form, so a new
+key needs no re-hash.
 """
 
 from __future__ import annotations
@@ -27,17 +36,19 @@ import trio
 
 from ..core.digests import algorithm, hex_part
 from ..core.rangeset import RangeSet
-from ..core.torrents import SwarmFetch, expected_shape, info_hash
+from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, without_cert
 from .hashing import digest_file
 from .store import PartialState, Store
+from .tls import OfficeTls
 
 
 def _torrent_info(info: bytes) -> Any:
     return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
 
 
-def session_settings(listen: Sequence[str], port: int) -> dict[str, Any]:
-    interfaces = ",".join(f"{ip}:{port}" for ip in listen)
+def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dict[str, Any]:
+    # An office with a key listens for SSL connections only ("s"): nothing else is served.
+    interfaces = ",".join(f"{ip}:{port}{'s' if ssl else ''}" for ip in listen)
     return {
         "listen_interfaces": interfaces,
         "enable_dht": False,
@@ -110,11 +121,18 @@ class _Torrent:
 
 
 class Swarm:
-    def __init__(self, store: Store, listen: Sequence[str], port: int = 0) -> None:
+    def __init__(
+        self, store: Store, listen: Sequence[str], port: int = 0, tls: OfficeTls | None = None
+    ) -> None:
         self.store = store
         self.listen = list(listen)
-        self.session = lt.session(session_settings(self.listen, port))  # type: ignore[call-overload]
+        self.tls = tls
+        self.ca = tls.ca_pem if tls is not None else None
+        settings = session_settings(self.listen, port, ssl=tls is not None)
+        self.session = lt.session(settings)  # type: ignore[call-overload]
         _one_peer_class(self.session)
+        if tls is not None:
+            self.allow(set())
         self._by_hash: dict[str, _Torrent] = {}
         self._by_digest: dict[str, _Torrent] = {}
         self._units: dict[tuple[str, int], _Torrent] = {}
@@ -128,18 +146,33 @@ class Swarm:
         if list(listen) != self.listen:
             self.listen = list(listen)
             port = self.port
+            ssl = "s" if self.tls is not None else ""
             self.session.apply_settings(
-                {"listen_interfaces": ",".join(f"{ip}:{port}" for ip in self.listen)}
+                {"listen_interfaces": ",".join(f"{ip}:{port}{ssl}" for ip in self.listen)}
             )
 
     @property
     def port(self) -> int:
         # Remembered: while the listen sockets are being re-opened on other addresses
         # (listen_on), the session says 0, and peers must keep being told the same port.
-        port = int(self.session.listen_port())
+        # With a key only the SSL listener is open.
+        ssl = self.tls is not None
+        port = int(self.session.ssl_listen_port() if ssl else self.session.listen_port())
         if port:
             self._port = port
         return self._port
+
+    def allow(self, hosts: set[str]) -> None:
+        """With a key: only these addresses may connect or be connected to (every other one
+        is reset, also mid-transfer). An open office filters nothing."""
+        if self.tls is None:
+            return
+        f = lt.ip_filter()
+        f.add_rule("0.0.0.0", "255.255.255.255", 1)  # 1: blocked
+        f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1)
+        for host in sorted(hosts):
+            f.add_rule(host, host, 0)
+        self.session.set_ip_filter(f)
 
     # -- the alert pump ------------------------------------------------------------------------
 
@@ -163,6 +196,14 @@ class Swarm:
 
     def _dispatch(self, alerts: list[Any]) -> None:
         for a in alerts:
+            if isinstance(a, lt.torrent_need_cert_alert) and self.tls is not None:
+                with contextlib.suppress(RuntimeError):
+                    a.handle.set_ssl_certificate_buffer(
+                        self.tls.cert_pem.decode(),
+                        self.tls.key_pem.decode(),
+                        self.tls.dh_params.decode(),
+                    )
+                continue
             t = self._torrent_of(a)
             if t is None:
                 continue
@@ -199,7 +240,8 @@ class Swarm:
     def info(self, digest: str) -> bytes | None:
         """The info dictionary of a blob we seed or fetch (for peers' metadata queries)."""
         if digest in self._by_digest:
-            return self.store.torrent_info(digest)
+            info = self.store.torrent_info(digest)
+            return with_cert(info, self.ca) if info is not None else None
         return None
 
     def seed(self, digest: str, size: int) -> bool:
@@ -209,6 +251,7 @@ class Swarm:
         info = self.store.torrent_info(digest)
         if info is None:
             return False
+        info = with_cert(info, self.ca)
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
         params.save_path = str(self.store.blob_path(digest).parent)
@@ -270,7 +313,7 @@ class Swarm:
         Gives up (``ok=False``) when the info has the wrong shape, nothing arrives for
         ``stall_timeout`` seconds, or the bytes fail the digest; the caller then uses mirrors.
         """
-        if not expected_shape(info, digest, size):
+        if not expected_shape(info, digest, size, self.ca):
             return SwarmFetch(False, "peer sent torrent info of the wrong shape")
         if digest in self._by_digest:
             return SwarmFetch(False, "already in the swarm")
@@ -286,16 +329,19 @@ class Swarm:
         try:
             why, got = await self._follow(t, stall_timeout=stall_timeout, on_progress=on_progress)
             if why:
+                bad = t.hash_failures
                 await self._salvage(t)
-                return SwarmFetch(False, why, got)
+                return SwarmFetch(False, why, got, bad)
             path = self.swarm_dir / hex_part(digest)
             await self._flush(t)
             actual = await trio.to_thread.run_sync(digest_file, path, algorithm(digest), size)
             if actual != digest:
                 self._forget(t, delete_files=True)
-                return SwarmFetch(False, "bytes from peers failed the digest", got)
+                return SwarmFetch(False, "bytes from peers failed the digest", got, t.hash_failures)
             # Verified: into the store, where it keeps seeding.
-            await trio.to_thread.run_sync(self.store.save_torrent_info, digest, info)
+            await trio.to_thread.run_sync(
+                self.store.save_torrent_info, digest, without_cert(info, self.ca)
+            )
             dest = self.store.blob_path(digest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             handle.move_storage(str(dest.parent), lt.move_flags_t.dont_replace)
@@ -405,7 +451,7 @@ class Swarm:
             t, stall_timeout=stall_timeout, on_progress=on_progress, peers=peers
         )
         if why:
-            return SwarmFetch(False, why, got)
+            return SwarmFetch(False, why, got, t.hash_failures)
         await self._flush(t)  # our hash of the whole blob reads the file: written out first
         t.seeding = True
         return SwarmFetch(True, "", got)

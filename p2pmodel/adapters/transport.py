@@ -50,3 +50,14 @@ class TcpTransport:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, handler, listeners)
             task_status.started(bound)
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The address a served stream comes from (what per-host limits count by)."""
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            return str(sock.getpeername()[0])
+        except OSError:
+            return "?"
+    return str(getattr(stream, "remote_host", "?"))

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import UserError
 from .limits import Limits, LimitsError, parse_limits, parse_size
+from .officekey import OfficeKey
 from .refs import parse_ref
 
 HF_ORIGIN = "https://huggingface.co"
@@ -52,6 +53,8 @@ class Config:
     path: str | None = None  # where it was read from, for messages
     hf_endpoint: str | None = DEFAULT_HF_ENDPOINT  # host:port the agent serves; None: off
     token_hosts: tuple[str, ...] = (HF_ORIGIN + "/",)  # URL prefixes a user's HF token may go to
+    office_key: OfficeKey | None = None  # None: an open office (its repr shows a fingerprint)
+    office_key_file: str | None = None  # where the key is to be read from (adapters.home)
 
     def candidates(self, url: str) -> list[str]:
         """The URLs that may serve ``url``, in configured order (origin last if listed)."""
@@ -107,6 +110,8 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         "connections",
         "hf_endpoint",
         "hf_token_hosts",
+        "office_key",
+        "office_key_file",
     }
     known |= {"limits", "store_max"}
     unknown = sorted(set(raw) - known)
@@ -173,6 +178,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
     for h in hosts:
         if not h.startswith(("https://", "http://")) or h.count("/") < 3:
             raise _Bad(f"hf_token_hosts: {h!r} is not a URL prefix like 'https://huggingface.co/'")
+    office_key, office_key_file = _parse_office_key(raw, env)
     try:
         limits = parse_limits(raw.get("limits", {}))
         store_max = parse_size(raw["store_max"], "store_max") if "store_max" in raw else None
@@ -192,7 +198,32 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         limits=limits,
         store_max=store_max,
         path=path,
+        office_key=office_key,
+        office_key_file=office_key_file,
     )
+
+
+def _parse_office_key(
+    raw: dict[str, Any], env: Mapping[str, str]
+) -> tuple[OfficeKey | None, str | None]:
+    """The office key: ``P2PMODEL_OFFICE_KEY``, else ``office_key``, else the file named by
+    ``office_key_file`` (read by ``adapters.home.load_config``). Errors never quote a key."""
+    text, path = raw.get("office_key"), raw.get("office_key_file")
+    if text is not None and path is not None:
+        raise _Bad("give office_key or office_key_file, not both")
+    if text is not None and not isinstance(text, str):
+        raise _Bad("office_key must be a string (make one with 'p2pmodel key new')")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise _Bad("office_key_file must be the path of a file holding the key")
+    from_env = env.get("P2PMODEL_OFFICE_KEY", "").strip()
+    if from_env:
+        return OfficeKey.parse(from_env, "P2PMODEL_OFFICE_KEY"), None
+    if text is not None:
+        try:
+            return OfficeKey.parse(text, "office_key"), None
+        except UserError as e:
+            raise _Bad(str(e)) from None
+    return None, path
 
 
 def _parse_hf_endpoint(value: Any) -> str | None:

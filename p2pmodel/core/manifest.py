@@ -23,6 +23,9 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: far beyond any model file, far within msgpack's integers
 DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|gitsha1:[0-9a-f]{40})\Z")
+# The source of a model published in the office (``p2pmodel publish``): no upstream has it, and
+# its commit is the time it was published (ISO 8601, UTC), so the newest sorts last.
+PUBLISHED = "published:"
 
 
 class ManifestError(ProtocolError):
@@ -145,6 +148,11 @@ class Manifest:
     @classmethod
     def build(cls, name: str, source: str, commit: str, files: Iterable[FileEntry]) -> Manifest:
         return cls(name, source, commit, tuple(files))
+
+
+def is_published(manifest: Manifest) -> bool:
+    """Was this model published in the office (no upstream, no mirror has its files)?"""
+    return manifest.source.startswith(PUBLISHED)
 
 
 def _entry(x: Any) -> FileEntry:

@@ -11,6 +11,15 @@ without refusing). A dead peer's inventory is dropped; a later announcement or a
 brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id is never a peer.
 ``next_deadline`` says when the timers next have work. Time is always an argument; the table
 never reads a clock.
+
+A peer is ``verified`` once an RPC with it succeeded since it was last seen alive: with an
+office key, that RPC ran over mutual TLS, so the peer proved the key. Only verified peers'
+addresses get through the swarm's IP filter; an announcement alone proves nothing.
+
+A peer caught lying about some content (a blob it said it held but could not serve, pieces
+that failed their hash, a manifest or unit torrent of the wrong shape) is ``distrust``ed for
+that content: ``holders`` leaves it out from then on, and ``snapshot`` (``status``) shows what
+and why. At most ``MAX_LIES`` are kept per peer, the oldest forgotten first.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PeerSource = Literal["mdns", "static"]
+MAX_LIES = 64
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class Peer:
     failures: int = 0  # failed pings since we last heard from it
     last_pinged: float | None = None  # when the last ping was handed out, until heard
     died: float | None = None  # when it was last marked dead
+    verified: bool = False  # an RPC with it succeeded since it was last seen alive
+    lies: dict[str, str] = field(default_factory=dict)  # content -> why it is distrusted
 
 
 class PeerTable:
@@ -115,6 +127,7 @@ class PeerTable:
         if peer is None:
             return False
         self._revive(peer, now)
+        peer.verified = True
         return True
 
     def ping_failed(self, agent: str, now: float) -> bool:
@@ -136,9 +149,27 @@ class PeerTable:
         if peer is None:
             return False
         self._revive(peer, now)
+        peer.verified = True
         peer.holds = set(complete)
         peer.partial = set(partial) - peer.holds
         return True
+
+    def distrust(self, agent: str, content: str, why: str) -> bool:
+        """The peer lied about ``content`` (a digest or a name): never a holder of it again."""
+        peer = self._peers.get(agent)
+        if peer is None:
+            return False
+        peer.lies.pop(content, None)
+        peer.lies[content] = why
+        while len(peer.lies) > MAX_LIES:
+            del peer.lies[next(iter(peer.lies))]
+        peer.holds.discard(content)
+        peer.partial.discard(content)
+        return True
+
+    def trusted(self, agent: str, content: str) -> bool:
+        peer = self._peers.get(agent)
+        return peer is not None and content not in peer.lies
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -191,9 +222,13 @@ class PeerTable:
         """Live peers, by agent id."""
         return [p for p in self._sorted() if p.alive]
 
+    def verified_hosts(self) -> set[str]:
+        """The addresses of live peers that proved themselves over RPC."""
+        return {a.host for p in self._peers.values() if p.alive and p.verified for a in p.addrs}
+
     def holders(self, digest: str) -> list[Peer]:
         """Live peers holding ``digest`` complete, by agent id."""
-        return [p for p in self._sorted() if p.alive and digest in p.holds]
+        return [p for p in self._sorted() if p.alive and digest in p.holds and digest not in p.lies]
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Plain data for ``status --json``, by agent id."""
@@ -205,8 +240,10 @@ class PeerTable:
                 "source": p.source,
                 "last_heard_age": round(max(0.0, now - p.last_heard), 3),
                 "alive": p.alive,
+                "verified": p.verified,
                 "holds": len(p.holds),
                 "partial": len(p.partial),
+                "distrusted": [{"content": c, "why": w} for c, w in p.lies.items()],
             }
             for p in self._sorted()
         ]
@@ -228,6 +265,7 @@ class PeerTable:
 
     def _kill(self, peer: Peer, now: float) -> None:
         peer.alive = False
+        peer.verified = False
         peer.died = now
         peer.failures = 0
         peer.last_pinged = None

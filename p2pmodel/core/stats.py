@@ -82,6 +82,8 @@ class LinkStats:
     messages_sent: int = 0  # through the ordered outboxes
     messages_dropped: int = 0
     served: int = 0  # requests answered for peers
+    refused: int = 0  # connections closed at once: too many from one address, or a bad hello
+    handshake_failures: int = 0  # TLS handshakes that failed (no office certificate)
 
 
 @dataclass

@@ -4,6 +4,12 @@ The info dictionary of a blob is a function of its bytes alone: a single-file v1
 after the digest's hex, private, with a piece size that is a fixed function of the size. The
 piece hashes are computed in the same read that checks the upstream digest, so a verified blob
 is ready to seed without a second pass.
+
+With an office key, every info dict also carries the office CA's certificate as ``ssl-cert``
+(``with_cert``): libtorrent then makes it an SSL torrent, exchanged only with peers holding a
+certificate that CA signed, and its info-hash is one nobody outside the office can compute
+(the CA is derived from the key, the same on every agent). The store keeps the open form
+(``without_cert``), so a new key needs no re-hash.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class SwarmFetch:
     ok: bool
     why: str = ""
     downloaded: int = 0  # payload bytes received from peers
+    bad_pieces: int = 0  # pieces that failed their hash (a peer sent wrong bytes)
 
 
 MIN_PIECE = 256 * KiB
@@ -80,13 +87,21 @@ def unit_pieces(start: int, stop: int, piece: int) -> range:
 
 
 def unit_info(
-    digest: str, size: int, index: int, start: int, stop: int, piece: int, hashes: bytes
+    digest: str,
+    size: int,
+    index: int,
+    start: int,
+    stop: int,
+    piece: int,
+    hashes: bytes,
+    ca: bytes | None = None,
 ) -> bytes:
-    """The info dict of one unit; ``hashes`` are the SHA-1s of its pieces."""
+    """The info dict of one unit; ``hashes`` are the SHA-1s of its pieces (``ca``: the
+    office CA, see ``with_cert``)."""
     n = -(-size // piece)
     first = start // piece
     pieces = NO_HASH * first + hashes + NO_HASH * (n - first - len(hashes) // 20)
-    return bencode(
+    info = bencode(
         {
             b"length": size,
             b"name": hex_part(digest).encode(),
@@ -96,15 +111,23 @@ def unit_info(
             UNIT_KEY: [index, start, stop],
         }
     )
+    return with_cert(info, ca)
 
 
 def unit_shape(
-    info: bytes, digest: str, size: int, index: int, start: int, stop: int, piece: int
+    info: bytes,
+    digest: str,
+    size: int,
+    index: int,
+    start: int,
+    stop: int,
+    piece: int,
+    ca: bytes | None = None,
 ) -> bool:
     """Is ``info`` (from a peer) a unit torrent of exactly this shape? Zero hashes outside the
     unit; its own piece hashes are checked by libtorrent as the bytes arrive."""
     span = unit_pieces(start, stop, piece)
-    head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span))
+    head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span), ca)
     if len(info) != len(head) or _strip_pieces(info) != _strip_pieces(head):
         return False
     marker = b"6:pieces"
@@ -150,16 +173,38 @@ def info_bytes(digest: str, size: int, pieces: bytes) -> bytes:
     return bencode(info_dict(digest, size, pieces))
 
 
+CERT_KEY = b"ssl-cert"  # sorts after every other key of our info dicts: it goes last
+
+
+def with_cert(info: bytes, ca: bytes | None) -> bytes:
+    """The info dict ``info`` (open form) as an SSL torrent of the office whose CA is ``ca``
+    (None: an open office, ``info`` unchanged)."""
+    if ca is None:
+        return info
+    return info[:-1] + bencode(CERT_KEY) + bencode(ca) + b"e"
+
+
+def without_cert(info: bytes, ca: bytes | None) -> bytes:
+    """The open form of an info dict made by ``with_cert(open, ca)``."""
+    if ca is None:
+        return info
+    tail = bencode(CERT_KEY) + bencode(ca) + b"e"
+    if not info.endswith(tail):
+        raise ValueError("not an info dict of this office")
+    return info[: -len(tail)] + b"e"
+
+
 def info_hash(info: bytes) -> str:
     return hashlib.sha1(info, usedforsecurity=False).hexdigest()
 
 
-def expected_shape(info: bytes, digest: str, size: int) -> bool:
-    """Does ``info`` (e.g. from a peer) have exactly the shape our rule gives this blob?
+def expected_shape(info: bytes, digest: str, size: int, ca: bytes | None = None) -> bool:
+    """Does ``info`` (e.g. from a peer) have exactly the shape our rule gives this blob (as a
+    torrent of the office whose CA is ``ca``)?
 
     Its piece hashes cannot be checked before the data arrives; the digest check does that."""
     n = -(-size // piece_size(size)) if size else 0
-    head = info_bytes(digest, size, b"\0" * 20 * n)
+    head = with_cert(info_bytes(digest, size, b"\0" * 20 * n), ca)
     return len(info) == len(head) and _strip_pieces(info) == _strip_pieces(head)
 
 

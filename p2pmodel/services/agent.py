@@ -29,6 +29,7 @@ import trio
 from ..adapters.home import agent_id, load_config
 from ..adapters.netif import local_ipv4
 from ..adapters.store import Store
+from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.coordinator import SEGMENT
@@ -39,6 +40,7 @@ from . import dashboard, metrics
 from .gets import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
 from .keeper import StoreKeeper
+from .names import NameService
 from .peers import AnnouncerFactory, PeerService
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
@@ -84,10 +86,12 @@ class AgentOptions:
     hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
 
 
-def _real_swarm(store: Store, interfaces: list[str], port: int) -> SwarmAdapter:
+def _real_swarm(
+    store: Store, interfaces: list[str], port: int, tls: OfficeTls | None = None
+) -> SwarmAdapter:
     from ..adapters.swarm import Swarm
 
-    return Swarm(store, interfaces, port)
+    return Swarm(store, interfaces, port, tls)
 
 
 def _real_discovery(**kw: Any) -> Any:
@@ -101,7 +105,7 @@ class Outside:
     """The outside things an agent uses: real ones by default, fakes in tests."""
 
     transport: Transport = field(default_factory=TcpTransport)
-    swarm: Callable[[Store, list[str], int], SwarmAdapter] = _real_swarm
+    swarm: Callable[[Store, list[str], int, OfficeTls | None], SwarmAdapter] = _real_swarm
     discovery: AnnouncerFactory = _real_discovery
     http: HttpFactory | None = None  # None: a real HTTP client
     interfaces: Callable[[], list[str]] = local_ipv4
@@ -112,6 +116,7 @@ class Agent:
     peers: PeerService
     sharing: SharingService | None
     gets: GetService
+    names: NameService
     hf: HfEndpoint | None = None
     keeper: StoreKeeper
 
@@ -132,11 +137,14 @@ class Agent:
         self.interfaces = (
             self.opts.interfaces or list(config.interfaces) or self.outside.interfaces()
         )
+        # With an office key: the office CA and this agent's own certificate (fresh each start).
+        key = config.office_key
+        self.tls = OfficeTls(key, self.id) if key is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         tune_malloc()
         opts = self.opts
-        adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port)
+        adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port, self.tls)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(adapter.run)
@@ -148,6 +156,7 @@ class Agent:
                     torrent_port=lambda: adapter.port,
                     discovery=self.outside.discovery if opts.discovery else None,
                     static_peers=self.config.peers,
+                    tls=self.tls,
                 )
                 self.swarm = SwarmService(
                     adapter,
@@ -164,12 +173,19 @@ class Agent:
                     if opts.sharing
                     else None
                 )
+                self.names = NameService(
+                    self.peers,
+                    self.store,
+                    keyed=self.tls is not None,
+                    wait_for_peers=opts.wait_for_peers,
+                )
                 self.gets = GetService(
                     self.home,
                     self.config,
                     lan=self.swarm,
                     sharing=self.sharing,
                     http=self.outside.http,
+                    names=self.names if self.tls is not None else None,
                 )
                 await nursery.start(self.swarm.run)
                 await nursery.start(self.peers.run)
@@ -192,6 +208,15 @@ class Agent:
                 task_status.started(self)
         finally:
             adapter.close()
+
+    async def publish(self, name: str, manifest_digest: str, force: bool) -> None:
+        """Offer a manifest ``p2pmodel publish`` stored to the office as ``name``."""
+        from ..core.errors import UserError
+
+        manifest = self.store.load_manifest(manifest_digest)
+        if manifest is None:
+            raise UserError(f"no manifest {manifest_digest[:19]} in the store to publish")
+        await self.names.publish(name, manifest, force, self.swarm.stored)
 
     def _apply_rates(self, rates: Rates) -> None:
         self.swarm.set_upload_limit(rates.lan_upload)
@@ -226,6 +251,8 @@ class Agent:
         self.gets.reload(config)
         self.peers.set_static_peers(config.peers)
         self.keeper.set_cap(config.store_max)
+        if config.office_key != (self.tls.key if self.tls is not None else None):
+            notes.append("the office key changed: it takes effect when the agent restarts")
         return notes
 
     async def reload_config(self) -> None:
@@ -258,7 +285,14 @@ class Agent:
                 "mirrors": self.gets.board.snapshot(trio.current_time()),
             }
 
-        return {"rm": rm, "gc": gc, "mirrors": mirrors}
+        async def publish(req: dict[str, Any]) -> dict[str, Any]:
+            ref, manifest = req.get("ref"), req.get("manifest")
+            if not isinstance(ref, str) or not isinstance(manifest, str):
+                raise UserError("publish needs a reference and a manifest digest")
+            await self.publish(ref, manifest, bool(req.get("force")))
+            return {}
+
+        return {"rm": rm, "gc": gc, "mirrors": mirrors, "publish": publish}
 
     @property
     def rpc_port(self) -> int:
@@ -296,6 +330,11 @@ class Agent:
             "agent": self.id,
             "home": str(self.home),
             "interfaces": self.peers.interfaces,  # what it serves on now
+            "office": {
+                "key": self.tls is not None,
+                "fingerprint": self.tls.fingerprint if self.tls is not None else None,
+                "other_office_agents": len(self.peers.other_offices),
+            },
             "rpc_port": self.peers.rpc_port,
             "torrent_port": swarm.get("port"),
             "seeding": swarm.get("seeding", 0),

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from ..adapters.control import MAX_FRAME, PROGRESS_EVERY, pack, socket_path, unpack
-from ..core.errors import P2PModelError, ProtocolError
+from ..core.errors import P2PModelError, ProtocolError, UserError
 from ..core.progress import Progress
 from ..core.refs import parse_ref
 from ..core.wire import FrameDecoder
@@ -113,15 +113,7 @@ class ControlServer:
 
         async def run() -> None:
             try:
-                to, cache = req.get("to"), req.get("hf_cache")
-                greq = GetRequest(
-                    parse_ref(str(req["ref"])),
-                    to=Path(to) if to else None,
-                    hf_cache=Path(cache) if cache else None,
-                    sha256=req.get("sha256"),
-                    refresh=bool(req.get("refresh")),
-                    progress="none",
-                )
+                greq = _get_request(req)
                 result = await self.gets.get(greq, progress)
                 outcome.update(
                     event="result", warnings=result.warnings, **result.describe(greq.ref.text)
@@ -147,6 +139,24 @@ class ControlServer:
                 await stream.send_all(pack(outcome))
         finally:
             self.after_get()
+
+
+def _get_request(req: dict[str, Any]) -> GetRequest:
+    """A get request from a client's map; ``UserError`` if a field is missing or mistyped."""
+    ref, to, cache, sha = (req.get(k) for k in ("ref", "to", "hf_cache", "sha256"))
+    if not isinstance(ref, str):
+        raise UserError("a get request needs a 'ref' string")
+    for name, value in (("to", to), ("hf_cache", cache), ("sha256", sha)):
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"a get request's {name!r} must be a string")
+    return GetRequest(
+        parse_ref(ref),
+        to=Path(to) if to else None,
+        hf_cache=Path(cache) if cache else None,
+        sha256=sha,
+        refresh=bool(req.get("refresh")),
+        progress="none",
+    )
 
 
 def _progress_frame(p: Progress) -> dict[str, Any]:

@@ -2,8 +2,14 @@
 
 ``fast_get`` is the synchronous path for a model that is already complete: it touches only the
 store and imports nothing heavy, so a repeated ``get`` answers in milliseconds. ``get`` is the
-full path: resolve the manifest (store, config, catalog, upstream listing through mirrors),
-download what is missing, then link the snapshot and the optional ``--to`` export.
+full path: resolve the manifest, download what is missing, then link the snapshot and the
+optional ``--to`` export.
+
+A ``name:tag`` resolves in this order: the local store, the user's config, keyed peers (with
+an office key: ``services.names``), then the catalog; a source reference (``hf://``...) through
+its upstream listing. A peer's manifest for a config or catalog name is taken only if it pins
+what they pin (when the mirrors cannot be reached); a name the office publishes over a catalog
+name wins with a warning. ``GetResult.describe`` says where the name and the manifest came from.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 from ..adapters.home import load_catalog, load_config
 from ..adapters.store import Store
-from ..core.catalog import NameTarget, lookup_name
+from ..core.catalog import NameTarget, describe_target, find_name, unknown_name
 from ..core.config import Config, FileSpec
-from ..core.errors import P2PModelError, UserError
-from ..core.manifest import FileEntry, Manifest
+from ..core.errors import P2PModelError, SourceError, UserError
+from ..core.manifest import FileEntry, Manifest, is_published
 from ..core.refs import Ref
 
 if TYPE_CHECKING:
@@ -50,6 +56,9 @@ class GetResult:
     fetched: int = 0  # bytes this run took from mirrors
     warnings: list[str] = field(default_factory=list)
     from_peers: int = 0  # bytes this run took from LAN peers
+    name_from: str = "store"  # who said what the reference stands for (see ``get``)
+    manifest_from: str = "store"  # store | upstream | office | pinned
+    peer: str | None = None  # the keyed peer that gave the manifest
 
     def describe(self, ref: str) -> dict[str, Any]:
         """Plain data for ``get --json`` (also what the agent sends back to the CLI)."""
@@ -63,6 +72,9 @@ class GetResult:
             "size": m.total_size,
             "fetched": self.fetched,
             "from_peers": self.from_peers,
+            "name_from": self.name_from,
+            "manifest_from": self.manifest_from,
+            "peer": self.peer,
             "files": [{"path": f.path, "size": f.size, "digest": f.digest} for f in m.files],
         }
 
@@ -117,8 +129,9 @@ def fast_get(req: GetRequest, home: Path, config: Config | None = None) -> GetRe
         return None
     if req.ref.kind == "name":
         config = config or load_config(home)
-        if not _expected_by_name(lookup_name(req.ref, config, load_catalog()), manifest):
-            return None
+        target = find_name(req.ref, config, load_catalog())
+        if target is not None and not _expected_by_name(target, manifest):
+            return None  # config/catalog say otherwise (or the office's shadows them: warn)
     return GetResult(_finish(store, req, manifest), manifest)
 
 
@@ -144,6 +157,22 @@ class LanSource(Protocol):
         ...
 
 
+class OfficeAnswer(Protocol):
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def peer(self) -> str: ...
+
+
+class Names(Protocol):
+    """Names from the office's keyed peers (``services.names.NameService``)."""
+
+    async def resolve(
+        self, text: str, accept: Callable[[Manifest], bool] = ...
+    ) -> OfficeAnswer | None: ...
+
+
 class Sharing(Protocol):
     """The office's sharing of mirror work (``services.sharing.SharingService``)."""
 
@@ -163,6 +192,7 @@ async def get(
     sharing: Sharing | None = None,
     progress: Progress | None = None,
     config: Config | None = None,
+    names: Names | None = None,
 ) -> GetResult:
     """Resolve, download what is missing (LAN peers first, then mirrors), verify, link.
     Raises ``P2PModelError`` subclasses (possibly in an exception group: ``GetService.get``
@@ -188,12 +218,34 @@ async def get(
         manifest: Manifest | None = None if req.refresh else store.lookup(ref.text)
         file_spec: FileSpec | None = None
         source = ref
+        name_from = "store" if ref.kind == "name" else "reference"
+        manifest_from = "store"
+        peer: str | None = None
+        target: NameTarget | None = None
         if ref.kind == "name":
-            target = lookup_name(ref, config, load_catalog())
-            if manifest is not None and not _expected_by_name(target, manifest):
+            target = find_name(ref, config, load_catalog())
+            if manifest is not None and target and not _expected_by_name(target, manifest):
                 manifest = None
-            file_spec = target.file
-            source = target.source or ref
+            if manifest is None:
+                if target is None or target.origin == "catalog":
+                    # Keyed peers come before the catalog (config names never ask them).
+                    found = await names.resolve(ref.text) if names is not None else None
+                    if found is not None:
+                        manifest, peer = found.manifest, found.peer
+                        name_from = manifest_from = "office"
+                        if target is not None and not _expected_by_name(target, manifest):
+                            warnings.append(
+                                f"{ref.text}: the office's (from peer {peer}, "
+                                f"{manifest.source}) wins over the catalog's "
+                                f"{describe_target(target)}"
+                            )
+                        target = None
+                    elif target is None:
+                        raise unknown_name(ref, config, load_catalog(), names is not None)
+                if target is not None:
+                    name_from = target.origin
+                    file_spec = target.file
+                    source = target.source or ref
         elif ref.kind == "url":
             file_spec = FileSpec(ref.name, sha or "", None)
         if manifest is not None and sha and [f.digest for f in manifest.files] != [f"sha256:{sha}"]:
@@ -201,6 +253,7 @@ async def get(
 
         jobs: list[BlobJob] = []
         if manifest is None and file_spec is not None:
+            manifest_from = "pinned"
             urls = config.candidates(file_spec.url)
             size = file_spec.size
             if size is None:
@@ -219,7 +272,20 @@ async def get(
                     "(pass --sha256 to verify it)"
                 )
         elif manifest is None:
-            manifest, gated = await list_upstream(source, ref.text, config, http, req.token)
+            manifest_from = "upstream"
+            try:
+                manifest, gated = await list_upstream(source, ref.text, config, http, req.token)
+            except SourceError:
+                # No mirror answers: a keyed peer may hold this very commit.
+                found = None
+                if names is not None and source.pinned:
+                    expected = target or NameTarget(source=source)
+                    found = await names.resolve(
+                        source.text, lambda m: _expected_by_name(expected, m)
+                    )
+                if found is None:
+                    raise
+                manifest, gated, peer, manifest_from = found.manifest, False, found.peer, "office"
             if gated:
                 store.mark_gated(manifest.digest)
 
@@ -246,7 +312,16 @@ async def get(
             store.save_manifest(manifest)
             store.set_ref(ref.text, manifest.digest)
         path_out = await trio.to_thread.run_sync(_finish, store, req, manifest)
-        return GetResult(path_out, manifest, progress.from_mirrors, warnings, progress.from_peers)
+        return GetResult(
+            path_out,
+            manifest,
+            progress.from_mirrors,
+            warnings,
+            progress.from_peers,
+            name_from,
+            manifest_from,
+            peer,
+        )
     finally:
         if own_client:
             with trio.CancelScope(shield=True):
@@ -324,11 +399,25 @@ def blob_jobs(
     jobs = []
     for digest, size in blobs.items():
         path = next(f.path for f in manifest.files if f.digest == digest)
+        if is_published(manifest):  # only the office has it: peers or nothing
+            jobs.append(BlobJob(digest, digest, size, [], path))
+            continue
         origin = file_url(manifest, path, config.hf_origin, config.ms_origin)
         urls = config.candidates(origin)
         trusted = frozenset(u for u in urls if token and config.trusts(u))
         jobs.append(BlobJob(digest, digest, size, urls, path, token, trusted))
     return jobs
+
+
+def _no_source(jobs: list[BlobJob]) -> None:
+    """Blobs only the office has (a published model) that no live peer could deliver."""
+    lost = [j for j in jobs if not j.urls]
+    if lost:
+        names = ", ".join(j.label for j in lost[:3]) + (" ..." if len(lost) > 3 else "")
+        raise SourceError(
+            f"no peer that holds {names} answers (a model published in the office has no "
+            "mirror: start the agent of a workstation that has it)"
+        )
 
 
 async def fetch_blobs(
@@ -350,6 +439,7 @@ async def fetch_blobs(
 
     held = await lan.locate([j.key for j in jobs if j.digest]) if lan and jobs else set()
     lan_jobs = [j for j in jobs if j.key in held]
+    _no_source([j for j in jobs if j.key not in held])
     results: dict[str, str] = {}
     retry: list[BlobJob] = []
     error: list[BaseException] = []
@@ -382,6 +472,7 @@ async def fetch_blobs(
             nursery.start_soon(from_lan, job, limit)
         nursery.start_soon(from_mirrors, [j for j in jobs if j.key not in held], True)
     if retry and not error:
+        _no_source(retry)
         await from_mirrors(retry)
     if error:
         raise error[0]

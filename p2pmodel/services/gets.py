@@ -56,6 +56,7 @@ from .get import (
     GetRequest,
     GetResult,
     LanSource,
+    Names,
     Sharing,
     blob_jobs,
     fetch_blobs,
@@ -97,12 +98,14 @@ class GetService:
         lan: LanSource | None = None,
         sharing: Sharing | None = None,
         http: HttpFactory | None = None,
+        names: Names | None = None,
     ) -> None:
         self.home = home
         self.config = config
         self.store = Store(home)
         self.lan = lan
         self.sharing = sharing
+        self.names = names
         self.board = MirrorBoard()
         self.bucket = TokenBucket()
         self.limits = LimitsService(config.limits)
@@ -184,6 +187,7 @@ class GetService:
                 sharing=self.sharing,
                 progress=progress,
                 config=self.config,
+                names=self.names,
             )
         except BaseException as e:
             cause = first_cause(e)

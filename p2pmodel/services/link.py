@@ -1,11 +1,20 @@
 """The peer link: the one place that opens connections to peers and serves theirs (trio).
 
-Theory of operation. Every agent listens on its RPC port. A connection starts with ``Hello``
-both ways (the server answers the client's; this is where the office key's handshake will
-go); after that the client sends requests and the server answers each with the same request
-id, one at a time. Frames are decoded with ``core.wire`` at the edge, so handlers only ever see
-typed messages; a malformed frame, a wrong first message or a protocol version we do not speak
-closes the connection (the peer's fault), never the agent.
+Theory of operation. Every agent listens on its RPC port. With an office key, a connection
+starts with TLS 1.3, certificates required both ways and checked against the office CA
+(``adapters.tls``): a host without the key gets a closed connection and not one byte of ours
+but the TLS handshake's. Then (over TLS, or plain in an open office) comes ``Hello`` both ways
+(the server answers the client's; with a key, each side's agent id must be the common name of
+its certificate); after that the client sends requests and the server answers each with the
+same request id, one at a time. Frames are decoded with ``core.wire`` at the edge, so handlers
+only ever see typed messages; a malformed frame, a wrong first message or a protocol version we
+do not speak closes the connection (the peer's fault), never the agent.
+
+What a peer can make us hold is bounded: ``MAX_PER_HOST`` connections from one address (more
+are closed at once) and ``MAX_INBOUND`` in all; one request at a time per connection, of at
+most ``MAX_REQUEST`` bytes; the handshake and hello within ``HELLO_TIMEOUT``; a frame, once
+begun, within ``FRAME_TIMEOUT`` (a slowloris peer is cut off), and a connection idle for
+``IDLE_TIMEOUT`` is closed (the dialler's pool redials).
 
 Outgoing traffic takes one of two ways, both over the same dialling rules: a peer's addresses
 are tried in order, the one that worked last first, and a peer that answers with another
@@ -26,15 +35,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from ..adapters.transport import Transport
+from ..adapters.tls import OfficeTls, peer_agent
+from ..adapters.transport import Transport, peer_host
 from ..core.peers import PeerAddr
 from ..core.stats import LinkStats
 from ..core.wire import (
+    MAX_FRAME,
     PROTOCOL_VERSION,
     Error,
     FrameDecoder,
@@ -50,10 +62,16 @@ Handler = Callable[[Message, Hello], Awaitable[Message]]
 RECEIVE = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
-HELLO_TIMEOUT = 10.0
+HELLO_TIMEOUT = 10.0  # TLS handshake and hello of a connection we serve
+FRAME_TIMEOUT = 10.0  # a request frame, once begun, must be complete within this
+IDLE_TIMEOUT = 300.0  # a served connection with no request for this long is closed
 SEND_TIMEOUT = 3.0
 POOL = 2  # idle request connections kept per peer
 OUTBOX = 4096
+MAX_PER_HOST = 16  # connections served to one address at once
+MAX_INBOUND = 512  # connections served at once in all
+MAX_REQUEST = 1024 * 1024  # a peer's request frame (answers may be up to wire.MAX_FRAME)
+TLS_NAME = "p2pmodel"  # the server name a client asks for (certificates name agents)
 
 
 class RpcError(Exception):
@@ -67,17 +85,23 @@ class _Broken(RpcError):
 class Channel:
     """Frames over one stream: ``send`` a message, ``receive`` the next one."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_frame: int = MAX_FRAME) -> None:
         self.stream = stream
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(max_frame)
         self.ready: list[bytes] = []
 
     async def send(self, msg: Message, request_id: int) -> None:
         await self.stream.send_all(encode(msg, request_id))
 
-    async def receive(self) -> tuple[Message, int]:
+    async def receive(self, idle: float = math.inf, frame: float = math.inf) -> tuple[Message, int]:
+        """The next message: ``TooSlowError`` if none starts within ``idle`` seconds, or one
+        that started is not complete within ``frame`` seconds of its first byte."""
+        deadline = trio.current_time() + idle
         while not self.ready:
-            data = await self.stream.receive_some(RECEIVE)
+            if self.decoder.pending and deadline > trio.current_time() + frame:
+                deadline = trio.current_time() + frame  # begun: the rest must come soon
+            with trio.fail_at(deadline):
+                data = await self.stream.receive_some(RECEIVE)
             if not data:
                 raise _Broken("connection closed")
             self.ready += self.decoder.feed(data)
@@ -137,8 +161,13 @@ class PeerLink:
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
+        tls: OfficeTls | None = None,
     ) -> None:
         self.transport = transport
+        self.tls = tls
+        self._server_ctx = tls.server_context() if tls is not None else None
+        self._client_ctx = tls.client_context() if tls is not None else None
+        self._inbound: dict[str, int] = {}  # served connections by remote address
         self.hello = hello
         self.handler = handler
         self.addresses = addresses
@@ -191,16 +220,35 @@ class PeerLink:
     # -- serving peers -------------------------------------------------------------------------
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
-        ch = Channel(stream)
+        host = peer_host(stream)
+        if self._inbound.get(host, 0) >= MAX_PER_HOST or sum(self._inbound.values()) >= MAX_INBOUND:
+            self.stats.refused += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self._inbound[host] = self._inbound.get(host, 0) + 1
+        try:
+            await self._serve_one(stream)
+        finally:
+            self._inbound[host] -= 1
+            if not self._inbound[host]:
+                del self._inbound[host]
+
+    async def _serve_one(self, stream: trio.abc.Stream) -> None:
         try:
             with trio.fail_after(HELLO_TIMEOUT):
+                stream, certified = await self._secure(stream, server=True)
+                ch = Channel(stream, MAX_REQUEST)
                 first, rid = await ch.receive()
-            if not isinstance(first, Hello) or first.proto != PROTOCOL_VERSION:
-                await ch.send(Error(f"expected hello, protocol {PROTOCOL_VERSION}"), rid)
-                return
-            await ch.send(self.hello(), rid)
+                if not isinstance(first, Hello) or first.proto != PROTOCOL_VERSION:
+                    await ch.send(Error(f"expected hello, protocol {PROTOCOL_VERSION}"), rid)
+                    return
+                if certified is not None and first.agent != certified:
+                    self.stats.refused += 1
+                    await ch.send(Error("hello names another agent than the certificate"), rid)
+                    return
+                await ch.send(self.hello(), rid)
             while True:
-                msg, rid = await ch.receive()
+                msg, rid = await ch.receive(IDLE_TIMEOUT, FRAME_TIMEOUT)
                 self.stats.served += 1
                 reply = await self.handler(msg, first)
                 await ch.send(reply, rid)
@@ -218,6 +266,29 @@ class PeerLink:
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def _secure(
+        self, stream: trio.abc.Stream, *, server: bool
+    ) -> tuple[trio.abc.Stream, str | None]:
+        """With an office key: the TLS handshake, and the agent id its certificate names.
+        ``_Broken`` if the other side has no certificate of this office."""
+        if self.tls is None:
+            return stream, None
+        if server:
+            assert self._server_ctx is not None
+            tls = trio.SSLStream(stream, self._server_ctx, server_side=True)
+        else:
+            assert self._client_ctx is not None
+            tls = trio.SSLStream(stream, self._client_ctx, server_hostname=TLS_NAME)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as e:
+            self.stats.handshake_failures += 1
+            raise _Broken(f"TLS handshake failed: {e.__cause__ or e}") from None
+        agent = peer_agent(tls.getpeercert())
+        if agent is None:  # pragma: no cover - verified certificates all have one
+            raise _Broken("the peer's certificate names no agent")
+        return tls, agent
+
     # -- dialling ------------------------------------------------------------------------------
 
     async def _open(self, host: str, port: int, expect: str | None) -> _Conn:
@@ -229,15 +300,18 @@ class PeerLink:
             raise RpcError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
         conn: _Conn | None = None
         try:
-            ch = Channel(stream)
             try:
                 with trio.fail_after(self.connect_timeout):
+                    stream, certified = await self._secure(stream, server=False)
+                    ch = Channel(stream)
                     await ch.send(self.hello(), 0)
                     answer, _ = await ch.receive()
             except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
                 raise RpcError(f"no hello from {host}:{port}: {e or 'timed out'}") from None
             if not isinstance(answer, Hello):
                 raise RpcError(f"{host}:{port} refused the hello")
+            if certified is not None and answer.agent != certified:
+                raise RpcError(f"{host}:{port} says hello as another agent than its certificate")
             if expect is not None and answer.agent != expect:
                 raise RpcError(f"{host}:{port} is agent {answer.agent}, not {expect}")
             conn = _Conn(ch, answer)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import trio
 
 from ..adapters.discovery import DiscoveryEvent, PeerSeen
+from ..adapters.tls import OfficeTls
 from ..adapters.transport import Transport
 from ..core.peers import Peer, PeerAddr, PeerTable
 from ..core.stats import LinkStats
@@ -51,6 +52,7 @@ class AnnouncerFactory(Protocol):
         rpc_port: int,
         torrent_port: int,
         proto: int,
+        office: str,
         on_event: Callable[[DiscoveryEvent], None],
     ) -> Announcer: ...
 
@@ -66,18 +68,24 @@ class PeerService:
         torrent_port: Callable[[], int],
         discovery: AnnouncerFactory | None,
         static_peers: Sequence[str] = (),
+        tls: OfficeTls | None = None,
     ) -> None:
         self.id = agent
+        self.office = tls.fingerprint if tls is not None else ""  # "": an open office
         self.interfaces = list(interfaces)
         self.rpc_port = rpc_port
         self._torrent_port = torrent_port
         self._discovery = discovery
         self._static = list(static_peers)
         self.table = PeerTable(agent)
-        self.link = PeerLink(transport, self.hello, self._answer, self._addresses, self._heard)
+        self.link = PeerLink(
+            transport, self.hello, self._answer, self._addresses, self._heard, tls=tls
+        )
+        self.other_offices: set[str] = set()  # agents of other offices seen on the LAN
         self._routes: dict[type[Message], Route] = {}
         self._watchers: list[Callable[[], None]] = []
         self._alive: frozenset[str] = frozenset()
+        self._verified: frozenset[str] = frozenset()
         self._wake = trio.Event()
         self._peer_seen = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -109,6 +117,18 @@ class PeerService:
 
     def holders(self, digest: str) -> list[Peer]:
         return self.table.holders(digest)
+
+    def distrust(self, agent: str, content: str, why: str) -> None:
+        """The peer lied about ``content`` (a digest or a name): not asked for it again."""
+        if self.table.distrust(agent, content, why):
+            log.warning("distrusting peer %s for %s: %s", agent, content, why)
+
+    def trusted(self, agent: str, content: str) -> bool:
+        return self.table.trusted(agent, content)
+
+    def verified_hosts(self) -> set[str]:
+        """Addresses of live peers that proved the office key (any answer, in an open office)."""
+        return self.table.verified_hosts()
 
     def endpoint(self, agent: str) -> tuple[str, int] | None:
         """Where the peer's swarm listens (its first address and torrent port), if alive."""
@@ -171,6 +191,7 @@ class PeerService:
             rpc_port=self.rpc_port,
             torrent_port=self._torrent_port(),
             proto=PROTOCOL_VERSION,
+            office=self.office,
             on_event=self._on_discovery,
         )
         scope = self._announcing = trio.CancelScope()
@@ -206,6 +227,11 @@ class PeerService:
     def _on_discovery(self, event: DiscoveryEvent) -> None:
         now = trio.current_time()
         if isinstance(event, PeerSeen):
+            if event.office != self.office:
+                if event.agent not in self.other_offices:
+                    log.info("agent %s belongs to another office: ignored", event.agent)
+                self.other_offices.add(event.agent)
+                return
             addrs = [PeerAddr(a, event.rpc_port) for a in event.addrs]
             self._seen(event.agent, addrs, event.torrent_port, "mdns", now)
         else:
@@ -237,6 +263,7 @@ class PeerService:
                     self._seen(
                         hello.agent, addrs, hello.torrent_port, "static", trio.current_time()
                     )
+                    self._heard(hello.agent)  # it answered: verified
             with trio.move_on_after(STATIC_EVERY if self._static else math.inf):
                 await self._static_wake.wait()
             self._static_wake = trio.Event()
@@ -268,7 +295,7 @@ class PeerService:
         return list(peer.addrs) if peer is not None else []
 
     def _heard(self, agent: str) -> None:
-        if self.table.heard(agent, trio.current_time()) and agent not in self._alive:
+        if self.table.heard(agent, trio.current_time()) and agent not in self._verified:
             self._changed()
 
     async def _answer(self, msg: Message, peer: Hello) -> Message:
@@ -283,10 +310,11 @@ class PeerService:
 
     def _changed(self) -> None:
         alive = frozenset(p.agent for p in self.table.alive())
-        if alive == self._alive:
+        verified = frozenset(p.agent for p in self.table.alive() if p.verified)
+        if alive == self._alive and verified == self._verified:
             return
         for gone in self._alive - alive:
             self.link.forget(gone)
-        self._alive = alive
+        self._alive, self._verified = alive, verified
         for fn in self._watchers:
             fn()

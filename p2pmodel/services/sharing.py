@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 3.0
 SYNC_TIMEOUT = 2.0
 CLAIM_WAIT = 1.0
+MAX_TTL_MS = 60_000  # a peer's lease lasts at most this long without a renewal
 
 
 @dataclass
@@ -233,11 +234,13 @@ class SharingService:
     # -- what peers tell us and ask --------------------------------------------------------------
 
     def _unit(self, digest: str, index: int, start: int, stop: int) -> Unit | None:
-        """The unit a peer names, if it matches how we cut that blob (or we do not know it)."""
+        """The unit a peer names, if it is one of a blob we share out (or did) and matches
+        how we cut it. Others' units are not ours to track: a get that wants them later asks
+        the office (``office?``) first, and a flood of claims for random blobs costs nothing."""
         size = self._sizes.get(digest)
         unit = Unit(digest, index, start, stop)
         if size is None:
-            return unit if start < stop else None
+            return None
         units = units_of(digest, size, self.segment)
         return unit if index < len(units) and units[index] == unit else None
 
@@ -247,9 +250,10 @@ class SharingService:
         now = trio.current_time()
         if isinstance(msg, wire.Claim):
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
-                self.coord.peer_claim(agent, u, now + msg.ttl_ms / 1000)
+                self.coord.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
         elif isinstance(msg, wire.UnitDone):
-            if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
+            u = self._unit(msg.digest, msg.index, msg.start, msg.stop)
+            if u is not None and self.peers.trusted(agent, u.blob):
                 self.coord.peer_done(agent, u)
         else:
             self.coord.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
@@ -301,7 +305,7 @@ class SharingService:
 
         piece = unit_piece_size(size, self.segment)
         hashes = await trio.to_thread.run_sync(piece_hashes, where(), u.start, u.stop, piece)
-        info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes)
+        info = unit_info(u.blob, size, u.index, u.start, u.stop, piece, hashes, self.swarm.ca)
         span = unit_pieces(u.start, u.stop, piece)
         # where() again: committed while we hashed means same bytes, new place.
         self.swarm.add_unit(u.blob, size, u.index, span, info, where(), have=True)
@@ -378,9 +382,10 @@ class SharingService:
             now = trio.current_time()
             for d, i, start, stop, ttl in reply.claims:
                 if u := self._unit(d, i, start, stop):
-                    self.coord.peer_claim(agent, u, now + ttl / 1000)
+                    self.coord.peer_claim(agent, u, now + min(ttl, MAX_TTL_MS) / 1000)
             for d, i, start, stop, _ in reply.done:
-                if u := self._unit(d, i, start, stop):
+                u = self._unit(d, i, start, stop)
+                if u is not None and self.peers.trusted(agent, d):
                     self.coord.peer_done(agent, u)
             for d in reply.complete:
                 for u in units_of(d, self._sizes.get(d, 0), self.segment):
@@ -437,10 +442,13 @@ class SharingService:
             ):
                 reply = await self.peers.request(agent, wire.UnitQuery(u.blob, u.index))
                 if isinstance(reply, wire.UnitInfo) and unit_shape(
-                    reply.info, u.blob, size, u.index, u.start, u.stop, piece
+                    reply.info, u.blob, size, u.index, u.start, u.stop, piece, self.swarm.ca
                 ):
                     info = reply.info
                     break
+                if isinstance(reply, wire.UnitInfo):  # announced, then not served: a lie
+                    why = "a unit torrent of the wrong shape" if reply.info else "no unit"
+                    self.peers.distrust(agent, u.blob, f"announced unit {u.index}, sent {why}")
             self.coord.distrust(u, agent)  # no answer, or not that unit's torrent
         if not info or u.blob not in self._wants:
             self.coord.failed(u)
@@ -464,6 +472,9 @@ class SharingService:
             self.coord.fetched(u)
         elif not got.ok:
             log.info("unit %s from peers failed: %s", _name(u), got.why)
+            if got.bad_pieces:
+                for agent in holders() or [first]:
+                    self.peers.distrust(agent, u.blob, "sent pieces that failed their hash")
             self.coord.failed(u, first)
         self.wake()
 

@@ -43,6 +43,10 @@ class SwarmAdapter(Protocol):
     @property
     def port(self) -> int: ...
 
+    ca: bytes | None  # the office CA in every info dict (None: an open office)
+
+    def allow(self, hosts: set[str]) -> None: ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
     def seed(self, digest: str, size: int) -> bool: ...
@@ -107,6 +111,17 @@ class SwarmAdapter(Protocol):
     def unseed(self, digests: Sequence[str]) -> list[str]: ...
 
     def close(self) -> None: ...
+
+
+def liars(got: SwarmFetch, source: str, holders: list[str]) -> list[str]:
+    """Who lied, by how a fetch from peers failed: the peer whose torrent info had the wrong
+    shape or described other bytes than the digest; the holders, when pieces failed their hash
+    or none of them sent a byte of what they all said they held."""
+    if "shape" in got.why or "digest" in got.why:
+        return [source]
+    if got.bad_pieces or (got.downloaded == 0 and "no progress" in got.why):
+        return holders
+    return []
 
 
 class SwarmService:
@@ -234,13 +249,15 @@ class SwarmService:
     async def _fetch(self, job: BlobJob, progress: Progress) -> bool:
         assert job.digest is not None
         holders = [p.agent for p in self.peers.holders(job.digest)]
-        info = b""
+        info, source = b"", ""
         for agent in holders:
             with contextlib.suppress(RpcError, PeerProtocolError):
                 reply = await self.peers.request(agent, MetadataQuery(job.digest))
                 if isinstance(reply, Metadata) and reply.info:
-                    info = reply.info
+                    info, source = reply.info, agent
                     break
+                # It said it held the blob, and has no torrent of it.
+                self.peers.distrust(agent, job.digest, "said it holds it, has no torrent of it")
         if not info:
             return False
         endpoints = [e for a in holders if (e := self.peers.endpoint(a)) is not None]
@@ -283,13 +300,22 @@ class SwarmService:
             self.stats.failures += 1
             if "digest" in got.why:
                 self.stats.digest_failures += 1
+            for agent in liars(got, source, holders):
+                self.peers.distrust(agent, job.digest, got.why)
             log.warning("fetching %s from peers failed: %s", job.digest, got.why)
             progress.set_state(job.key, "waiting", have=0)
         return got.ok
 
     def _peers_changed(self) -> None:
+        # With a key only peers of a live authenticated session get through libtorrent's
+        # IP filter (the adapter ignores this in an open office).
+        self.swarm.allow(self.peers.verified_hosts())
         for check in list(self._holder_checks):
             check()
+
+    @property
+    def ca(self) -> bytes | None:
+        return self.swarm.ca
 
     def stored(self, digest: str, size: int) -> None:
         """A blob was verified into the store: seed it; its unit torrents serve from there."""

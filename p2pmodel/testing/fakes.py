@@ -36,7 +36,7 @@ from p2pmodel.adapters.hashing import digest_file
 from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.transport import StreamHandler
 from p2pmodel.core.digests import algorithm, hex_part
-from p2pmodel.core.torrents import SwarmFetch, expected_shape
+from p2pmodel.core.torrents import SwarmFetch, expected_shape, with_cert, without_cert
 from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, corrupt_block
 from p2pmodel.testing.models import Repo
 
@@ -59,13 +59,14 @@ class MemoryNetwork:
         self._ports = itertools.count(20000)
         self.connections = 0
 
-    def transport(self) -> MemoryTransport:
-        return MemoryTransport(self)
+    def transport(self, host: str = "memory") -> MemoryTransport:
+        return MemoryTransport(self, host)
 
 
 class MemoryTransport:
-    def __init__(self, net: MemoryNetwork) -> None:
+    def __init__(self, net: MemoryNetwork, host: str = "memory") -> None:
         self.net = net
+        self.host = host  # where its connections come from (per-host limits count by it)
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
         await trio.lowlevel.checkpoint()
@@ -73,6 +74,7 @@ class MemoryTransport:
         if listener is None:
             raise ConnectionRefusedError(f"nothing listens on {host}:{port}")
         client, server = trio.testing.memory_stream_pair()
+        server.remote_host = self.host  # type: ignore[attr-defined]
         self.net.connections += 1
         listener.nursery.start_soon(listener.handler, server)
         return client
@@ -126,6 +128,7 @@ class FakeAnnouncer:
         rpc_port: int,
         torrent_port: int,
         proto: int,
+        office: str = "",
         on_event: Callable[[Any], None],
     ) -> None:
         from p2pmodel.adapters.discovery import PeerSeen
@@ -133,7 +136,7 @@ class FakeAnnouncer:
         self.bus = bus
         self.agent = agent
         self.on_event = on_event
-        self.seen = PeerSeen(agent, tuple(interfaces), rpc_port, torrent_port, proto)
+        self.seen = PeerSeen(agent, tuple(interfaces), rpc_port, torrent_port, proto, office)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from p2pmodel.adapters.discovery import PeerGone
@@ -210,8 +213,8 @@ class SwarmNet:
         self._ports = itertools.count(30000)
         self.pieces_refused = 0
 
-    def factory(self) -> Callable[[Store, list[str], int], FakeSwarm]:
-        return lambda store, listen, port: FakeSwarm(self, store, listen, port)
+    def factory(self) -> Callable[..., FakeSwarm]:
+        return lambda store, listen, port, tls=None: FakeSwarm(self, store, listen, port, tls)
 
 
 @dataclass
@@ -226,12 +229,18 @@ class _Unit:
 
 
 class FakeSwarm:
-    """The swarm adapter's interface over plain file copies between agents' stores."""
+    """The swarm adapter's interface over plain file copies between agents' stores. With an
+    office key (``tls``), like libtorrent's SSL torrents and IP filter: bytes move only
+    between swarms of the same office CA whose filters let each other's address through."""
 
-    def __init__(self, net: SwarmNet, store: Store, listen: Sequence[str], port: int = 0) -> None:
+    def __init__(
+        self, net: SwarmNet, store: Store, listen: Sequence[str], port: int = 0, tls: Any = None
+    ) -> None:
         self.net = net
         self.store = store
         self.host = next(iter(listen))
+        self.ca: bytes | None = tls.ca_pem if tls is not None else None
+        self.allowed: set[str] | None = set() if tls is not None else None  # None: open
         self._port = port or next(net._ports)
         self._seeding: dict[str, int] = {}
         self._fetching: set[str] = set()
@@ -254,14 +263,27 @@ class FakeSwarm:
         finally:
             self.net.swarms.pop((self.host, self._port), None)
 
+    def allow(self, hosts: set[str]) -> None:
+        if self.allowed is not None:
+            self.allowed = set(hosts)
+
+    def _lets_in(self, host: str) -> bool:
+        return self.allowed is None or host in self.allowed
+
     def listen_on(self, listen: Sequence[str]) -> None:
         self.net.swarms.pop((self.host, self._port), None)
         self.host = next(iter(listen))
         self.net.swarms[(self.host, self._port)] = self
 
     def _peer(self, endpoint: tuple[str, int]) -> FakeSwarm | None:
+        """The swarm at ``endpoint``, if a connection to it would get through: the same
+        office (CA), and each one's IP filter lets the other in."""
         other = self.net.swarms.get(endpoint)
-        return other if other is not self else None
+        if other is None or other is self or other.ca != self.ca:
+            return None
+        if not (self._lets_in(other.host) and other._lets_in(self.host)):
+            return None
+        return other
 
     async def _carry(self, source: FakeSwarm, nbytes: int, digest: str) -> None:
         """The time ``nbytes`` take over the LAN (the slower of the link and the source's
@@ -294,7 +316,8 @@ class FakeSwarm:
 
     def info(self, digest: str) -> bytes | None:
         if digest in self._seeding or digest in self._fetching:
-            return self.store.torrent_info(digest)
+            info = self.store.torrent_info(digest)
+            return with_cert(info, self.ca) if info is not None else None
         return None
 
     async def fetch(
@@ -307,7 +330,7 @@ class FakeSwarm:
         stall_timeout: float = 10.0,
         on_progress: Callable[[int], None] | None = None,
     ) -> SwarmFetch:
-        if not expected_shape(info, digest, size):
+        if not expected_shape(info, digest, size, self.ca):
             return SwarmFetch(False, "peer sent torrent info of the wrong shape")
         if digest in self._seeding or digest in self._fetching:
             return SwarmFetch(False, "already in the swarm")
@@ -323,7 +346,8 @@ class FakeSwarm:
             if not _pieces_ok(data, 0, bdecode(info)):
                 self.net.pieces_refused += 1
                 self.hash_failures += 1
-                return SwarmFetch(False, "pieces failed their hash")
+                await trio.sleep(stall_timeout)  # like libtorrent: waits for good pieces
+                return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", 0, 1)
             if on_progress is not None:
                 on_progress(len(data))
             tmp = self.store.partial / "swarm" / hex_part(digest)
@@ -332,7 +356,7 @@ class FakeSwarm:
             if digest_file(tmp, algorithm(digest), size) != digest:
                 tmp.unlink()
                 return SwarmFetch(False, "bytes from peers failed the digest", len(data))
-            self.store.save_torrent_info(digest, info)
+            self.store.save_torrent_info(digest, without_cert(info, self.ca))
             dest = self.store.blob_path(digest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o444)
@@ -377,6 +401,7 @@ class FakeSwarm:
         if u is None:
             return SwarmFetch(False, "no such unit torrent")
         info = bdecode(u.info)
+        bad = 0
         deadline = trio.current_time() + stall_timeout
         while trio.current_time() < deadline:
             for endpoint in peers():
@@ -398,6 +423,7 @@ class FakeSwarm:
                 if len(data) != u.stop - u.start or not _pieces_ok(data, u.start, info):
                     self.net.pieces_refused += 1
                     self.hash_failures += 1
+                    bad += 1
                     continue  # a bad piece is never written: try another holder
                 fd = os.open(u.path, os.O_WRONLY)
                 try:
@@ -409,7 +435,7 @@ class FakeSwarm:
                 u.seeding = True
                 return SwarmFetch(True, "", len(data))
             await trio.sleep(0.5)
-        return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s")
+        return SwarmFetch(False, f"no progress from peers for {stall_timeout:.0f} s", 0, bad)
 
     def rehome_units(self, digest: str) -> None:
         dest = self.store.blob_path(digest)
@@ -575,7 +601,7 @@ class SimOffice:
         n = next(self._ips)
         ip = f"10.0.{n // 250}.{n % 250 + 1}"
         return Outside(
-            transport=self.net.transport(),
+            transport=self.net.transport(ip),
             swarm=self.swarms.factory(),
             discovery=self.mdns.factory(),
             http=self.mirror.client,

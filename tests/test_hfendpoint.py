@@ -350,3 +350,39 @@ async def test_status_names_the_endpoint(endpoint):
     ep = await endpoint()
     assert ep.agent.status()["hf_endpoint"] == ep.url
     assert ep.url.startswith("http://127.0.0.1:")
+
+
+async def test_offline_the_endpoint_takes_names_from_keyed_peers(nursery, tmp_path: Path, repos):
+    """With an office key, a workstation whose mirrors are unreachable answers
+    ``snapshot_download`` of a repository a keyed neighbour holds: the manifest that
+    neighbour pinned, the files from it over the LAN, exact."""
+    from p2pmodel.core.officekey import format_key
+
+    from .test_sim_names import offline
+
+    repo = repos["model"]
+    office = SimOffice(MemoryMirror([repo]), lan_rate=None)
+    use = [office.mirror.hub_url + "/"]
+    raw = {"mirror": [{"for": "https://huggingface.co/", "use": use}]}
+    raw["office_key"] = format_key(bytes(range(32)))
+    agents = []
+    for name, connected in (("a", True), ("b", False)):
+        (tmp_path / name).mkdir()
+        outside = office.outside()
+        if not connected:
+            outside.http = offline
+        opts = AgentOptions(rpc_port=0, hf_endpoint="127.0.0.1:0", wait_for_peers=0.5)
+        config = parse_config(raw, {})
+        agents.append(await nursery.start(Agent(tmp_path / name, config, opts, outside).run))
+    a, b = agents
+    with trio.fail_after(30):
+        while not any(p.verified for p in b.peers.alive()):  # noqa: ASYNC110 - no event says it
+            await trio.sleep(0.05)
+    from p2pmodel.core.refs import parse_ref
+    from p2pmodel.services.get import GetRequest
+
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    assert b.hf is not None
+    top = await snapshot(b.hf.url, repo, tmp_path / "cache")
+    assert_exact(top, repo)
+    assert b.swarm.stats.from_peers == size(repo)

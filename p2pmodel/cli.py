@@ -568,32 +568,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 print(f"{k:32} {v}")
         return 0
     from .adapters.store import Store
+    from .cli_office import ago
     from .core.progress import human
-    from .core.refs import parse_ref
 
     store = Store(_home())
-    rows: list[dict[str, Any]] = []
-    for ref_text, digest in sorted(store.refs().items()):
-        m = store.load_manifest(digest)
-        if m is None:
-            continue
-        missing = store.missing_blobs(m)
-        rows.append(
-            {
-                "ref": ref_text,
-                "manifest": digest,
-                "source": m.source,
-                "commit": m.commit,
-                "files": len(m.files),
-                "size": m.total_size,
-                "complete": not missing,
-                "missing_bytes": sum(missing.values()),
-                "path": str(store.snapshot_dir(parse_ref(ref_text))),
-            }
-        )
-    from .cli_office import add_keeping, ago
-
-    on_disk = add_keeping(store, rows)
+    rows, on_disk = store.listing()
     if args.json:
         _print_json(rows)
         return 0

@@ -334,23 +334,6 @@ COMMANDS = {
 }
 
 
-def add_keeping(store: Any, rows: list[dict[str, Any]]) -> int:
-    """Add to ``ls`` rows what the store's upkeep knows: bytes on disk, last use, pin, the
-    models each shares blobs with. Returns the bytes the store takes."""
-    from .core.retention import shared
-
-    sizes = dict(store.verified_blobs())
-    models = {m.ref: m for m in store.models()}
-    sharing = shared(models.values(), sizes)
-    for r in rows:
-        m = models[r["ref"]]
-        r["on_disk"] = sum(sizes.get(d, 0) for d in m.blobs)
-        r["last_use"] = m.last_use
-        r["pinned"] = m.pinned
-        r["shared_with"] = [vars(x) for x in sharing.get(r["ref"], [])]
-    return int(sum(sizes.values()) + sum(store.partial_files().values()))
-
-
 def ago(seconds: float) -> str:
     for unit, span in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= span:

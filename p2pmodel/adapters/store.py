@@ -449,6 +449,41 @@ class Store:
             out.append(Model(ref, blobs, when, ref in pins))
         return out
 
+    def listing(self) -> tuple[list[dict[str, Any]], int]:
+        """What ``ls``, its ``--json`` and the dashboard show: a row per model (size, state,
+        bytes on disk, last use, pin, the models it shares blobs with) and the bytes the store
+        takes in all (partial files included)."""
+        from ..core.retention import shared
+
+        sizes = dict(self.verified_blobs())
+        models = {m.ref: m for m in self.models()}
+        sharing = shared(models.values(), sizes)
+        rows: list[dict[str, Any]] = []
+        for ref_text, digest in sorted(self.refs().items()):
+            m = self.load_manifest(digest)
+            keep = models.get(ref_text)
+            if m is None or keep is None:
+                continue
+            missing = self.missing_blobs(m)
+            rows.append(
+                {
+                    "ref": ref_text,
+                    "manifest": digest,
+                    "source": m.source,
+                    "commit": m.commit,
+                    "files": len(m.files),
+                    "size": m.total_size,
+                    "complete": not missing,
+                    "missing_bytes": sum(missing.values()),
+                    "path": str(self.snapshot_dir(parse_ref(ref_text))),
+                    "on_disk": sum(sizes.get(d, 0) for d in keep.blobs),
+                    "last_use": keep.last_use,
+                    "pinned": keep.pinned,
+                    "shared_with": [vars(x) for x in sharing.get(ref_text, [])],
+                }
+            )
+        return rows, int(sum(sizes.values()) + sum(self.partial_files().values()))
+
     def partial_files(self) -> dict[str, int]:
         """Partial downloads by key, with the bytes their files take."""
         out: dict[str, int] = {}

@@ -13,35 +13,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from ..adapters.store import Store
     from .agent import Agent
-
-
-def models(store: Store) -> list[dict[str, Any]]:
-    """The models the store knows (blocking: call it in a thread)."""
-    rows = []
-    for ref, digest in sorted(store.refs().items()):
-        m = store.load_manifest(digest)
-        if m is None:
-            continue
-        missing = store.missing_blobs(m)
-        rows.append(
-            {
-                "ref": ref,
-                "source": m.source,
-                "files": len(m.files),
-                "size": m.total_size,
-                "missing": sum(missing.values()),
-                "complete": not missing,
-            }
-        )
-    return rows
 
 
 async def data(agent: Agent) -> dict[str, Any]:
     """What the page shows, as one JSON object."""
     status = agent.status()
-    status["models"] = await trio.to_thread.run_sync(models, agent.store)
+    status["models"], _ = await trio.to_thread.run_sync(agent.store.listing)
     status["timeline"] = agent.timeline.series()
     status["now"] = trio.current_time()
     return status
@@ -169,7 +147,8 @@ function render(s) {
   fill("models", s.models.map(m => {
     const tr = document.createElement("tr");
     cell(tr, m.ref); cell(tr, m.source); cell(tr, m.files); cell(tr, human(m.size));
-    cell(tr, m.complete ? "complete" : human(m.missing) + " missing");
+    cell(tr, (m.complete ? "complete" : human(m.missing_bytes) + " missing") +
+      (m.pinned ? ", pinned" : ""));
     return tr;
   }), 5, "no model yet");
 }

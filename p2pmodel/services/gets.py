@@ -273,9 +273,7 @@ class GetService:
         manifest = find_pinned(self.store, ref)
         if manifest is None:
             try:
-                manifest, gated = await list_upstream(
-                    ref, ref.text, self.config, self._http, token
-                )
+                manifest, gated = await list_upstream(ref, ref.text, self.config, self._http, token)
             except SourceError:
                 # No mirror answers: with an office key, what a keyed peer pinned for this
                 # reference is believed (a commit must be that commit), as for `get`.

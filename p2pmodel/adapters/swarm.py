@@ -75,6 +75,10 @@ def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dic
         "active_seeds": -1,
         "active_limit": -1,
         "close_redundant_connections": False,
+        # A failed dial (a peer still adding the torrent, a handshake in a busy moment) is
+        # retried at our next connect_peer: libtorrent's default waits 60 s x the failures.
+        "min_reconnect_time": 1,
+        "peer_connect_timeout": 5,
         # Every peer is an office colleague: no tit-for-tat. libtorrent's default of 8
         # unchoked peers, re-chosen every 15 s, left newly announced units waiting.
         "unchoke_slots_limit": -1,
@@ -194,15 +198,27 @@ class Swarm:
             os.close(r)
             os.close(w)
 
+    def _add(self, params: Any) -> Any:
+        """Add a torrent; with a key, give it our certificate at once. Waiting for libtorrent's
+        ``torrent_need_cert_alert`` left a window in which a peer's SSL handshake failed, and
+        libtorrent then waits before dialling that peer again."""
+        handle = self.session.add_torrent(params)
+        self._certify(handle)
+        return handle
+
+    def _certify(self, handle: Any) -> None:
+        if self.tls is not None:
+            with contextlib.suppress(RuntimeError):
+                handle.set_ssl_certificate_buffer(
+                    self.tls.cert_pem.decode(),
+                    self.tls.key_pem.decode(),
+                    self.tls.dh_params.decode(),
+                )
+
     def _dispatch(self, alerts: list[Any]) -> None:
         for a in alerts:
-            if isinstance(a, lt.torrent_need_cert_alert) and self.tls is not None:
-                with contextlib.suppress(RuntimeError):
-                    a.handle.set_ssl_certificate_buffer(
-                        self.tls.cert_pem.decode(),
-                        self.tls.key_pem.decode(),
-                        self.tls.dh_params.decode(),
-                    )
+            if isinstance(a, lt.torrent_need_cert_alert):
+                self._certify(a.handle)
                 continue
             t = self._torrent_of(a)
             if t is None:
@@ -261,7 +277,7 @@ class Swarm:
         params.verified_pieces = [True] * params.ti.num_pieces()
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
-        handle = self.session.add_torrent(params)
+        handle = self._add(params)
         self._track(digest, size, handle, info, seeding=True)
         return True
 
@@ -323,7 +339,7 @@ class Swarm:
         params.save_path = str(self.swarm_dir)
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
-        handle = self.session.add_torrent(params)
+        handle = self._add(params)
         t = self._track(digest, size, handle, info, seeding=False)
         self.connect(digest, peers)
         try:
@@ -425,7 +441,7 @@ class Swarm:
         params.have_pieces = [have and i in span for i in range(n)]
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
-        handle = self.session.add_torrent(params)
+        handle = self._add(params)
         t = _Torrent(digest, size, handle, seeding=have, unit=index, span=span)
         t.path = path
         if have:

@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2  # 2: WAN sharing (claims, units)
+PROTOCOL_VERSION = 3  # 2: WAN sharing (claims, units); 3: finer units at the tail of a blob
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")

@@ -432,7 +432,7 @@ def test_the_office_works_front_to_back():
     agents = ["aa", "bb", "cc"]
     coords = {a: Coordinator(a, segment=SEG) for a in agents}
     units = units_of("x", 16 * SEG, SEG)
-    for a, c in coords.items():
+    for c in coords.values():
         c.set_peers(set(agents))
         c.want({"x": 16 * SEG})
     claims = {

@@ -35,12 +35,15 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+EXTRA: dict[str, int | bool] = {}  # --set: settings to compare against the agent's
+
+
 def _session(port: int):  # type: ignore[no-untyped-def]
     import libtorrent as lt
 
     from p2pmodel.adapters.swarm import session_settings
 
-    return lt.session(session_settings(["127.0.0.1"], port))
+    return lt.session({**session_settings(["127.0.0.1"], port), **EXTRA})
 
 
 def _params(work: Path, save: Path, seed: bool):  # type: ignore[no-untyped-def]
@@ -92,10 +95,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=INT",
+        help="a libtorrent setting on top of the agent's (repeatable), to compare",
+    )
     ap.add_argument("--role", choices=["seed", "leech"], help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = args.size_mib * MiB
+    for item in args.set:
+        name, _, value = item.partition("=")
+        EXTRA[name] = value.lower() == "true" if value.lower() in ("true", "false") else int(value)
     if args.role == "seed":
         return seeder(args.work, size)
     if args.role == "leech":
@@ -125,6 +138,7 @@ def main() -> None:
         lt.set_piece_hashes(ct, str(work / "seed"))
         (work / "blob.torrent").write_bytes(lt.bencode(ct.generate()))
         me = [sys.executable, "-W", "ignore", __file__, "--size-mib", str(args.size_mib)]
+        me += [f"--set={item}" for item in args.set]
         rates, leech_cpu, seed_cpu = [], [], []
         for _ in range(args.repeat):
             seed = subprocess.Popen(
@@ -154,7 +168,8 @@ def main() -> None:
         med = statistics.median
         print(
             f"libtorrent {lt.__version__} alone, {args.size_mib} MiB blob over loopback in a "
-            f"network namespace, piece {piece_size(size) // 1024} KiB, median of {args.repeat}\n"
+            f"network namespace, piece {piece_size(size) // 1024} KiB, median of {args.repeat}"
+            f"{', with ' + ', '.join(args.set) if args.set else ''}\n"
         )
         print("| measure | value |\n| --- | ---: |")
         print(f"| downloader rate, MB/s | {med(rates):.0f} |")

@@ -27,10 +27,11 @@ MiB = 1024 * 1024
 DIGEST = "sha256:" + "ab" * 32
 
 
-def test_unit_piece_size_targets_8192_pieces_within_bounds():
-    """Unit torrents' pieces: ~8192 per file, 1..16 MiB, never more than the segment."""
+def test_unit_piece_size_targets_2048_pieces_within_bounds():
+    """Unit torrents' pieces: ~2048 per file, 1..16 MiB, never more than the segment."""
     assert unit_piece_size(100 * MiB, 64 * MiB) == MiB
-    assert unit_piece_size(20_000 * MiB, 64 * MiB) == 4 * MiB  # 5000 pieces, not 20000
+    assert unit_piece_size(4_000 * MiB, 64 * MiB) == 2 * MiB  # 2000 pieces, not 4000
+    assert unit_piece_size(20_000 * MiB, 64 * MiB) == 16 * MiB  # 1250 pieces
     assert unit_piece_size(10**15, 64 * MiB) == 16 * MiB  # the blob's piece, at most 16 MiB
     assert unit_piece_size(10**15, 8 * MiB) == 8 * MiB  # never more than the segment
     assert unit_piece_size(100 * MiB, 256 * 1024) == 256 * 1024

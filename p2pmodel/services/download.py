@@ -504,15 +504,17 @@ class Download:
         got = ""
 
         pieces = b""
+        tail = reread = 0  # bytes hashed after the last one arrived; re-read for SHA-1
 
         async def hash_it() -> None:
-            nonlocal got, pieces
+            nonlocal got, pieces, tail, reread
             async with self.hash_lock(blob.key):
                 h = self.prefix.pop(blob.key, None) or self.new_hasher(blob)
+                tail = blob.size - h.pos
                 await trio.to_thread.run_sync(hash_into, h, path, blob.size)
                 got, pieces = h.result()
                 if not h.pieces and blob.size:
-                    pieces = await self.unit_pieces(blob, path)
+                    pieces, reread = await self.unit_pieces(blob, path)
 
         # Flushing to disk and hashing overlap: both are needed before the commit.
         t0 = trio.current_time()
@@ -527,10 +529,13 @@ class Download:
             nursery.start_soon(hash_it)
             nursery.start_soon(sync_it)
         log.info(
-            "%s: verified in %.2f s (fdatasync %.2f s)",
+            "%s: verified in %.2f s (fdatasync %.2f s; hashed %d MiB after the last byte, "
+            "%d MiB read again for piece hashes)",
             job.label,
             trio.current_time() - t0,
             synced - t0,
+            tail >> 20,
+            reread >> 20,
         )
         if job.digest is None or got == job.digest:
             os.close(self.fds.pop(blob.key))
@@ -568,7 +573,7 @@ class Download:
         shared = blob.allowed is not None and self.sharer is not None
         return BlobHasher(algo, blob.size, piece_size(blob.size), pieces=not shared)
 
-    async def unit_pieces(self, blob: BlobTask, path: Path) -> bytes:
+    async def unit_pieces(self, blob: BlobTask, path: Path) -> tuple[bytes, int]:
         """The torrent piece hashes of a shared blob: its units' from the sharer, and the
         SHA-1 of whatever no unit of ours covers (a unit still being seeded, a sharing that
         ended) read from the file."""
@@ -579,11 +584,13 @@ class Download:
             if start % piece == 0 and len(hashes) == 20 * -(-(stop - start) // piece):
                 out[20 * (start // piece) : 20 * (start // piece) + len(hashes)] = hashes
                 known.add(start, stop)
+        reread = 0
         for start, stop in list(known.gaps(0, blob.size)):
             first = start - start % piece  # units start on pieces; a gap does too
             hashes = await trio.to_thread.run_sync(piece_hashes, path, first, stop, piece)
             out[20 * (first // piece) : 20 * (first // piece) + len(hashes)] = hashes
-        return bytes(out)
+            reread += stop - first
+        return bytes(out), reread
 
     def hash_lock(self, key: str) -> trio.Lock:
         return self.hash_locks.setdefault(key, trio.Lock())
@@ -603,7 +610,9 @@ class Download:
                     work = (blob, min(frontier, pos + HASH_STEP))
                     break
             if work is None:
-                await self.changed.wait(None)
+                # Bytes landing move the frontier: from mirrors, and from peers (a shared
+                # blob's units, which used to wake nothing here).
+                await self.landed.wait(None)
                 continue
             blob, stop = work
             async with self.hash_lock(blob.key):

@@ -56,7 +56,17 @@ from p2pmodel.adapters.store import Store
 from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
 from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
-from p2pmodel.testing.site import Site, SiteError, drop_environ, stop_group, wait_for
+from p2pmodel.testing.site import (
+    Site,
+    SiteError,
+    children,
+    drop_environ,
+    proc_cpu,
+    proc_status,
+    python_pid,
+    stop_group,
+    wait_for,
+)
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -67,7 +77,6 @@ RX_PERIOD = 0.01  # seconds between samples of ws2's eth0 rx counter
 FIRST_BYTES = 256 * 1024  # rx bytes above the baseline that mark the transfer's start
 TAIL_SLACK = 256 * 1024  # rx bytes under the final total that mark its end
 STATUS_POLL = 0.05
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Runs inside a namespace: samples eth0's rx byte counter until its stdin closes, then prints
 # "monotonic_time value" lines (CLOCK_MONOTONIC is the same clock in every namespace).
@@ -146,52 +155,6 @@ http {{
 
 def log(msg: str) -> None:
     print(f"bench-lan: {msg}", file=sys.stderr, flush=True)
-
-
-# --- /proc -------------------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """Numeric fields of /proc/PID/status (kB values as bytes)."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return out
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
-
-
-def python_pid(pid: int) -> int:
-    """The python process behind a Popen of `ip netns exec ... python ...` (it may exec or fork)."""
-    for _ in range(50):
-        todo = [pid]
-        while todo:
-            p = todo.pop(0)
-            with contextlib.suppress(OSError):
-                argv0 = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
-                if b"python" in os.path.basename(argv0):
-                    return p
-            todo += children(p)
-        time.sleep(0.05)
-    raise SystemExit(f"bench-lan: no python process under pid {pid}")
 
 
 # --- sampling ws2's wire -----------------------------------------------------------------------

@@ -29,11 +29,28 @@ MiB = 1024 * 1024
 SEG = 8 * MiB
 
 
-def test_units_cut_large_blobs_into_segments():
-    """A blob larger than a segment becomes consecutive segments; a small one stays whole."""
+def test_units_cut_large_blobs_into_segments_and_the_tail_into_quarters():
+    """A blob larger than a segment becomes consecutive segments; beyond 2 x TAIL_SEGMENTS
+    segments its last TAIL_SEGMENTS segments' worth are quarter segments (the last unit may
+    be short); a blob no larger than a segment stays whole."""
     assert units_of("b", 5, SEG) == [Unit("b", 0, 0, 5)]
-    us = units_of("b", 2 * SEG + 1, SEG)
-    assert [(u.start, u.stop) for u in us] == [(0, SEG), (SEG, 2 * SEG), (2 * SEG, 2 * SEG + 1)]
+    q = SEG // 4
+    us = units_of("b", 8 * SEG + 1, SEG)
+    heads = [(i * SEG, (i + 1) * SEG) for i in range(5)]
+    tail = [(5 * SEG + i * q, 5 * SEG + (i + 1) * q) for i in range(12)] + [(8 * SEG, 8 * SEG + 1)]
+    assert [(u.start, u.stop) for u in us] == heads + tail
+    small = units_of("b", 8 * SEG, SEG)  # a blob of 2 x TAIL_SEGMENTS segments or less
+    assert [(u.start, u.stop) for u in small] == [(i * SEG, (i + 1) * SEG) for i in range(8)]
+    assert [u.index for u in us] == list(range(len(us)))
+    assert all(u.start % (1024 * 1024) == 0 for u in us)  # on a unit torrent's piece boundary
+
+
+def test_tail_units_are_never_smaller_than_a_piece():
+    """Where a quarter segment would cut a unit torrent's piece (a small segment), the tail
+    stays in whole segments."""
+    seg = 1024 * 1024
+    us = units_of("b", 16 * seg, seg)
+    assert [(u.start, u.stop) for u in us] == [(i * seg, (i + 1) * seg) for i in range(16)]
 
 
 def test_a_unit_leased_by_a_peer_is_not_fetched_from_a_mirror():
@@ -321,7 +338,9 @@ def test_claims_lists_our_live_leases():
 def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
     c = Coordinator("a", max_active=1, segment=SEG)
     c.want({"x": 4 * SEG})
-    assert sum(isinstance(a, FetchFromMirror) for a in c.poll(0.0)) == 4
+    assert sum(isinstance(a, FetchFromMirror) for a in c.poll(0.0)) == len(
+        units_of("x", 4 * SEG, SEG)
+    )
     d = Coordinator("a", max_active=1, segment=SEG)
     d.set_peers({"b"})
     d.want({"x": 4 * SEG})
@@ -341,7 +360,8 @@ def test_alone_a_rate_limited_agent_leases_what_it_fetches_in_the_horizon():
     c.set_rate(SEG / (10 * SHARE_HORIZON))  # less than a unit: still one at a time
     assert [a for a in c.poll(2.0) if isinstance(a, FetchFromMirror)] == []
     c.set_rate(None)
-    assert len([a for a in c.poll(3.0) if isinstance(a, FetchFromMirror)]) == 5
+    rest = len(units_of("x", 8 * SEG, SEG)) - 3
+    assert len([a for a in c.poll(3.0) if isinstance(a, FetchFromMirror)]) == rest
 
 
 def test_a_slow_agent_leaves_the_rest_to_a_peer_that_joins():
@@ -349,10 +369,10 @@ def test_a_slow_agent_leaves_the_rest_to_a_peer_that_joins():
     fetches them from the mirror instead of waiting for the slow agent."""
     slow, fast = Coordinator("aa", segment=SEG), Coordinator("bb", segment=SEG)
     slow.set_rate(SEG / SHARE_HORIZON)
-    slow.want({"x": 4 * SEG})
+    slow.want({"x": 8 * SEG})  # whole segments first (the tail is cut finer)
     (held,) = [a for a in slow.poll(0.0) if isinstance(a, SendClaim)]
     fast.set_peers({"aa"})
-    fast.want({"x": 4 * SEG})
+    fast.want({"x": 8 * SEG})
     fast.peer_claim("aa", held.unit, held.expires)
     taken = [a.unit for a in fast.poll(1.0) if isinstance(a, FetchFromMirror)]
     assert len(taken) == 1 and taken[0] != held.unit
@@ -377,14 +397,16 @@ def test_next_deadline_is_the_next_renewal_or_lapse():
     c = Coordinator("bb", segment=SEG)
     assert c.next_deadline() is None
     c.want({"x": 2 * SEG})
-    u0, u1 = units_of("x", 2 * SEG, SEG)
-    c.peer_claim("aa", u0, expires=10.0)
+    *theirs, u1 = units_of("x", 2 * SEG, SEG)
+    for u in theirs:
+        c.peer_claim("aa", u, expires=10.0)
     c.set_peers({"aa"})
     assert c.next_deadline() == 10.0
     acts = c.poll(1.0)
     assert SendClaim(u1, 1.0 + c.lease) in acts
     assert c.next_deadline() == 10.0
-    c.peer_release("aa", u0)
+    for u in theirs:
+        c.peer_release("aa", u)
     assert c.next_deadline() == 1.0 + c.lease / 2
     assert c.poll(c.next_deadline()) == [SendRenew(u1, 1.0 + c.lease / 2 + c.lease)]
 
@@ -402,3 +424,28 @@ def test_a_blob_wanted_again_after_a_drop_is_fetched_again():
     c.poll(2.0)
     c.want({"x": SEG})
     assert c.poll(3.0) == [SendClaim(u, 3.0 + c.lease), FetchFromMirror(u)]
+
+
+def test_the_office_works_front_to_back():
+    """Agents that start together claim the first free units in file order (one per agent),
+    and each next claim is the next free unit, so the blob lands front to back."""
+    agents = ["aa", "bb", "cc"]
+    coords = {a: Coordinator(a, segment=SEG) for a in agents}
+    units = units_of("x", 16 * SEG, SEG)
+    for c in coords.values():
+        c.set_peers(set(agents))
+        c.want({"x": 16 * SEG})
+    claims = {
+        a: [x.unit for x in c.poll(0.0) if isinstance(x, SendClaim)] for a, c in coords.items()
+    }
+    assert all(len(cl) == 1 and cl[0] in units[:3] for cl in claims.values())
+    for a, c in coords.items():  # everyone hears everyone's claims: the first three are taken
+        for b in agents:
+            if b != a:
+                for u in claims[b]:
+                    c.peer_claim(b, u, LEASE)
+    c = coords["aa"]
+    taken = {u for cl in claims.values() for u in cl}
+    c.landed(claims["aa"][0])
+    (nxt,) = [x.unit for x in c.poll(1.0) if isinstance(x, FetchFromMirror)]
+    assert nxt in sorted(set(units) - taken)[:3]

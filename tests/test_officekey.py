@@ -105,7 +105,7 @@ def test_keyed_info_hashes_are_the_same_per_key_and_differ_between_keys() -> Non
     agree on its info-hash, another office or an open one gets another, and the open form comes
     back out of the keyed one."""
     digest, size = "sha256:" + "ab" * 32, 3 * 1024 * 1024
-    info = info_bytes(digest, size, os.urandom(20 * 12))
+    info = info_bytes(digest, size, os.urandom(20 * 3))  # 1 MiB pieces
     ours = with_cert(info, OfficeTls(KEY, "aaaaaaaa").ca_pem)
     assert ours == with_cert(info, OfficeTls(KEY, "bbbbbbbb").ca_pem)
     theirs = with_cert(info, OfficeTls(OTHER, "aaaaaaaa").ca_pem)

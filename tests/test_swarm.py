@@ -200,3 +200,39 @@ async def test_the_upload_limit_holds_loopback_peers_and_lifts_live(tmp_path: Pa
     assert result[0].ok, result[0].why
     assert b.blob_path(digest).read_bytes() == data
     assert sa.unseed([digest]) == [] and not sa.seeding(digest)
+
+
+async def test_ends_that_both_finished_a_unit_hang_up(tmp_path: Path, nursery):
+    """A unit's holder and a peer that finished fetching it close their connection, so unit
+    torrents of a large model (hundreds) never fill libtorrent's connections_limit (they did:
+    every later unit stalled)."""
+    from p2pmodel.adapters.hashing import piece_hashes
+    from p2pmodel.core.torrents import unit_info, unit_pieces
+
+    size, start, stop, piece = 4 * MiB, MiB, 3 * MiB, MiB
+    data = os.urandom(size)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    src = tmp_path / "src.part"
+    src.write_bytes(data)
+    info = unit_info(digest, size, 1, start, stop, piece, piece_hashes(src, start, stop, piece))
+    span = unit_pieces(start, stop, piece)
+    sa, sb = (
+        Swarm(Store(tmp_path / "a"), ["127.0.0.1"]),
+        Swarm(Store(tmp_path / "b"), ["127.0.0.1"]),
+    )
+    for s in (sa, sb):
+        await nursery.start(s.run)
+    sa.add_unit(digest, size, 1, span, info, src, have=True)
+    dest = tmp_path / "dest.part"
+    dest.write_bytes(b"\0" * size)
+    sb.add_unit(digest, size, 1, span, info, dest, have=False)
+    with trio.fail_after(30):
+        got = await sb.fetch_unit(digest, 1, lambda: [("127.0.0.1", sa.port)])
+    assert got.ok, got.why
+    assert dest.read_bytes()[start:stop] == data[start:stop]
+    peers = lambda s: s._units[(digest, 1)].handle.status().num_peers  # noqa: E731
+    for _ in range(150):  # bounded: 15 s
+        if not (peers(sa) or peers(sb)):
+            break
+        await trio.sleep(0.1)
+    assert (peers(sa), peers(sb)) == (0, 0)

@@ -10,9 +10,13 @@ import libtorrent as lt
 import pytest
 
 from p2pmodel.adapters.hashing import piece_hashes
+from p2pmodel.core.coordinator import SEGMENT
 from p2pmodel.core.torrents import (
     NO_HASH,
     info_hash,
+    piece_size,
+    pieces_of,
+    unit_hashes,
     unit_info,
     unit_piece_size,
     unit_pieces,
@@ -23,11 +27,31 @@ MiB = 1024 * 1024
 DIGEST = "sha256:" + "ab" * 32
 
 
-def test_unit_piece_size_targets_8192_pieces_within_bounds():
+def test_unit_piece_size_targets_2048_pieces_within_bounds():
+    """Unit torrents' pieces: ~2048 per file, 1..16 MiB, never more than the segment."""
     assert unit_piece_size(100 * MiB, 64 * MiB) == MiB
-    assert unit_piece_size(20_000 * MiB, 64 * MiB) == 4 * MiB  # 5000 pieces, not 20000
-    assert unit_piece_size(10**15, 64 * MiB) == 64 * MiB  # never more than the segment
+    assert unit_piece_size(4_000 * MiB, 64 * MiB) == 2 * MiB  # 2000 pieces, not 4000
+    assert unit_piece_size(20_000 * MiB, 64 * MiB) == 16 * MiB  # 1250 pieces
+    assert unit_piece_size(10**15, 64 * MiB) == 16 * MiB  # the blob's piece, at most 16 MiB
+    assert unit_piece_size(10**15, 8 * MiB) == 8 * MiB  # never more than the segment
     assert unit_piece_size(100 * MiB, 256 * 1024) == 256 * 1024
+
+
+def test_a_blobs_pieces_are_its_units_pieces():
+    """With the default segment, a blob's torrent has the pieces of its unit torrents, so its
+    piece list is the concatenation of the units' hashes."""
+    for size in (5, 3 * MiB + 1, 100 * MiB, 20_000 * MiB, 10**12):
+        assert piece_size(size) == unit_piece_size(size, SEGMENT)
+        assert SEGMENT % piece_size(size) == 0
+
+
+def test_unit_hashes_are_the_units_slice_of_the_piece_list():
+    """``unit_hashes`` takes a unit's own piece hashes out of its unit torrent's info."""
+    size, piece = 10 * MiB, MiB
+    hashes = os.urandom(20 * 3)
+    info = unit_info("sha256:" + "cd" * 32, size, 1, 4 * MiB, 7 * MiB, piece, hashes)
+    assert unit_hashes(info, 4 * MiB, 7 * MiB, piece) == hashes
+    assert len(pieces_of(info)) == 20 * 10
 
 
 def test_piece_hashes_of_a_range(tmp_path: Path):

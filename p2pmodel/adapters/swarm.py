@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,19 @@ from .tls import OfficeTls
 
 def _torrent_info(info: bytes) -> Any:
     return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
+
+
+CONNECTIONS = 1000  # libtorrent's connections_limit; the open-files limit is raised to fit
+
+
+def raise_open_files(want: int = CONNECTIONS + 500) -> None:
+    """Raise this process's soft limit of open files to fit libtorrent's connections and the
+    store's files (a systemd user service starts with 1024), never above the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dict[str, Any]:
@@ -70,11 +84,15 @@ def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dic
         "send_buffer_watermark": 4 * 1024 * 1024,
         "send_buffer_low_watermark": 1024 * 1024,
         "tick_interval": 100,  # ms: a connect_peer'ed peer is dialled at the next tick
-        "connections_limit": 400,
+        "connections_limit": CONNECTIONS,
         "active_downloads": -1,
         "active_seeds": -1,
         "active_limit": -1,
-        "close_redundant_connections": False,
+        # Two ends that both have what they want of a torrent hang up (a unit torrent's
+        # holder and a peer that finished it): a model of 8 GiB is 512 unit torrents, and
+        # connections kept between finished ends filled connections_limit, after which no
+        # new unit could connect (measured: every unit fetch stalled, the gets never ended).
+        "close_redundant_connections": True,
         # A failed dial (a peer still adding the torrent, a handshake in a busy moment) is
         # retried at our next connect_peer: libtorrent's default waits 60 s x the failures.
         "min_reconnect_time": 1,
@@ -132,6 +150,7 @@ class Swarm:
         self.listen = list(listen)
         self.tls = tls
         self.ca = tls.ca_pem if tls is not None else None
+        raise_open_files()
         settings = session_settings(self.listen, port, ssl=tls is not None)
         self.session = lt.session(settings)  # type: ignore[call-overload]
         _one_peer_class(self.session)

@@ -38,7 +38,10 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
+from .torrents import unit_piece_size
+
 SEGMENT = 16 * 1024 * 1024
+TAIL_SEGMENTS = 4  # the last this many segments of a blob are cut into quarter units
 LEASE = 30.0  # seconds a claim holds without renewal (a dead peer's end sooner: peer_gone)
 RENEW_AT = 0.5  # renew when this fraction of the lease has passed
 SHARE_HORIZON = 10.0  # seconds of mirror traffic a rate-limited agent leases ahead, alone
@@ -57,12 +60,24 @@ class Unit:
 
 
 def units_of(blob: str, size: int, segment: int = SEGMENT) -> list[Unit]:
+    """The units of a blob, the same on every agent: segments, but for a blob of more than
+    2 x ``TAIL_SEGMENTS`` segments the last ``TAIL_SEGMENTS`` segments' worth in quarter
+    segments (never smaller than a unit torrent's piece, on which every unit starts). The
+    office fetches a blob front to back, so its last units are the last ones fetched: each
+    agent's last unit then reaches every peer in a quarter of the time (the tail of a shared
+    fetch), and the digest check waits for less. Smaller blobs keep whole segments: each unit
+    costs a claim's round trip before its first byte, which quarter units of every shard of a
+    model would pay four times over (measured: the mirror link idled)."""
     if size <= segment:
         return [Unit(blob, 0, 0, size)]
-    return [
-        Unit(blob, i, start, min(start + segment, size))
-        for i, start in enumerate(range(0, size, segment))
-    ]
+    segments = -(-size // segment)
+    small = max(segment // 4, unit_piece_size(size, segment))
+    if segments <= 2 * TAIL_SEGMENTS:
+        small = segment
+    tail = max(0, (segments - TAIL_SEGMENTS) * segment)
+    starts = [*range(0, tail, segment), *range(tail, size, small)]
+    ends = [*starts[1:], size]
+    return [Unit(blob, i, a, b) for i, (a, b) in enumerate(zip(starts, ends, strict=True))]
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -328,10 +343,16 @@ class Coordinator:
             and u.key not in self._leases
             and not self._holders.get(u.key)
         ]
-        # Our own units in file order (blobs land front to back, so the digest check,
-        # which hashes each blob's prefix as it grows, has little left at the end); others'
-        # in this agent's own order, so two idle agents rarely reach for the same one.
-        own = sorted(u for u in free if self._owner(u) == self.agent)
+        # The office works front to back: the next free units in file order, one per agent
+        # (blobs then land front to back, so the digest check, which hashes each blob's
+        # prefix as it grows, has little left at the end, and the last units fetched are the
+        # small ones at the end of the blob). In that front, our own unit first (rendezvous:
+        # each front unit has one owner, so idle agents rarely reach for the same one), then
+        # the others in this agent's own order; then the rest in file order.
+        front = set(sorted(free)[: len(self._peers) + 1])
+        own = sorted(u for u in front if self._owner(u) == self.agent)
+        own += [u for u in free if u in front and u not in own]
+        own += sorted(u for u in free if u not in front)
         # Alone, claim it all (the downloader runs every connection over the whole blob, and
         # whoever joins takes the units from us as they land); with peers, a few at a time so
         # units finish one after another and spread over the LAN while the mirror works on.
@@ -341,7 +362,7 @@ class Coordinator:
         self._landed &= self._mine.keys()
         active = [units[k] for k in self._mine if k not in self._landed and k in units]
         inflight = sum(a.stop - a.start for a in active)
-        for u in own + [u for u in free if u not in own]:
+        for u in own:
             if len(active) >= limit or (active and inflight + u.stop - u.start > budget):
                 break
             self._mine[u.key] = now + self.lease

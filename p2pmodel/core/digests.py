@@ -1,7 +1,8 @@
 """Upstream digests (pure): ``sha256:<hex>`` (LFS files) and ``gitsha1:<hex>`` (git blob ids).
 
-``BlobHasher`` computes a blob's upstream digest and its v1 torrent piece hashes in one pass,
-fed in blocks of any size, so a download can hash what is on disk while the rest still arrives.
+``BlobHasher`` computes a blob's upstream digest and (unless told not to: a blob the office
+shares out has its units' piece hashes already) its v1 torrent piece hashes in one pass, fed in
+blocks of any size, so a download can hash what is on disk while the rest still arrives.
 Reading files is ``adapters.hashing``'s job.
 """
 
@@ -41,11 +42,12 @@ def digest_bytes(algo: str, data: bytes) -> str:
 
 
 class BlobHasher:
-    """A blob's upstream digest and its v1 torrent piece hashes, fed in order, in blocks of
-    any size; ``pos`` is how many bytes it has seen."""
+    """A blob's upstream digest and (``pieces``) its v1 torrent piece hashes, fed in order,
+    in blocks of any size; ``pos`` is how many bytes it has seen."""
 
-    def __init__(self, algo: str, size: int, piece: int) -> None:
+    def __init__(self, algo: str, size: int, piece: int, pieces: bool = True) -> None:
         self.algo, self.size, self.piece = algo, size, piece
+        self.pieces = pieces  # False: the digest only (SHA-1 of pieces is ~1 CPU-s per GiB)
         self.pos = 0
         self._h = new_hasher(algo, size)
         self._pieces = bytearray()
@@ -54,6 +56,9 @@ class BlobHasher:
 
     def update(self, block: memoryview | bytes) -> None:
         self._h.update(block)
+        if not self.pieces:
+            self.pos += len(block)
+            return
         pos, n = 0, len(block)
         while pos < n:
             take = min(n - pos, self.piece - self._in_piece)

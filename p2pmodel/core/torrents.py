@@ -1,9 +1,13 @@
 """Deterministic blob torrents (pure): any two agents holding a blob derive the same info-hash.
 
 The info dictionary of a blob is a function of its bytes alone: a single-file v1 torrent named
-after the digest's hex, private, with a piece size that is a fixed function of the size. The
-piece hashes are computed in the same read that checks the upstream digest, so a verified blob
-is ready to seed without a second pass.
+after the digest's hex, private, with a piece size that is a fixed function of the size, the
+same as the pieces of its unit torrents (below) with the default segment. So the piece list of
+a blob the office shared out is the concatenation of its units' piece hashes, which the agent
+computed (units from mirrors) or libtorrent checked (units from peers): verifying it needs
+only the upstream digest's pass. A blob fetched whole from mirrors gets its piece hashes in the
+same read that checks the digest; either way a verified blob is ready to seed without a
+second pass.
 
 With an office key, every info dict also carries the office CA's certificate as ``ssl-cert``
 (``with_cert``): libtorrent then makes it an SSL torrent, exchanged only with peers holding a
@@ -33,13 +37,15 @@ class SwarmFetch:
     bad_pieces: int = 0  # pieces that failed their hash (a peer sent wrong bytes)
 
 
-MIN_PIECE = 256 * KiB
-MAX_PIECE = 16 * 1024 * KiB
-TARGET_PIECES = 1000
+MIN_PIECE = 1024 * KiB
+MAX_PIECE = 16 * 1024 * KiB  # the default segment: unit torrents' pieces never exceed it
+TARGET_PIECES = 2048
 
 
 def piece_size(size: int) -> int:
-    """The smallest power of two >= size/1000, clamped to [256 KiB, 16 MiB]."""
+    """The smallest power of two >= size/2048, clamped to [1 MiB, 16 MiB]: at most ~40 KB of
+    piece hashes per info dict, which every unit torrent of the file carries (an 8 GiB file
+    is 512 of them; with 8192 pieces an agent's RSS passed 200 MB)."""
     want = -(-size // TARGET_PIECES)
     p = MIN_PIECE
     while p < want and p < MAX_PIECE:
@@ -67,19 +73,13 @@ def info_dict(digest: str, size: int, pieces: bytes) -> dict[bytes, Any]:
 # info is a function of the unit's bytes alone, so every holder derives the same info-hash.
 
 UNIT_KEY = b"p2pmodel unit"
-UNIT_MIN_PIECE = 1024 * KiB
-UNIT_TARGET_PIECES = 8192
 NO_HASH = b"\0" * 20
 
 
 def unit_piece_size(size: int, segment: int) -> int:
-    """Pieces of unit torrents: the smallest power of two >= size/8192, at least 1 MiB, at
-    most the segment (a power of two, so units start on a piece boundary)."""
-    want = -(-size // UNIT_TARGET_PIECES)
-    p = UNIT_MIN_PIECE
-    while p < want:
-        p *= 2
-    return max(min(p, segment), 16 * KiB)
+    """Pieces of unit torrents: the blob's (``piece_size``), at most the segment (a power of
+    two, so units start on a piece boundary)."""
+    return max(min(piece_size(size), segment), 16 * KiB)
 
 
 def unit_pieces(start: int, stop: int, piece: int) -> range:
@@ -130,13 +130,27 @@ def unit_shape(
     head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span), ca)
     if len(info) != len(head) or _strip_pieces(info) != _strip_pieces(head):
         return False
-    marker = b"6:pieces"
-    i = info.find(marker)
-    j = info.index(b":", i + len(marker)) + 1
-    hashes = info[j : j + 20 * (-(-size // piece))]
+    hashes = pieces_of(info)
     return hashes[: 20 * span.start] == NO_HASH * span.start and hashes[
         20 * span.stop :
     ] == NO_HASH * (len(hashes) // 20 - span.stop)
+
+
+def pieces_of(info: bytes) -> bytes:
+    """The piece hashes of an info dict (all of them, 20 bytes each)."""
+    marker = b"6:pieces"
+    i = info.find(marker)
+    if i < 0:
+        return b""
+    j = info.index(b":", i + len(marker))
+    length = int(info[i + len(marker) : j])
+    return info[j + 1 : j + 1 + length]
+
+
+def unit_hashes(info: bytes, start: int, stop: int, piece: int) -> bytes:
+    """The SHA-1s of the pieces of ``[start, stop)`` in a unit torrent's info dict."""
+    span = unit_pieces(start, stop, piece)
+    return pieces_of(info)[20 * span.start : 20 * span.stop]
 
 
 def bencode(obj: Any) -> bytes:

@@ -19,7 +19,9 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2  # 2: WAN sharing (claims, units)
+# 2: WAN sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
+# with their units' pieces (other info-hashes)
+PROTOCOL_VERSION = 3
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")

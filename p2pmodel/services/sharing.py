@@ -57,7 +57,7 @@ from ..core.coordinator import (
 from ..core.digests import hex_part
 from ..core.progress import Progress
 from ..core.stats import SharingStats
-from ..core.torrents import unit_info, unit_piece_size, unit_pieces, unit_shape
+from ..core.torrents import unit_hashes, unit_info, unit_piece_size, unit_pieces, unit_shape
 from .download import BlobJob, Download
 from .link import Delivery, RpcError
 from .peers import PeerService
@@ -98,6 +98,9 @@ class _Share:
 
     def ungated(self, key: str) -> None:
         self.service._ungated(key)
+
+    def piece_hashes(self, key: str, piece: int) -> list[tuple[int, int, bytes]]:
+        return self.service._piece_hashes(key, piece)
 
 
 class SharingService:
@@ -362,6 +365,19 @@ class SharingService:
                 for j in jobs:
                     self._wants.pop(j.key, None)
                     download.ungate(j.key)
+
+    def _piece_hashes(self, key: str, piece: int) -> list[tuple[int, int, bytes]]:
+        """The piece hashes of the units of ``key`` we hold, if they are the blob torrent's
+        pieces (``piece``: they are unless the office's segment is smaller than a piece)."""
+        size = self._sizes.get(key)
+        if size is None or unit_piece_size(size, self.segment) != piece:
+            return []
+        out = []
+        for u in units_of(key, size, self.segment):
+            info = self.swarm.unit_info(key, u.index)
+            if info is not None:
+                out.append((u.start, u.stop, unit_hashes(info, u.start, u.stop, piece)))
+        return out
 
     def _ungated(self, key: str) -> None:
         if self._wants.pop(key, None) is not None:

@@ -9,6 +9,8 @@ info dict comes from a holder (``meta?``; its shape must match our rule, its pie
 checked by libtorrent, the blob by its digest), and the fetch gives up at once when liveness
 says every holder died (the pieces that passed their hash are kept for the mirrors). A blob
 comes from the LAN at most once at a time: a second get wanting it waits for the first.
+A stored blob whose saved torrent info is missing or of an older piece rule is hashed again
+for it when the store is seeded (once: the new info is saved).
 Every blob a get stores is seeded at once (``stored``). Unit torrents of blobs nobody wants
 any more end after a minute without peers; the loop sleeps until the next may.
 """
@@ -24,10 +26,12 @@ from typing import Any, Protocol
 
 import trio
 
+from ..adapters.hashing import hash_blob
 from ..adapters.store import Store
+from ..core.digests import algorithm
 from ..core.progress import Progress
 from ..core.stats import LanStats
-from ..core.torrents import SwarmFetch
+from ..core.torrents import SwarmFetch, expected_shape, info_bytes, piece_size
 from ..core.wire import Have, HaveQuery, Message, Metadata, MetadataQuery, PeerProtocolError
 from .download import BlobJob
 from .link import RpcError
@@ -161,7 +165,23 @@ class SwarmService:
     def _seed_store(self) -> None:
         """Seed every verified blob (in a thread: listing a big store takes a while)."""
         for digest, size in self.store.verified_blobs():
+            info = self.store.torrent_info(digest)
+            if size and (info is None or not expected_shape(info, digest, size)):
+                self._rehash(digest, size)
             trio.from_thread.run_sync(self.swarm.seed, digest, size)
+
+    def _rehash(self, digest: str, size: int) -> None:
+        """Make a stored blob's torrent info by the current piece rule (one read of it)."""
+        path = self.store.blob_path(digest)
+        try:
+            got, pieces = hash_blob(path, algorithm(digest), size, piece_size(size))
+        except OSError as e:
+            log.warning("cannot hash %s for its torrent: %s", digest, e)
+            return
+        if got != digest:  # rotten on disk: `p2pmodel verify` removes it
+            log.warning("%s does not match its digest: not seeded", digest)
+            return
+        self.store.save_torrent_info(digest, info_bytes(digest, size, pieces))
 
     def statistics(self) -> dict[str, Any]:
         return self.swarm.statistics()

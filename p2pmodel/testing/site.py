@@ -126,6 +126,53 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         proc.wait()
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Numeric fields of /proc/PID/status (kB values as bytes)."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+def python_pid(pid: int) -> int:
+    """The python process behind a Popen of `ip netns exec ... python ...` (it may exec or fork)."""
+    for _ in range(50):
+        todo = [pid]
+        while todo:
+            p = todo.pop(0)
+            with contextlib.suppress(OSError):
+                argv0 = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+                if b"python" in os.path.basename(argv0):
+                    return p
+            todo += children(p)
+        time.sleep(0.05)
+    raise SiteError(f"no python process under pid {pid}")
+
+
 def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -444,8 +491,12 @@ __all__ = [
     "Site",
     "SiteError",
     "blanked_env",
+    "children",
     "drop_environ",
     "dropped_env",
+    "proc_cpu",
+    "proc_status",
+    "python_pid",
     "sha256_file",
     "stop_group",
     "wait_for",

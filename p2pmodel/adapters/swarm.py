@@ -279,11 +279,13 @@ class Swarm:
             return with_cert(info, self.ca) if info is not None else None
         return None
 
-    def seed(self, digest: str, size: int) -> bool:
-        """Seed a verified blob of the store (no re-hash). False if its torrent is unknown."""
+    def seed(self, digest: str, size: int, info: bytes | None = None) -> bool:
+        """Seed a verified blob of the store (no re-hash) with its saved torrent ``info``
+        (read from the store when not given). False if its torrent is unknown."""
         if digest in self._by_digest or size == 0:
             return digest in self._by_digest
-        info = self.store.torrent_info(digest)
+        if info is None:
+            info = self.store.torrent_info(digest)
         if info is None:
             return False
         info = with_cert(info, self.ca)

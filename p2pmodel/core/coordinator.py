@@ -15,9 +15,10 @@ most what it fetched of that unit; the winner repeats its claim when it hears a 
 the rival may have joined after the first one went out. A joining agent first learns the
 leases and holdings of its peers, so clashes are between truly simultaneous claims.
 To make those rare, each unit has an owner among the live agents (rendezvous hashing over
-``set_peers``): an agent fetches its own units first and takes others' only when its own are
-all claimed (work stealing at the tail). A unit some peer announces is taken from it over the
-LAN (``FetchFromPeer``), and a mirror fetch of it still running is stopped.
+``set_peers``): of the next free units in file order (one per agent), an agent takes its own
+first and others' only when it owns none of them (work stealing). A unit some peer announces
+is taken from it over the LAN (``FetchFromPeer``), and a mirror fetch of it still running is
+stopped.
 
 An agent's share is sized to its rate by pulling: with peers it leases one unit at a time and
 takes the next only when that one landed, so a slow or rate-limited agent fetches fewer units
@@ -71,11 +72,12 @@ def units_of(blob: str, size: int, segment: int = SEGMENT) -> list[Unit]:
     if size <= segment:
         return [Unit(blob, 0, 0, size)]
     segments = -(-size // segment)
-    small = max(segment // 4, unit_piece_size(size, segment))
     if segments <= 2 * TAIL_SEGMENTS:
-        small = segment
-    tail = max(0, (segments - TAIL_SEGMENTS) * segment)
-    starts = [*range(0, tail, segment), *range(tail, size, small)]
+        starts = list(range(0, size, segment))
+    else:
+        small = max(segment // 4, unit_piece_size(size, segment))
+        tail = (segments - TAIL_SEGMENTS) * segment
+        starts = [*range(0, tail, segment), *range(tail, size, small)]
     ends = [*starts[1:], size]
     return [Unit(blob, i, a, b) for i, (a, b) in enumerate(zip(starts, ends, strict=True))]
 
@@ -333,7 +335,7 @@ class Coordinator:
             if holders:
                 self._fetching_from_peer.add(key)
                 out.append(FetchFromPeer(u, min(holders)))
-        # Mirror work: our own units first, then (work stealing) anyone's that nobody leases.
+        # Mirror work: units nobody has, leases or is fetching from a peer.
         free = [
             u
             for u in self._units
@@ -350,9 +352,9 @@ class Coordinator:
         # each front unit has one owner, so idle agents rarely reach for the same one), then
         # the others in this agent's own order; then the rest in file order.
         front = set(sorted(free)[: len(self._peers) + 1])
-        own = sorted(u for u in front if self._owner(u) == self.agent)
-        own += [u for u in free if u in front and u not in own]
-        own += sorted(u for u in free if u not in front)
+        order = sorted(u for u in front if self._owner(u) == self.agent)
+        order += [u for u in free if u in front and u not in order]
+        order += sorted(u for u in free if u not in front)
         # Alone, claim it all (the downloader runs every connection over the whole blob, and
         # whoever joins takes the units from us as they land); with peers, a few at a time so
         # units finish one after another and spread over the LAN while the mirror works on.
@@ -362,7 +364,7 @@ class Coordinator:
         self._landed &= self._mine.keys()
         active = [units[k] for k in self._mine if k not in self._landed and k in units]
         inflight = sum(a.stop - a.start for a in active)
-        for u in own:
+        for u in order:
             if len(active) >= limit or (active and inflight + u.stop - u.start > budget):
                 break
             self._mine[u.key] = now + self.lease

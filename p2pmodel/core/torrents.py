@@ -136,15 +136,20 @@ def unit_shape(
     ] == NO_HASH * (len(hashes) // 20 - span.stop)
 
 
-def pieces_of(info: bytes) -> bytes:
-    """The piece hashes of an info dict (all of them, 20 bytes each)."""
+def _pieces_span(info: bytes) -> tuple[int, int] | None:
+    """Where the ``pieces`` string's bytes stand in a bencoded info dict (None: it has none)."""
     marker = b"6:pieces"
     i = info.find(marker)
     if i < 0:
-        return b""
+        return None
     j = info.index(b":", i + len(marker))
-    length = int(info[i + len(marker) : j])
-    return info[j + 1 : j + 1 + length]
+    return j + 1, j + 1 + int(info[i + len(marker) : j])
+
+
+def pieces_of(info: bytes) -> bytes:
+    """The piece hashes of an info dict (all of them, 20 bytes each)."""
+    span = _pieces_span(info)
+    return b"" if span is None else info[span[0] : span[1]]
 
 
 def unit_hashes(info: bytes, start: int, stop: int, piece: int) -> bytes:
@@ -223,10 +228,5 @@ def expected_shape(info: bytes, digest: str, size: int, ca: bytes | None = None)
 
 
 def _strip_pieces(info: bytes) -> bytes:
-    marker = b"6:pieces"
-    i = info.find(marker)
-    if i < 0:
-        return info
-    j = info.index(b":", i + len(marker))
-    length = int(info[i + len(marker) : j])
-    return info[: j + 1] + info[j + 1 + length :]
+    span = _pieces_span(info)
+    return info if span is None else info[: span[0]] + info[span[1] :]

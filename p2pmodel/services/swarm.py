@@ -53,7 +53,7 @@ class SwarmAdapter(Protocol):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
-    def seed(self, digest: str, size: int) -> bool: ...
+    def seed(self, digest: str, size: int, info: bytes | None = None) -> bool: ...
 
     def listen_on(self, listen: Sequence[str]) -> None: ...
 
@@ -167,21 +167,25 @@ class SwarmService:
         for digest, size in self.store.verified_blobs():
             info = self.store.torrent_info(digest)
             if size and (info is None or not expected_shape(info, digest, size)):
-                self._rehash(digest, size)
-            trio.from_thread.run_sync(self.swarm.seed, digest, size)
+                info = self._rehash(digest, size)
+                if info is None:
+                    continue  # unreadable or rotten: not seeded (the log says which)
+            trio.from_thread.run_sync(self.swarm.seed, digest, size, info)
 
-    def _rehash(self, digest: str, size: int) -> None:
+    def _rehash(self, digest: str, size: int) -> bytes | None:
         """Make a stored blob's torrent info by the current piece rule (one read of it)."""
         path = self.store.blob_path(digest)
         try:
             got, pieces = hash_blob(path, algorithm(digest), size, piece_size(size))
         except OSError as e:
             log.warning("cannot hash %s for its torrent: %s", digest, e)
-            return
+            return None
         if got != digest:  # rotten on disk: `p2pmodel verify` removes it
             log.warning("%s does not match its digest: not seeded", digest)
-            return
-        self.store.save_torrent_info(digest, info_bytes(digest, size, pieces))
+            return None
+        info = info_bytes(digest, size, pieces)
+        self.store.save_torrent_info(digest, info)
+        return info
 
     def statistics(self) -> dict[str, Any]:
         return self.swarm.statistics()

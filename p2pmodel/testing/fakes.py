@@ -302,8 +302,8 @@ class FakeSwarm:
 
     # -- whole blobs -------------------------------------------------------------------------
 
-    def seed(self, digest: str, size: int) -> bool:
-        if size == 0 or self.store.torrent_info(digest) is None:
+    def seed(self, digest: str, size: int, info: bytes | None = None) -> bool:
+        if size == 0 or (info or self.store.torrent_info(digest)) is None:
             return digest in self._seeding
         self._seeding[digest] = size
         return True

@@ -515,7 +515,9 @@ class Swarm:
                 if on_progress is not None:
                     on_progress(done - got)
                 got, last_change = done, trio.current_time()
-            return wanted - done
+            # Only libtorrent's own "finished" ends it: while a torrent is still being added
+            # (checking its resume data) it may want 0 bytes, which read as done.
+            return 0 if st.is_finished else max(1, wanted - done)
 
         try:
             while not t.finished.is_set():

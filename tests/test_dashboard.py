@@ -66,7 +66,7 @@ async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tm
     repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
     a, b = await two_agents(nursery, tmp_path, repo, rate=MiB)
     await wait_until(lambda: b.id in a.peers.alive_ids())
-    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
+    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"))
     nursery.start_soon(a.gets.get, req)
     await wait_until(lambda: any(t["have"] > 0 for t in a.status()["transfers"]))
     assert a.hf is not None
@@ -114,7 +114,7 @@ async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
     assert mirror[0] not in {k for name, labels in before for k in labels}
     assert before[("p2pmodel_gets_total", (("outcome", "completed"),))] == 0
     assert before[("p2pmodel_store_bytes", ())] == 0
-    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}")))
     samples = await scrape()
     assert samples[("p2pmodel_mirror_bytes_total", mirror)] == size
     assert samples[("p2pmodel_get_duration_seconds_count", ())] == 1

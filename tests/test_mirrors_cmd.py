@@ -119,7 +119,7 @@ async def test_a_running_agent_shows_live_mirrors_and_runs_rm_and_gc(
     agent = await nursery.start(Agent(home, config, AgentOptions(rpc_port=0), outside).run)
     control = ControlServer(home, agent.gets, agent.status, ops=agent.control_ops())
     await nursery.start(control.run)
-    await agent.gets.get(GetRequest(parse_ref("hf://acme/live"), progress="none"))
+    await agent.gets.get(GetRequest(parse_ref("hf://acme/live")))
 
     def cli_run(*argv: str) -> tuple[int, str, str]:
         return run(monkeypatch, capsys, home, *argv)

@@ -30,7 +30,7 @@ import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 import trio
@@ -40,7 +40,9 @@ from ..core.rangeset import RangeSet
 from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, without_cert
 from .hashing import digest_file
 from .store import PartialState, Store
-from .tls import OfficeTls
+
+if TYPE_CHECKING:
+    from .tls import OfficeTls
 
 
 def _torrent_info(info: bytes) -> Any:

@@ -34,7 +34,8 @@ from ..core import hfapi
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
 from ..core.refs import Ref
-from .gets import BlobGone, GetService
+from .get.reader import BlobGone
+from .get.service import GetService
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]

@@ -12,11 +12,13 @@ fetching from us (``SwarmService.uploading``). One collection runs at a time:
    get that recorded its ref in between keeps what it names;
 4. seed again what was unseeded but kept.
 
-The keeper collects when the agent starts, after every get (a get is what grows the store; the
-model it fetched is kept by that collection even if the cap is still exceeded), and when a
+The keeper collects when the agent starts, at the end of every get, before the get returns (a
+get is what grows the store; the model it fetched is kept by that collection even if the cap is
+still exceeded), and when a
 reloaded config changes the cap; ``rm`` and ``gc`` from the control socket run the
-same collection. Without an agent the CLI runs the store adapter's ``collect`` alone (no get
-or peer of this agent can be using the store then).
+same collection. Every get runs in an agent (``--no-lan``: one with the LAN off), so the cap
+holds alike however a get ran; ``rm``/``gc`` without a running agent run the store adapter's
+``collect`` alone (no get or peer of this agent can be using the store then).
 """
 
 from __future__ import annotations
@@ -72,11 +74,18 @@ class StoreKeeper:
         self._wake = trio.Event()
         self._fresh: set[str] = set()
 
-    def got(self, ref: str) -> None:
-        """A get of ``ref`` ended: the store may have grown, check the cap. The model just
+    async def got(self, ref: str) -> None:
+        """A get of ``ref`` ended: the store may have grown, so the cap is checked before the
+        get returns (``GetService.after_get``, whichever front end ran it). The model just
         fetched is not evicted by that check (the user asked for it a moment ago)."""
         self._fresh.add(ref)
-        self.wake()
+        if self.cap is None:
+            self._fresh.discard(ref)
+            return
+        try:
+            await self.collect()
+        except (OSError, P2PModelError) as e:  # the get itself succeeded: say so, go on
+            log.warning("keeping the store under its cap failed: %s", e)
 
     def wake(self) -> None:
         self._wake.set()

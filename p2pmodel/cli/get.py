@@ -78,6 +78,7 @@ def _run_get(
 
     config = load_config(home)
     env = switches()
+    _agent_logs(env.log)
     opts = AgentOptions(
         rpc_port=0, wait_for_peers=1.5, sharing=env.sharing, segment=env.segment, lan=lan
     )
@@ -99,6 +100,20 @@ def _run_get(
         return trio.run(run)
     except BaseExceptionGroup as eg:
         raise first_cause(eg) from None
+
+
+def _agent_logs(level: str) -> None:
+    """The agent run here logs as ``serve`` does only when ``P2PMODEL_LOG`` asks: otherwise its
+    log lines would mix with what ``get`` prints (a running agent's go to its own log)."""
+    import logging
+    import os
+
+    if os.environ.get("P2PMODEL_LOG"):
+        from ..adapters.journal import setup_logging
+
+        setup_logging(level)
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 async def _show(progress: Progress, mode: str, done: Any) -> None:

@@ -61,6 +61,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from ..adapters.home import load_config
     from ..adapters.store import Store
 
     home, ref = user_home(), ref_text(args.ref)
@@ -71,7 +72,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
             raise UserError(f"{ref} is not in the store (see p2pmodel ls)")
         if ref in store.pins():
             raise UserError(f"{ref} is pinned (p2pmodel unpin {ref} first)")
-        out = _collected(store, None, (ref,))
+        out = _collected(store, None, (ref,), load_config(home).store_max)
     if args.json:
         print_json(out)
     else:
@@ -102,7 +103,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     home = user_home()
     out = agent_op(home, CollectAsk())
     if out is None:
-        out = _collected(Store(home), load_config(home).store_max, ())
+        cap = load_config(home).store_max
+        out = _collected(Store(home), cap, (), cap)
     if args.json:
         print_json(out)
     else:
@@ -149,18 +151,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collected(store: Any, cap: int | None, drop: tuple[str, ...]) -> dict[str, Any]:
-    """No agent runs: collect in this process (nothing of this agent uses the store)."""
+def _collected(store: Any, cap: int | None, drop: tuple[str, ...], shown: int | None) -> Any:
+    """No agent runs: collect in this process (nothing of this agent uses the store); the
+    same report as the agent's (``shown``: the cap it names)."""
+    from ..core.retention import Collected
+
     plan, deleted = store.collect(cap=cap, drop=drop)
-    return {
-        "evicted": list(plan.evict),
-        "deleted": len(deleted),
-        "freed": plan.freed,
-        "kept_in_use": list(plan.kept_busy),
-        "size": plan.size_after,
-        "cap": cap,
-        "over_cap": plan.over_cap,
-    }
+    return Collected(plan, deleted, shown).describe()
 
 
 def _print_collected(out: dict[str, Any], what: str) -> None:

@@ -102,8 +102,9 @@ class GetService:
         self.stats = GetStats()
         self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
         self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
-        # Awaited with the ref when a get succeeded (the store's cap, trimming memory).
-        self.after_get: list[Callable[[str], Awaitable[None]]] = []
+        # Awaited with the ref when a get ended (the store's cap, trimming memory); a line
+        # one returns is a warning for the get's user.
+        self.after_get: list[Callable[[str], Awaitable[str | None]]] = []
         self._reading: collections.Counter[str] = collections.Counter()  # blob -> open readers
         self._make_http = http
         self._http: httpx.AsyncClient | None = None
@@ -208,12 +209,15 @@ class GetService:
         self.stats.completed += 1
         self.stats.durations.append(trio.current_time() - t0)
         self.stats.duration.observe(trio.current_time() - t0)
-        await self._after(req)
+        result.warnings += await self._after(req)
         return result
 
-    async def _after(self, req: GetRequest) -> None:
+    async def _after(self, req: GetRequest) -> list[str]:
+        warnings = []
         for after in self.after_get:
-            await after(req.ref.text)
+            if (warning := await after(req.ref.text)) is not None:
+                warnings.append(warning)
+        return warnings
 
     def _set_mirror_rate(self, rates: Rates) -> None:
         self.bucket.set_rate(rates.mirror_download, trio.current_time())

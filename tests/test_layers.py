@@ -39,7 +39,7 @@ ADAPTER_BASES = {"store", "hashing"}
 # Services, lowest first: a service imports only services before it (no circle).
 SERVICES = [
     "link", "limits", "download", "publish", "peers", "swarm", "sharing", "get", "names",
-    "keeper", "hfendpoint", "control", "dashboard", "metrics", "agent",
+    "keeper", "scrub", "hfendpoint", "control", "dashboard", "metrics", "agent",
 ]  # fmt: skip
 
 

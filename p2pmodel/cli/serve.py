@@ -19,6 +19,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..adapters.journal import setup_logging
     from ..core.control import StatusAsk
     from ..services.agent import Agent, AgentOptions
+    from ..services.scrub import SCRUB_EVERY
 
     env = switches()
     setup_logging(env.log)
@@ -38,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         segment=env.segment,
         hf_endpoint=config.hf_endpoint,
         control=True,
+        scrub_every=SCRUB_EVERY,
     )
     if config.office_key is None:
         print(

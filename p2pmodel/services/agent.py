@@ -46,6 +46,7 @@ from .hfendpoint import HfEndpoint, Page
 from .keeper import StoreKeeper
 from .names import NameService
 from .peers import AnnouncerFactory, PeerService
+from .scrub import Scrubber
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
 
@@ -90,6 +91,7 @@ class AgentOptions:
     hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
     lan: bool = True  # peers, the swarm and sharing (off: mirrors only, no socket, no mDNS)
     control: bool = False  # serve the control socket (serve; an embedded agent does not)
+    scrub_every: float | None = None  # seconds between re-checks of the store (serve: a day)
 
 
 def _real_swarm(
@@ -132,6 +134,7 @@ class Agent:
     gets: GetService
     hf: HfEndpoint | None = None
     keeper: StoreKeeper
+    scrub: Scrubber | None = None
 
     def __init__(
         self,
@@ -175,6 +178,7 @@ class Agent:
                     names=lan.names if lan is not None and self.tls is not None else None,
                 )
                 if lan is not None:
+                    self.gets.on_rotten.append(lambda digest: lan.swarm.unseed([digest]))
                     await nursery.start(lan.swarm.run)
                     await nursery.start(lan.peers.run)
                     if lan.sharing is not None:
@@ -190,6 +194,9 @@ class Agent:
                 await nursery.start(self.gets.run)
                 await nursery.start(self.gets.limits.run)
                 await nursery.start(self.keeper.run)
+                if opts.scrub_every is not None:
+                    self.scrub = Scrubber(self.store, self.gets.rotten, every=opts.scrub_every)
+                    await nursery.start(self.scrub.run)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
@@ -402,6 +409,11 @@ class Agent:
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),
             "store": self.keeper.last.describe() if self.keeper.last else None,
+            "scrub": (
+                {"checked": self.scrub.checked, "bad": self.scrub.bad}
+                if self.scrub is not None
+                else None
+            ),
         }
 
 

@@ -207,10 +207,18 @@ class HfEndpoint:
         if span is not None:
             out.append(("Content-Range", f"bytes {start}-{stop - 1}/{entry.size}"))
         async with self.gets.reader(manifest, entry, start, stop, token) as reader:
+            try:
+                chunk = await reader.read()
+            except P2PModelError as e:
+                # Known before the first byte (no source can provide it): say so, never a 200
+                # that sends nothing.
+                log.warning("%s: %s", entry.path, e)
+                raise Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
             await send(_start(status, out))
             try:
-                while chunk := await reader.read():
+                while chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = await reader.read()
             except (BlobGone, P2PModelError) as e:
                 # Raising is how an ASGI app cuts a response short: the client sees a body that
                 # ends early, never a complete file.

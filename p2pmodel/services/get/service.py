@@ -115,6 +115,7 @@ class GetService:
         self._downloads_changed = trio.Event()
         self._served: dict[str, int] = {}  # blob -> the attempt a reader last had bytes of
         self.tainted: set[str] = set()  # blobs a client may hold wrong bytes of (see read)
+        self.on_rotten: list[Callable[[str], object]] = []  # told first (the agent: unseed)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[GetService]:
@@ -269,6 +270,16 @@ class GetService:
         if self._served.get(key) == attempt:
             # A reader had bytes of it: a client resuming with a Range may hold wrong bytes.
             self.tainted.add(key)
+
+    def rotten(self, digest: str) -> None:
+        """A stored blob failed its check (read for a client, or by the scrub): it is
+        dropped from seeding and from the store, and fetched again when next wanted."""
+        log.error("stored blob %s failed its check: removed (it is fetched again)", digest)
+        self.stats.digest_failure("store")
+        self.tainted.add(digest)  # a client resuming it may hold its bad bytes
+        for fn in self.on_rotten:
+            fn(digest)
+        self.store.remove_blob(digest)
 
     def _changed(self) -> None:
         self._downloads_changed.set()

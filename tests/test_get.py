@@ -42,7 +42,7 @@ def assert_exact(root: Path, repo: Repo) -> None:
 
 async def get(req: GetRequest, home: Path, options: DownloadOptions) -> GetResult:
     """One get as ``--no-lan`` runs it: the one runner, with these download settings."""
-    async with GetService(home, load_config(home), download=options).open() as gets:
+    async with GetService(Store(home), load_config(home), download=options).open() as gets:
         return await gets.get(req)
 
 

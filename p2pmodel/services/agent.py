@@ -170,7 +170,7 @@ class Agent:
                     self.lan = self._lan_services(adapter)
                 lan = self.lan
                 self.gets = GetService(
-                    self.home,
+                    self.store,
                     self.config,
                     lan=lan.swarm if lan is not None else None,
                     sharing=lan.sharing if lan is not None else None,

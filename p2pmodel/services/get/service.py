@@ -33,7 +33,6 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,7 +75,7 @@ GRACE = 60.0  # seconds an unfinished fetch nobody reads any more is kept
 class GetService:
     def __init__(
         self,
-        home: Path,
+        store: Store,
         config: Config,
         *,
         lan: LanSource | None = None,
@@ -87,9 +86,8 @@ class GetService:
     ) -> None:
         """``download``: the download settings to start from (tests tune timeouts and the
         mirror board's pace here); the service's own board, bucket and hooks go in."""
-        self.home = home
         self.config = config
-        self.store = Store(home)
+        self.store = store
         self.lan = lan
         self.sharing = sharing
         self.names = names

@@ -471,6 +471,43 @@ def test_links_inside_the_directory_publish_what_they_point_to(tmp_path: Path) -
     assert stat.S_IMODE((model / "v2" / "w.bin").lstat().st_mode) == 0o444
 
 
+def test_a_file_reached_through_links_is_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that a link inside the directory reaches again is not hashed (read) twice."""
+    model = tmp_path / "model"
+    regular(model / "v2" / "w.bin", b"w" * 10_000)
+    (model / "latest").symlink_to("v2", target_is_directory=True)
+    (model / "w.bin").symlink_to("v2/w.bin")
+    real, calls = publish.hash_blob, []
+    monkeypatch.setattr(publish, "hash_blob", lambda *a: calls.append(a) or real(*a))
+    manifest, _, _ = prepare(
+        Store(tmp_path / "home"), model, parse_ref("team:v1"), "agent", "t", force=False
+    )
+    assert [f.path for f in manifest.files] == ["latest/w.bin", "v2/w.bin", "w.bin"]
+    assert len(calls) == 1
+
+
+def test_a_file_written_while_it_is_hashed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file modified while it is hashed (its mtime moves; a write would move it too) is
+    refused, since its digest may not be its bytes, and nothing is left changed."""
+    model = _model_of_four(tmp_path)
+    real = publish.hash_blob
+
+    def touch_then_hash(path: Path, *rest: Any) -> Any:
+        os.utime(model / "f0.bin", ns=(1, 1))
+        return real(path, *rest)
+
+    monkeypatch.setattr(publish, "hash_blob", touch_then_hash)
+    store = Store(tmp_path / "home")
+    with pytest.raises(UserError, match=r"f0\.bin changed"):
+        prepare(store, model, parse_ref("team:v1"), "agent", "t", force=False)
+    assert stat.S_IMODE((model / "f0.bin").stat().st_mode) == 0o644
+    assert store_files(store.home) == {}
+
+
 def test_links_that_multiply_the_tree_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

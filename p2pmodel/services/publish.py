@@ -33,11 +33,11 @@ every mode changed and removes every name this publish made in the store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..adapters.hashing import BUFFER, hash_blob
@@ -67,7 +67,7 @@ Inode = tuple[int, int]
 Pseudo = dict[tuple[int, int], str]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Found:
     """A file to publish: its repo path, and where it really is (components under the
     directory, no symlink among them when it was scanned)."""
@@ -164,14 +164,14 @@ def scan(top: Path, pseudo: Pseudo | None = None) -> list[Found]:
     return sorted(found, key=lambda f: f.path)
 
 
-@dataclass
+@dataclasses.dataclass
 class _Undo:
     """What this publish changed so far, to put back when it fails: the names it made in the
     store (with their inode) and the first mode seen of every file it made read-only."""
 
-    names: dict[Path, Inode] = field(default_factory=dict)
-    modes: dict[Inode, int] = field(default_factory=dict)
-    infos: list[Path] = field(default_factory=list)
+    names: dict[Path, Inode] = dataclasses.field(default_factory=dict)
+    modes: dict[Inode, int] = dataclasses.field(default_factory=dict)
+    infos: list[Path] = dataclasses.field(default_factory=list)
 
     def give_back_mode(self, name: Path) -> None:
         """Put back the mode of the file at ``name`` (a name of ours in the store: opened
@@ -203,7 +203,7 @@ class _Undo:
                 path.unlink()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Adopted:
     path: str
     digest: str
@@ -264,13 +264,24 @@ def _copy(undo: _Undo, fd: int, tmp: Path, size: int) -> None:
         os.close(out)
 
 
-def adopt(store: Store, undo: _Undo, top_fd: int, found: Found, pseudo: Pseudo) -> _Adopted:
+def adopt(
+    store: Store,
+    undo: _Undo,
+    top_fd: int,
+    found: Found,
+    pseudo: Pseudo,
+    seen: dict[Inode, _Adopted],
+) -> _Adopted:
     """Give the file a name in the store's partial area (a hard link, else a copy), make the
-    store's copy read-only and hash it there. Everything it changes is in ``undo``."""
+    store's copy read-only and hash it there. Everything it changes is in ``undo``; ``seen``
+    has the files adopted so far by inode (a file reached again through a link is not hashed
+    twice)."""
     dfd, fd, st = _open_beneath(top_fd, found.real)
     try:
         if _device(st) in pseudo:
             raise UserError(f"{shown(found.path)} is on a {pseudo[_device(st)]} filesystem")
+        if (again := seen.get(_inode(st))) is not None:
+            return dataclasses.replace(again, path=found.path)
         store.partial.mkdir(parents=True, exist_ok=True)
         tmp = store.partial / f"publish-{secrets.token_hex(8)}.tmp"
         linked = True
@@ -296,8 +307,12 @@ def adopt(store: Store, undo: _Undo, top_fd: int, found: Found, pseudo: Pseudo) 
                 _copy(undo, fd, tmp, st.st_size)
         size = st.st_size
         digest, pieces = hash_blob(tmp, "sha256", size, piece_size(size))
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (size, st.st_mtime_ns):
+            raise _Changed  # written to while it was hashed: the digest may not be its bytes
         info = info_bytes(digest, size, pieces) if size else None
-        return _Adopted(found.path, digest, size, tmp, undo.names[tmp], info, linked)
+        seen[_inode(st)] = _Adopted(found.path, digest, size, tmp, undo.names[tmp], info, linked)
+        return seen[_inode(st)]
     finally:
         os.close(fd)
         os.close(dfd)
@@ -383,11 +398,12 @@ def _publish(
     force: bool,
 ) -> tuple[Manifest, bool, int]:
     undo = _Undo()
+    seen: dict[Inode, _Adopted] = {}
     try:
         adopted = []
         for f in files:
             try:
-                adopted.append(adopt(store, undo, top_fd, f, pseudo))
+                adopted.append(adopt(store, undo, top_fd, f, pseudo, seen))
             except _Changed:
                 raise UserError(
                     f"cannot publish {top}: {shown(f.path)} changed while it was being "

@@ -430,7 +430,7 @@ class Swarm:
 
         await trio.to_thread.run_sync(move)
 
-    # -- unit torrents (WAN sharing: a unit of a blob nobody has whole yet) --------------------
+    # -- unit torrents (sharing: a unit of a blob nobody has whole yet) --------------------
 
     def unit_info(self, digest: str, index: int) -> bytes | None:
         """The info of a unit torrent we seed (None: we do not hold that unit)."""

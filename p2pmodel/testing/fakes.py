@@ -131,8 +131,9 @@ class FakeAnnouncer:
         office: str = "",
         on_event: Callable[[Any], None],
     ) -> None:
-        from p2pmodel.adapters.discovery import PeerSeen
+        from p2pmodel.adapters.discovery import PeerSeen, check_announcement
 
+        check_announcement(agent, interfaces, rpc_port, torrent_port, proto, office)
         self.bus = bus
         self.agent = agent
         self.on_event = on_event

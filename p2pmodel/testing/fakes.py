@@ -144,8 +144,13 @@ class FakeAnnouncer:
 
         bus = self.bus
         bus.crashed.discard(self.agent)
-        others = list(bus._members.values())
-        bus._members[self.agent] = (self.seen, self.on_event)
+        others = [m for agent, m in bus._members.items() if agent != self.agent]
+        if self.agent in bus._members:
+            # Our previous announcer (other interfaces) is still stopping: its goodbye goes
+            # out first, as zeroconf's does, and it must not take our place with it.
+            for _, on_event in others:
+                on_event(PeerGone(self.agent))
+        me = bus._members[self.agent] = (self.seen, self.on_event)
         try:
             for seen, on_event in others:
                 on_event(self.seen)
@@ -153,10 +158,11 @@ class FakeAnnouncer:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            bus._members.pop(self.agent, None)
-            if self.agent not in bus.crashed:
-                for _, on_event in list(bus._members.values()):
-                    on_event(PeerGone(self.agent))
+            if bus._members.get(self.agent) is me:
+                del bus._members[self.agent]
+                if self.agent not in bus.crashed:
+                    for _, on_event in list(bus._members.values()):
+                        on_event(PeerGone(self.agent))
 
 
 # -- the swarm -------------------------------------------------------------------------------------

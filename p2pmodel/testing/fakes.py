@@ -37,7 +37,7 @@ from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.transport import StreamHandler
 from p2pmodel.core.digests import algorithm, hex_part
 from p2pmodel.core.torrents import SwarmFetch, expected_shape, with_cert, without_cert
-from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, corrupt_block
+from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, block_size, corrupt_block
 from p2pmodel.testing.models import Repo
 
 MiB = 1024 * 1024
@@ -550,7 +550,11 @@ class MemoryMirror:
             request.headers.get("authorization"),
         )
         if reply.hang_up:
-            raise httpx.ConnectError("the mirror hung up", request=request)
+            # What httpx says of the real mirror's `down`: the connection was taken, then
+            # closed unanswered (not refused).
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
         if reply.delay:
             await trio.sleep(reply.delay)
         length = reply.length if reply.file is not None else len(reply.body)
@@ -573,7 +577,9 @@ class MemoryMirror:
             f.seek(offset)
             while offset < stop:
                 faults = self.mirror.faults
-                chunk = f.read(min(BLOCK, stop - offset))
+                # The real mirror's block size: under a rate limit a body trickles in small
+                # blocks instead of pausing for seconds between large ones.
+                chunk = f.read(min(BLOCK, block_size(faults), stop - offset))
                 if faults.corrupt:
                     chunk = corrupt_block(chunk, offset, reply.file.size)
                 await pacer.wait(len(chunk), faults.per_conn_rate)

@@ -59,13 +59,27 @@ async def wait_until(cond: Any, seconds: float = 20) -> None:
             await trio.sleep(0.05)
 
 
+async def wait_alive(a: Agent, b: Agent, seconds: float = 20) -> None:
+    """Until ``a`` lists ``b`` alive: woken by ``a``'s peer service on each change."""
+    alive = trio.Event()
+
+    def check() -> None:
+        if b.id in a.peers.alive_ids():
+            alive.set()
+
+    a.peers.watch(check)
+    check()
+    with trio.fail_after(seconds):
+        await alive.wait()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup installs it)")
 async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tmp_path: Path):
     """Chromium renders the page, whose script fills in the peer (by agent id, alive) and the
     file in flight with its source; a screenshot is saved."""
     repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
     a, b = await two_agents(nursery, tmp_path, repo, rate=MiB)
-    await wait_until(lambda: b.id in a.peers.alive_ids())
+    await wait_alive(a, b)
     req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
     nursery.start_soon(a.gets.get, req)
     await wait_until(lambda: any(t["have"] > 0 for t in a.status()["transfers"]))
@@ -95,7 +109,7 @@ async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
     its mirror, one get completed in the duration histogram, the peer alive, blobs seeded."""
     repo = make_model(tmp_path / "r", "acme/metrics", shards=1, shard_size=2 * MiB)
     a, b = await two_agents(nursery, tmp_path, repo, rate=64 * MiB)
-    await wait_until(lambda: b.id in a.peers.alive_ids())
+    await wait_alive(a, b)
     assert a.hf is not None
 
     async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,19 +1,25 @@
 """One contract, two implementations: the in-memory fakes the simulated office runs on behave
 like the real adapters. Each check runs against both: the peer link over TCP on loopback and
 over ``MemoryTransport``; libtorrent's swarm (inside the test namespace only: ``lan``) and
-``FakeSwarm``."""
+``FakeSwarm``; zeroconf discovery on 127.0.0.1 (``lan`` too) and ``MemoryMdns``; the test
+mirror (``testing.mirror``) over loopback with a real httpx client and ``MemoryMirror``."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from p2pmodel.adapters.discovery import DiscoveryEvent, PeerGone, PeerSeen
 from p2pmodel.adapters.hashing import hash_blob, piece_hashes
 from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.tls import OfficeTls
@@ -32,7 +38,9 @@ from p2pmodel.core.wire import (
     Pong,
 )
 from p2pmodel.services.link import PeerLink, RpcError
-from p2pmodel.testing.fakes import MemoryNetwork, SwarmNet
+from p2pmodel.testing.fakes import MemoryMdns, MemoryMirror, MemoryNetwork, SwarmNet
+from p2pmodel.testing.mirror import Faults, Mirror, Stats
+from p2pmodel.testing.models import Repo, RepoFile, make_model
 
 MiB = 1024 * 1024
 
@@ -392,3 +400,477 @@ async def test_swarm_ip_filter_lets_only_allowed_peers_in(tmp_path: Path, nurser
         second = await sb.fetch(digest, len(data), keyed, peers, stall_timeout=10.0)
     assert second.ok, second.why
     assert b.blob_path(digest).read_bytes() == data
+
+
+# -- discovery: zeroconf and MemoryMdns ------------------------------------------------------------
+
+OFFICE = "0123456789abcdef"  # a key's fingerprint, as the TXT record carries it
+
+
+@pytest.fixture(params=["memory", pytest.param("zeroconf", marks=pytest.mark.lan)])
+def announcers(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Makes announcers of one kind, taking ``Discovery``'s arguments: ``MemoryMdns`` (one bus
+    per test) or real zeroconf on 127.0.0.1 (inside the test namespace only: ``lan``)."""
+    if request.param == "memory":
+        return MemoryMdns().factory()
+    from p2pmodel.adapters.discovery import Discovery
+
+    return Discovery
+
+
+class Heard:
+    """What one announcer reported, in order, with an event to wait on instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list[DiscoveryEvent] = []
+        self._changed = trio.Event()
+
+    def __call__(self, event: DiscoveryEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def about(self, agent: str) -> list[DiscoveryEvent]:
+        return [e for e in self.events if e.agent == agent]
+
+    def last(self, agent: str) -> DiscoveryEvent | None:
+        events = self.about(agent)
+        return events[-1] if events else None
+
+    async def wait_until(self, cond: Callable[[], object], seconds: float = 10) -> None:
+        """Until ``cond()`` holds, woken by each event (bounded by ``seconds``)."""
+        with trio.fail_after(seconds):
+            while not cond():
+                await self._changed.wait()
+
+
+class Announced:
+    """One running announcer: what it heard, and a scope that stops it (with a goodbye)."""
+
+    def __init__(self, agent: str, heard: Heard, scope: trio.CancelScope) -> None:
+        self.agent, self.heard, self.scope = agent, heard, scope
+
+
+async def announce(
+    nursery: trio.Nursery,
+    factory: Callable[..., Any],
+    agent: str,
+    interfaces: tuple[str, ...] = ("127.0.0.1",),
+    *,
+    rpc_port: int = 7001,
+    torrent_port: int = 6881,
+    office: str = "",
+) -> Announced:
+    heard = Heard()
+    announcer = factory(
+        agent=agent,
+        interfaces=list(interfaces),
+        rpc_port=rpc_port,
+        torrent_port=torrent_port,
+        proto=PROTOCOL_VERSION,
+        office=office,
+        on_event=heard,
+    )
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await announcer.run(task_status=task_status)
+
+    with trio.fail_after(10):
+        await nursery.start(run)
+    return Announced(agent, heard, scope)
+
+
+def agent_ids() -> tuple[str, str]:
+    """Fresh ids per test: no cache anywhere can hold an earlier test's records of them."""
+    tag = secrets.token_hex(3)
+    return f"ct-a-{tag}", f"ct-b-{tag}"
+
+
+async def test_mdns_agents_see_each_others_announcement(nursery, announcers):
+    """An agent already announcing and one joining later each see the other with the TXT
+    fields it announced (id, addresses, ports, protocol, office fingerprint), and never
+    themselves."""
+    a_id, b_id = agent_ids()
+    a = await announce(nursery, announcers, a_id, rpc_port=7001, torrent_port=6881)
+    b = await announce(nursery, announcers, b_id, rpc_port=7002, torrent_port=6882, office=OFFICE)
+    await a.heard.wait_until(lambda: a.heard.about(b_id))
+    await b.heard.wait_until(lambda: b.heard.about(a_id))
+    assert a.heard.about(b_id)[0] == PeerSeen(
+        b_id, ("127.0.0.1",), 7002, 6882, PROTOCOL_VERSION, OFFICE
+    )
+    assert b.heard.about(a_id)[0] == PeerSeen(a_id, ("127.0.0.1",), 7001, 6881, PROTOCOL_VERSION)
+    assert not a.heard.about(a_id) and not b.heard.about(b_id)
+
+
+async def test_mdns_a_graceful_stop_is_seen_as_removal(nursery, announcers):
+    """An announcer that stops says goodbye: its peer reports it gone, and not seen again."""
+    a_id, b_id = agent_ids()
+    a = await announce(nursery, announcers, a_id)
+    b = await announce(nursery, announcers, b_id, rpc_port=7002)
+    await a.heard.wait_until(lambda: a.heard.about(b_id))
+    b.scope.cancel()
+    await a.heard.wait_until(lambda: isinstance(a.heard.last(b_id), PeerGone))
+    assert a.heard.about(b_id)[-1] == PeerGone(b_id)
+
+
+async def test_mdns_announcing_again_on_new_interfaces_is_seen(nursery, announcers):
+    """An agent whose addresses changed stops and announces again on the new set (as
+    ``PeerService.set_interfaces`` does): its peer's latest word on it has the new addresses
+    and the same ports."""
+    a_id, b_id = agent_ids()
+    a = await announce(nursery, announcers, a_id)
+    b = await announce(nursery, announcers, b_id, rpc_port=7002, torrent_port=6882)
+    await a.heard.wait_until(lambda: a.heard.about(b_id))
+    b.scope.cancel()
+    new = ("127.0.0.2", "127.0.0.3")
+    await announce(nursery, announcers, b_id, new, rpc_port=7002, torrent_port=6882)
+
+    def moved() -> bool:
+        last = a.heard.last(b_id)
+        return isinstance(last, PeerSeen) and set(last.addrs) == set(new)
+
+    await a.heard.wait_until(moved)
+    last = a.heard.last(b_id)
+    assert isinstance(last, PeerSeen) and (last.rpc_port, last.torrent_port) == (7002, 6882)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"agent": "has.dot"},
+        {"agent": ""},
+        {"interfaces": []},
+        {"interfaces": ["::1"]},
+        {"interfaces": ["not-an-ip"]},
+        {"rpc_port": 0},
+        {"torrent_port": 65536},
+        {"proto": -1},
+        {"office": "not-a-fingerprint"},
+    ],
+)
+def test_mdns_bad_announcements_are_refused_before_anything_opens(announcers, bad):
+    """Arguments no peer could parse back are refused at once, by the fake as by zeroconf."""
+    args: dict[str, Any] = {
+        "agent": "ct-a",
+        "interfaces": ["127.0.0.1"],
+        "rpc_port": 7001,
+        "torrent_port": 6881,
+        "proto": PROTOCOL_VERSION,
+        "office": "",
+        "on_event": Heard(),
+    }
+    with pytest.raises(ValueError):
+        announcers(**(args | bad))
+
+
+# -- the mirror: the real test mirror over loopback and MemoryMirror -------------------------------
+
+SHARD = "transformer/diffusion_pytorch_model-00001-of-00002.safetensors"
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """Two LFS shards of 1.5 MiB (two corrupted bytes each) plus small git files."""
+    root = tmp_path_factory.mktemp("contract-repo")
+    return make_model(root, "acme/contract", shards=2, shard_size=3 * MiB // 2, seed=5)
+
+
+@dataclass
+class HubUnderTest:
+    """One mirror, whichever kind: its URL, faults and counters, and an httpx client to it."""
+
+    hub_url: str
+    faults: Faults
+    stats: Stats
+    client: httpx.AsyncClient
+
+    def resolve(self, repo: Repo, path: str, rev: str | None = None) -> str:
+        return f"{self.hub_url}/{repo.repo_id}/resolve/{rev or repo.commit}/{path}"
+
+    def api(self, repo: Repo, tail: str) -> str:
+        return f"{self.hub_url}/api/models/{repo.repo_id}/{tail}"
+
+
+@pytest.fixture(params=["memory", "real"])
+async def hub(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, hub_repo: Repo
+) -> AsyncIterator[Callable[..., Any]]:
+    """Starts a mirror of ``hub_repo`` with the given faults: ``MemoryMirror`` behind httpx's
+    ``MockTransport``, or ``testing.mirror.Mirror`` on 127.0.0.1 with a real httpx client.
+    Clients follow redirects, as the get flow's do, and have no timeouts: the tests that pace
+    run on a fake clock, which jumps."""
+    clients: list[httpx.AsyncClient] = []
+
+    async def start(faults: Faults | None = None) -> HubUnderTest:
+        faults = faults or Faults()
+        if request.param == "memory":
+            memory = MemoryMirror([hub_repo], faults)
+            client = memory.client()
+            client.timeout = httpx.Timeout(None)
+            hut = HubUnderTest(memory.hub_url, memory.faults, memory.mirror.stats, client)
+        else:
+            real: Mirror = await nursery.start(Mirror([hub_repo], faults=faults).run)
+            client = httpx.AsyncClient(follow_redirects=True, timeout=None)
+            hut = HubUnderTest(real.hub_url, real.faults, real.stats, client)
+        clients.append(client)
+        return hut
+
+    yield start
+    for client in clients:
+        await client.aclose()
+
+
+def data_of(repo: Repo, path: str) -> bytes:
+    f = repo.file(path)
+    assert f is not None
+    return f.data_path.read_bytes()
+
+
+def file_of(repo: Repo, path: str) -> RepoFile:
+    f = repo.file(path)
+    assert f is not None
+    return f
+
+
+async def test_mirror_revision_names_the_commit_and_lists_siblings(hub, hub_repo):
+    """``/api/models/{repo}/revision/{rev}?blobs=true`` by branch or commit answers the
+    commit and every file with size, blob id and (LFS only) sha256."""
+    m = await hub()
+    for rev in (hub_repo.branch, hub_repo.commit):
+        r = await m.client.get(m.api(hub_repo, f"revision/{rev}?blobs=true"))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        info = r.json()
+        assert (info["id"], info["sha"]) == (hub_repo.repo_id, hub_repo.commit)
+        siblings = {s["rfilename"]: s for s in info["siblings"]}
+        assert set(siblings) == {f.path for f in hub_repo.files}
+        for f in hub_repo.files:
+            assert (siblings[f.path]["size"], siblings[f.path]["blobId"]) == (f.size, f.gitsha1)
+            assert siblings[f.path].get("lfs", {}).get("sha256") == (f.sha256 if f.lfs else None)
+
+
+async def test_mirror_tree_lists_files_and_folders(hub, hub_repo):
+    """The recursive tree at the commit lists every file (size; LFS ones with their sha256)
+    and every folder with an oid, in one page."""
+    m = await hub()
+    r = await m.client.get(m.api(hub_repo, f"tree/{hub_repo.commit}?recursive=true&expand=false"))
+    assert r.status_code == 200 and "link" not in r.headers
+    entries = {e["path"]: e for e in r.json()}
+    for f in hub_repo.files:
+        e = entries[f.path]
+        assert (e["type"], e["size"]) == ("file", f.size)
+        assert e.get("lfs", {}).get("oid") == (f.sha256 if f.lfs else None)
+        if not f.lfs:
+            assert e["oid"] == f.gitsha1
+    folders = [e for e in entries.values() if e["type"] == "directory"]
+    parents = {f.path.rsplit("/", 1)[0] for f in hub_repo.files if "/" in f.path}
+    assert {e["path"] for e in folders} == parents
+    assert all(len(e["oid"]) == 40 for e in folders)
+
+
+async def test_mirror_resolve_of_a_small_file_is_served_with_hub_headers(hub, hub_repo):
+    """A git file is served by the hub itself: its bytes, ETag the git blob id, the commit,
+    its length; HEAD has the same headers and no body."""
+    m = await hub()
+    readme = file_of(hub_repo, "README.md")
+    url = m.resolve(hub_repo, "README.md", hub_repo.branch)
+    for method in ("GET", "HEAD"):
+        r = await m.client.request(method, url)
+        assert r.status_code == 200
+        assert r.headers["etag"] == f'"{readme.gitsha1}"'
+        assert r.headers["x-repo-commit"] == hub_repo.commit
+        assert r.headers["content-length"] == str(readme.size)
+        assert r.headers["accept-ranges"] == "bytes"
+        assert r.content == (readme.data_path.read_bytes() if method == "GET" else b"")
+
+
+async def test_mirror_resolve_of_an_lfs_file_redirects_with_linked_headers(hub, hub_repo):
+    """An LFS file answers 302 with X-Linked-Size/X-Linked-Etag/ETag/X-Repo-Commit to a CDN
+    URL; followed, the CDN gives its exact bytes with the sha256 as ETag."""
+    m = await hub()
+    shard = file_of(hub_repo, SHARD)
+    url = m.resolve(hub_repo, SHARD)
+    for method in ("HEAD", "GET"):
+        r = await m.client.request(method, url, follow_redirects=False)
+        assert r.status_code == 302 and r.content == b""
+        assert r.headers["x-linked-size"] == str(shard.size)
+        assert r.headers["x-linked-etag"] == r.headers["etag"] == f'"{shard.sha256}"'
+        assert r.headers["x-repo-commit"] == hub_repo.commit
+        assert r.headers["location"].endswith(f"/lfs/{shard.sha256}")
+    r = await m.client.get(url)
+    assert r.status_code == 200 and r.headers["etag"] == f'"{shard.sha256}"'
+    assert hashlib.sha256(r.content).hexdigest() == shard.sha256
+
+
+async def test_mirror_ranges_answer_206_with_exactly_those_bytes(hub, hub_repo):
+    """Byte ranges (closed, open-ended, suffix, past the end clipped) answer 206 with
+    Content-Range and exactly those bytes, through the redirect and on the hub; a range
+    starting past the end is 416."""
+    m = await hub()
+    shard = file_of(hub_repo, SHARD)
+    data, size = shard.data_path.read_bytes(), shard.size
+    url = m.resolve(hub_repo, SHARD)
+    cases = {
+        "bytes=0-0": (0, 0),
+        "bytes=1000-262143": (1000, 262143),
+        f"bytes={size - 10}-": (size - 10, size - 1),
+        "bytes=-7": (size - 7, size - 1),
+        f"bytes={size - 3}-{size + 100}": (size - 3, size - 1),
+    }
+    for header, (first, last) in cases.items():
+        r = await m.client.get(url, headers={"Range": header})
+        assert r.status_code == 206, header
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert r.headers["content-length"] == str(last - first + 1)
+        assert r.content == data[first : last + 1]
+    r = await m.client.get(url, headers={"Range": f"bytes={size}-"})
+    assert (r.status_code, r.headers["content-range"], r.content) == (416, f"bytes */{size}", b"")
+    r = await m.client.get(m.resolve(hub_repo, "README.md"), headers={"Range": "bytes=2-4"})
+    assert (r.status_code, r.content) == (206, data_of(hub_repo, "README.md")[2:5])
+
+
+async def test_mirror_not_found_has_the_hubs_shapes(hub, hub_repo):
+    """Unknown repos, revisions and files, and files made missing, answer 404 with the Hub's
+    JSON error and X-Error-Code; HEAD too, without a body."""
+    m = await hub(Faults(missing={"README.md"}))
+    cases = [
+        (m.api(hub_repo, "revision/nope"), "RevisionNotFound", "Invalid rev id: nope"),
+        (f"{m.hub_url}/api/models/acme/nope/revision/main", "RepoNotFound", None),
+        (m.resolve(hub_repo, "nope.txt"), "EntryNotFound", "Entry not found"),
+        (m.resolve(hub_repo, "README.md"), "EntryNotFound", "Entry not found"),
+        (m.resolve(hub_repo, "config.json", "nope"), "RevisionNotFound", None),
+        (f"{m.hub_url}/lfs/{'0' * 64}", "EntryNotFound", None),
+    ]
+    for url, code, message in cases:
+        r = await m.client.get(url)
+        assert (r.status_code, r.headers["x-error-code"]) == (404, code), url
+        assert r.headers["content-type"] == "application/json"
+        assert message is None or r.json() == {"error": message}
+        head = await m.client.head(url)
+        assert (head.status_code, head.headers["x-error-code"], head.content) == (404, code, b"")
+
+
+async def test_mirror_counts_body_bytes_and_requests(hub, hub_repo):
+    """Counters add up every body byte sent (listings, files, ranges; not HEADs, not the
+    control endpoints), per path, and the requests; ``/_stats`` reports them, reset zeroes."""
+    m = await hub()
+    shard = file_of(hub_repo, SHARD)
+    listing = await m.client.get(m.api(hub_repo, "revision/main"))
+    await m.client.head(m.resolve(hub_repo, SHARD), follow_redirects=False)
+    whole = await m.client.get(m.resolve(hub_repo, SHARD))
+    part = await m.client.get(m.resolve(hub_repo, "README.md"), headers={"Range": "bytes=0-9"})
+    sent = len(listing.content) + len(whole.content) + len(part.content)
+    assert m.stats.bytes_served == sent
+    assert m.stats.by_path[f"/lfs/{shard.sha256}"] == shard.size
+    assert m.stats.by_path[f"/{hub_repo.repo_id}/resolve/{hub_repo.commit}/README.md"] == 10
+    assert m.stats.requests == 5  # the listing, HEAD, GET and its redirect, the range
+    stats = (await m.client.get(f"{m.hub_url}/_stats")).json()
+    assert (stats["bytes_served"], stats["requests"]) == (sent, 5)
+    await m.client.post(f"{m.hub_url}/_stats/reset")
+    assert (m.stats.bytes_served, m.stats.requests, m.stats.by_path) == (0, 0, {})
+
+
+async def test_mirror_corrupt_fault_flips_the_same_bytes(hub, hub_repo):
+    """``corrupt`` flips the byte at 12345 of every MiB, in whole files and in ranges alike."""
+    m = await hub(Faults(corrupt=True))
+    good = data_of(hub_repo, SHARD)
+    bad = (await m.client.get(m.resolve(hub_repo, SHARD))).content
+    assert [i for i in range(len(good)) if good[i] != bad[i]] == [12345, MiB + 12345]
+    r = await m.client.get(m.resolve(hub_repo, SHARD), headers={"Range": f"bytes={MiB}-"})
+    assert r.content[12345] == good[MiB + 12345] ^ 0xFF and r.content[:12345] == good[MiB:][:12345]
+
+
+async def test_mirror_fail_rate_answers_retry_after_on_files_only(hub, hub_repo):
+    """``fail_rate=1`` answers file requests with ``status_on_fail`` and Retry-After while
+    listings still work, until ``fail_api`` lets it hit those too."""
+    m = await hub(Faults(fail_rate=1.0, retry_after=2.0))
+    r = await m.client.get(m.resolve(hub_repo, SHARD))
+    assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+    assert (await m.client.get(m.api(hub_repo, "revision/main"))).status_code == 200
+    m.faults.fail_api, m.faults.status_on_fail = True, 429
+    r = await m.client.get(m.api(hub_repo, "revision/main"))
+    assert (r.status_code, r.headers["retry-after"]) == (429, "2")
+
+
+async def test_mirror_truncate_fault_breaks_the_body_at_the_same_byte(hub, hub_repo):
+    """``truncate_rate=1`` announces the whole length, sends a seeded prefix of the exact
+    bytes, then breaks the connection: httpx says ``RemoteProtocolError``, and the counters
+    hold only what was sent."""
+    m = await hub(Faults(truncate_rate=1.0, seed=3))
+    data = data_of(hub_repo, SHARD)
+    got = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with m.client.stream("GET", m.resolve(hub_repo, SHARD)) as r:
+            assert r.headers["content-length"] == str(len(data))
+            async for chunk in r.aiter_raw():
+                got += chunk
+    assert 0 < len(got) < len(data) and got == data[: len(got)]
+    assert len(got) == 855998  # where seed 3 cuts it, the same in both
+    assert m.stats.by_path[f"/lfs/{file_of(hub_repo, SHARD).sha256}"] == len(got)
+
+
+async def test_mirror_down_fault_hangs_up_until_lifted(hub, hub_repo):
+    """A ``down`` mirror takes the request and closes without answering (httpx:
+    ``RemoteProtocolError``, not a refused connection); lifted, it answers again."""
+    m = await hub(Faults(down=True))
+    with pytest.raises(httpx.RemoteProtocolError):
+        await m.client.get(m.resolve(hub_repo, "README.md"))
+    assert m.stats.requests == 0
+    m.faults.down = False
+    assert (await m.client.get(m.resolve(hub_repo, "README.md"))).status_code == 200
+
+
+async def received_over_time(m: HubUnderTest, url: str) -> tuple[float, list[tuple[float, int]]]:
+    """Stream ``url``; the start time and (time, bytes so far) at each chunk."""
+    t0 = trio.current_time()
+    points: list[tuple[float, int]] = []
+    total = 0
+    async with m.client.stream("GET", url) as r:
+        async for chunk in r.aiter_raw():
+            total += len(chunk)
+            points.append((trio.current_time() - t0, total))
+    return t0, points
+
+
+async def test_mirror_per_connection_rate_trickles(hub, hub_repo, autojump_clock):
+    """At ``per_conn_rate`` a download takes its size over the rate, and trickles: bytes
+    arrive every twentieth of a second or so, half of them by half the time (not a pause of
+    seconds, then a burst: a reader's stall timer would see a dead mirror)."""
+    rate = 256 * 1024
+    m = await hub(Faults(per_conn_rate=rate))
+    url = m.resolve(hub_repo, SHARD)
+    size = file_of(hub_repo, SHARD).size
+    _, points = await received_over_time(m, url)
+    took = points[-1][0]
+    assert points[-1][1] == size
+    assert size / rate - 0.1 <= took <= size / rate + 0.1
+    by_half = max((n for t, n in points if t <= took / 2), default=0)
+    assert 0.4 * size <= by_half <= 0.6 * size
+    times = [0.0, *(t for t, _ in points)]
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 0.1
+
+
+async def test_mirror_total_rate_is_shared_by_connections(hub, hub_repo, autojump_clock):
+    """Two downloads at once through a ``total_rate`` take their sum over the rate."""
+    rate = MiB
+    m = await hub(Faults(total_rate=rate))
+    size = file_of(hub_repo, SHARD).size
+    t0 = trio.current_time()
+    async with trio.open_nursery() as downloads:
+        for _ in range(2):
+            downloads.start_soon(m.client.get, m.resolve(hub_repo, SHARD))
+    took = trio.current_time() - t0
+    assert 2 * size / rate - 0.1 <= took <= 2 * size / rate + 0.1
+    assert m.stats.bytes_served == 2 * size
+
+
+async def test_mirror_first_byte_delay_holds_file_requests_only(hub, hub_repo, autojump_clock):
+    """``first_byte_delay`` holds each file request (not listings) that long."""
+    m = await hub(Faults(first_byte_delay=3.0))
+    t0 = trio.current_time()
+    await m.client.get(m.api(hub_repo, "revision/main"))
+    assert trio.current_time() - t0 < 0.1
+    t0 = trio.current_time()
+    r = await m.client.get(m.resolve(hub_repo, "README.md"))
+    assert r.status_code == 200 and 3.0 <= trio.current_time() - t0 < 3.1

@@ -74,6 +74,20 @@ async def chromium(user: Path, url: str, *flags: str) -> str:
     return done.stdout.decode()
 
 
+async def wait_alive(a: Agent, b: Agent, seconds: float = 20) -> None:
+    """Until ``a`` lists ``b`` alive: woken by ``a``'s peer service on each change."""
+    alive = trio.Event()
+
+    def check() -> None:
+        if b.id in a.peers.alive_ids():
+            alive.set()
+
+    a.peers.watch(check)
+    check()
+    with trio.fail_after(seconds):
+        await alive.wait()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup installs it)")
 async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tmp_path: Path):
     """Chromium renders the page, whose script fills in the peer (by host name and agent id,
@@ -82,7 +96,7 @@ async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tm
     repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
     office = SimOffice(MemoryMirror([repo], Faults(total_rate=MiB)), lan_rate=None)
     a, b = await two_agents(nursery, tmp_path, repo, rate=MiB, office=office)
-    await wait_until(lambda: b.id in a.peers.alive_ids())
+    await wait_alive(a, b)
     # B is also a static peer of A's config, by the name the office's DNS gives it.
     office.net.names["ws-bob.office.test"] = b.peers.interfaces[0]
     a.peers.set_static_peers([f"ws-bob.office.test:{b.peers.rpc_port}"])
@@ -116,7 +130,7 @@ async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
     its mirror, one get completed in the duration histogram, the peer alive, blobs seeded."""
     repo = make_model(tmp_path / "r", "acme/metrics", shards=1, shard_size=2 * MiB)
     a, b = await two_agents(nursery, tmp_path, repo, rate=64 * MiB)
-    await wait_until(lambda: b.id in a.peers.alive_ids())
+    await wait_alive(a, b)
     assert a.hf is not None
 
     async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -375,9 +375,16 @@ async def test_offline_the_endpoint_takes_names_from_keyed_peers(nursery, tmp_pa
         config = parse_config(raw, {})
         agents.append(await nursery.start(Agent(tmp_path / name, config, opts, outside).run))
     a, b = agents
+    verified = trio.Event()
+
+    def check() -> None:  # whenever b's set of live or verified peers changes
+        if any(p.verified for p in b.peers.alive()):
+            verified.set()
+
+    b.peers.watch(check)
+    check()
     with trio.fail_after(30):
-        while not any(p.verified for p in b.peers.alive()):  # noqa: ASYNC110 - no event says it
-            await trio.sleep(0.05)
+        await verified.wait()
     from p2pmodel.core.refs import parse_ref
     from p2pmodel.services.get import GetRequest
 

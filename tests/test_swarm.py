@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -32,6 +34,42 @@ def put_verified(store: Store, data: bytes) -> tuple[str, bytes]:
     info = info_bytes(digest, len(data), pieces)
     store.save_torrent_info(digest, info)
     return digest, info
+
+
+class Arrived:
+    """An ``on_progress`` callback that sums the bytes and wakes whoever waits for a total."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._changed = trio.Event()
+
+    def __call__(self, nbytes: int) -> None:
+        self.total += nbytes
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, total: int) -> None:
+        while self.total < total:
+            await self._changed.wait()
+
+
+async def alerts_until(
+    monkeypatch: pytest.MonkeyPatch, swarms: tuple[Swarm, ...], cond: Callable[[], bool]
+) -> None:
+    """Re-check ``cond`` each time one of ``swarms`` pumps libtorrent alerts (a peer that
+    connects or hangs up posts one), instead of on a timer."""
+    changed = trio.Event()
+    for s in swarms:
+
+        def dispatch(alerts: list[Any], _real: Callable[[list[Any]], None] = s._dispatch) -> None:
+            nonlocal changed
+            _real(alerts)
+            changed.set()
+            changed = trio.Event()
+
+        monkeypatch.setattr(s, "_dispatch", dispatch)
+    while not cond():
+        await changed.wait()
 
 
 async def seeder_and_fetcher(
@@ -147,18 +185,17 @@ async def test_pieces_from_a_seeder_that_vanished_are_kept_for_the_mirrors(tmp_p
         {"upload_rate_limit": 2 * MiB, "ignore_limits_on_local_network": False}
     )
     assert sa.seed(digest, len(data))
+    arrived = Arrived()
 
     async def pull_the_plug() -> None:
-        for _ in range(400):  # until a few pieces are in (bounded: 20 s)
-            t = sb._by_digest.get(digest)
-            if t is not None and t.handle.status().total_wanted_done >= 2 * MiB:
-                break
-            await trio.sleep(0.05)
+        await arrived.wait_for(2 * MiB)  # a few pieces are in
         sa.close()
 
     nursery.start_soon(pull_the_plug)
     with trio.fail_after(30):
-        got = await sb.fetch(digest, len(data), info, [("127.0.0.1", sa.port)], stall_timeout=2)
+        got = await sb.fetch(
+            digest, len(data), info, [("127.0.0.1", sa.port)], stall_timeout=2, on_progress=arrived
+        )
     assert not got.ok
     state = b.load_state(digest, len(data))
     assert 0 < state.done.total() < len(data)
@@ -176,33 +213,30 @@ async def test_the_upload_limit_holds_loopback_peers_and_lifts_live(tmp_path: Pa
     b = sb.store
     assert sa.seed(digest, len(data))
     sa.set_upload_limit(64 * 1024)
-    got: list[int] = []
+    arrived = Arrived()
     result = []
+    done = trio.Event()
 
     async def fetch() -> None:
-        result.append(
-            await sb.fetch(
-                digest, len(data), info, [("127.0.0.1", sa.port)], on_progress=got.append
-            )
-        )
+        peers = [("127.0.0.1", sa.port)]
+        result.append(await sb.fetch(digest, len(data), info, peers, on_progress=arrived))
+        done.set()
 
     nursery.start_soon(fetch)
     with trio.fail_after(30):
-        while sum(got) < 256 * 1024:  # noqa: ASYNC110 (bounded poll of a real transfer)
-            await trio.sleep(0.05)
+        await arrived.wait_for(256 * 1024)
     assert not result, "the whole blob went through a 64 KiB/s limit at once"
     assert sa.uploading() == {digest}
     assert sa.unseed([digest]) == [digest] and sa.seeding(digest)
     sa.set_upload_limit(None)
     with trio.fail_after(30):  # at 64 KiB/s the rest would take ~60 s
-        while not result:  # noqa: ASYNC110 (bounded poll of a real transfer)
-            await trio.sleep(0.05)
+        await done.wait()
     assert result[0].ok, result[0].why
     assert b.blob_path(digest).read_bytes() == data
     assert sa.unseed([digest]) == [] and not sa.seeding(digest)
 
 
-async def test_ends_that_both_finished_a_unit_hang_up(tmp_path: Path, nursery):
+async def test_ends_that_both_finished_a_unit_hang_up(tmp_path: Path, nursery, monkeypatch):
     """A unit's holder and a peer that finished fetching it close their connection, so unit
     torrents of a large model (hundreds) never fill libtorrent's connections_limit (they did:
     every later unit stalled)."""
@@ -231,8 +265,6 @@ async def test_ends_that_both_finished_a_unit_hang_up(tmp_path: Path, nursery):
     assert got.ok, got.why
     assert dest.read_bytes()[start:stop] == data[start:stop]
     peers = lambda s: s._units[(digest, 1)].handle.status().num_peers  # noqa: E731
-    for _ in range(150):  # bounded: 15 s
-        if not (peers(sa) or peers(sb)):
-            break
-        await trio.sleep(0.1)
+    with trio.fail_after(15):
+        await alerts_until(monkeypatch, (sa, sb), lambda: not (peers(sa) or peers(sb)))
     assert (peers(sa), peers(sb)) == (0, 0)

@@ -110,6 +110,26 @@ def parse_service(name: str, info: ServiceInfo) -> PeerSeen | None:
     return PeerSeen(agent, addrs, rpc_port=rpc, torrent_port=bt, proto=proto, office=office)
 
 
+def check_announcement(
+    agent: str, interfaces: list[str], rpc_port: int, torrent_port: int, proto: int, office: str
+) -> None:
+    """Raise ValueError (the caller's fault) unless these can be announced: every announcer,
+    this adapter and the test fakes alike, refuses the same arguments before opening anything."""
+    if not valid_agent_id(agent):
+        raise ValueError(f"agent id must be one DNS label of [A-Za-z0-9_-], got {agent!r}")
+    if not interfaces:
+        raise ValueError("at least one interface address is needed")
+    for ip in interfaces:
+        ipaddress.IPv4Address(ip)  # raises ValueError
+    for port in (rpc_port, torrent_port):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"bad port {port}")
+    if not 0 <= proto <= 65535:
+        raise ValueError(f"bad protocol version {proto}")
+    if not _OFFICE_RE.fullmatch(office):
+        raise ValueError("office must be a key fingerprint (16 hex digits) or empty")
+
+
 @dataclass
 class _Running:
     """What ``run`` has opened so far, so the close can undo exactly that."""
@@ -138,24 +158,12 @@ class Discovery:
         office: str = "",
         on_event: Callable[[DiscoveryEvent], None],
     ) -> None:
-        if not valid_agent_id(agent):
-            raise ValueError(f"agent id must be one DNS label of [A-Za-z0-9_-], got {agent!r}")
-        if not interfaces:
-            raise ValueError("at least one interface address is needed")
-        for ip in interfaces:
-            ipaddress.IPv4Address(ip)  # raises ValueError
-        for port in (rpc_port, torrent_port):
-            if not 1 <= port <= 65535:
-                raise ValueError(f"bad port {port}")
-        if not 0 <= proto <= 65535:
-            raise ValueError(f"bad protocol version {proto}")
+        check_announcement(agent, interfaces, rpc_port, torrent_port, proto, office)
         self.agent = agent
         self.interfaces = list(interfaces)
         self.rpc_port = rpc_port
         self.torrent_port = torrent_port
         self.proto = proto
-        if not _OFFICE_RE.fullmatch(office):
-            raise ValueError("office must be a key fingerprint (16 hex digits) or empty")
         self.office = office
         self._on_event = on_event
         self._name = instance_name(agent)

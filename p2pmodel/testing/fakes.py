@@ -37,7 +37,7 @@ from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.transport import StreamHandler
 from p2pmodel.core.digests import algorithm, hex_part
 from p2pmodel.core.torrents import SwarmFetch, expected_shape, with_cert, without_cert
-from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, corrupt_block
+from p2pmodel.testing.mirror import Faults, Mirror, Pacer, Port, block_size, corrupt_block
 from p2pmodel.testing.models import Repo
 
 MiB = 1024 * 1024
@@ -132,8 +132,9 @@ class FakeAnnouncer:
         office: str = "",
         on_event: Callable[[Any], None],
     ) -> None:
-        from p2pmodel.adapters.discovery import PeerSeen
+        from p2pmodel.adapters.discovery import PeerSeen, check_announcement
 
+        check_announcement(agent, interfaces, rpc_port, torrent_port, proto, office)
         self.bus = bus
         self.agent = agent
         self.on_event = on_event
@@ -144,8 +145,13 @@ class FakeAnnouncer:
 
         bus = self.bus
         bus.crashed.discard(self.agent)
-        others = list(bus._members.values())
-        bus._members[self.agent] = (self.seen, self.on_event)
+        others = [m for agent, m in bus._members.items() if agent != self.agent]
+        if self.agent in bus._members:
+            # Our previous announcer (other interfaces) is still stopping: its goodbye goes
+            # out first, as zeroconf's does, and it must not take our place with it.
+            for _, on_event in others:
+                on_event(PeerGone(self.agent))
+        me = bus._members[self.agent] = (self.seen, self.on_event)
         try:
             for seen, on_event in others:
                 on_event(self.seen)
@@ -153,10 +159,11 @@ class FakeAnnouncer:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            bus._members.pop(self.agent, None)
-            if self.agent not in bus.crashed:
-                for _, on_event in list(bus._members.values()):
-                    on_event(PeerGone(self.agent))
+            if bus._members.get(self.agent) is me:
+                del bus._members[self.agent]
+                if self.agent not in bus.crashed:
+                    for _, on_event in list(bus._members.values()):
+                        on_event(PeerGone(self.agent))
 
 
 # -- the swarm -------------------------------------------------------------------------------------
@@ -544,7 +551,11 @@ class MemoryMirror:
             request.headers.get("authorization"),
         )
         if reply.hang_up:
-            raise httpx.ConnectError("the mirror hung up", request=request)
+            # What httpx says of the real mirror's `down`: the connection was taken, then
+            # closed unanswered (not refused).
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
         if reply.delay:
             await trio.sleep(reply.delay)
         length = reply.length if reply.file is not None else len(reply.body)
@@ -567,7 +578,9 @@ class MemoryMirror:
             f.seek(offset)
             while offset < stop:
                 faults = self.mirror.faults
-                chunk = f.read(min(BLOCK, stop - offset))
+                # The real mirror's block size: under a rate limit a body trickles in small
+                # blocks instead of pausing for seconds between large ones.
+                chunk = f.read(min(BLOCK, block_size(faults), stop - offset))
                 if faults.corrupt:
                     chunk = corrupt_block(chunk, offset, reply.file.size)
                 await pacer.wait(len(chunk), faults.per_conn_rate)

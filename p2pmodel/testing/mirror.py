@@ -602,7 +602,7 @@ class Mirror:
             await f.seek(offset)
             while offset < stop:
                 faults = self.faults
-                chunk = await f.read(min(_block_size(faults), stop - offset))
+                chunk = await f.read(min(block_size(faults), stop - offset))
                 if not chunk:
                     raise RuntimeError(f"{reply.file.data_path} is shorter than its recorded size")
                 if faults.corrupt:
@@ -626,7 +626,7 @@ def _peer_host(stream: trio.SocketStream) -> str | None:
     return str(peer[0]) if isinstance(peer, tuple) else None
 
 
-def _block_size(faults: Faults) -> int:
+def block_size(faults: Faults) -> int:
     # Under a rate limit, send ~20 blocks a second so pacing stays smooth at low rates.
     rates = [r for r in (faults.per_conn_rate, faults.total_rate) if r is not None]
     return min([BLOCK, *(max(1024, r // 20) for r in rates)])

@@ -84,7 +84,6 @@ async def repo(tmp_path: Path) -> AsyncIterator[Repo]:
     yield make_model(tmp_path / "up", "acme/spoofed", shards=2, shard_size=MiB)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16.3: an announcement replaces proven addresses")
 @pytest.mark.parametrize("keyed", [True, False], ids=["office-key", "open-office"])
 async def test_an_outsider_announcing_an_agent_at_its_own_address_costs_nothing(
     tmp_path: Path, repo: Repo, clock: Any, keyed: bool

@@ -1,8 +1,9 @@
 """Spoofed mDNS among real agents on the in-memory fakes (fake clock, no root): an outsider
 without the office key announces another agent's id, fingerprint and ports with its own
-address. An announced address is only a hint until a hello on it proves the agent, so the
-spoof costs nothing: the victim still fetches from the real agent over the LAN, never lists
-or lets through the outsider's address, and keeps the real address after the spoof stops."""
+address, or says goodbye for it. An announced address is only a hint until a hello on it
+proves the agent, and a goodbye only a reason to ping, so the spoof costs nothing: the victim
+still fetches from the real agent over the LAN, never lists or lets through the outsider's
+address, and keeps the real address after the spoof stops."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pmodel.adapters.discovery import PeerSeen
+from p2pmodel.adapters.discovery import PeerGone, PeerSeen
 from p2pmodel.core.config import parse_config
 from p2pmodel.core.officekey import format_key
 from p2pmodel.core.refs import parse_ref
@@ -138,4 +139,46 @@ async def test_an_outsider_announcing_an_agent_at_its_own_address_costs_nothing(
         await trio.sleep(80)
         assert proven(b, a) and addresses_of(b, a.id) == [real]
         assert not b.peers.is_alive(PHANTOM)
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["office-key", "open-office"])
+async def test_a_spoofed_goodbye_costs_a_ping(
+    tmp_path: Path, repo: Repo, clock: Any, keyed: bool
+) -> None:
+    """Goodbyes for agent A sent by someone else every 0.1 s while B fetches what A holds: A
+    never leaves B's live peers, B takes everything from A; a real goodbye (A stops) still
+    ends A at B within a second."""
+    office = Office(tmp_path, repo, KEY if keyed else None)
+
+    async def host_a(task_status: trio.TaskStatus[tuple[Agent, trio.CancelScope]]) -> None:
+        async with trio.open_nursery() as own:
+            task_status.started((await office.agent(own, "a"), own.cancel_scope))
+
+    async with trio.open_nursery() as n:
+        a, stop_a = await n.start(host_a)
+        b = await office.agent(n, "b")
+        with trio.fail_after(30):
+            while not (proven(a, b) and proven(b, a)):  # noqa: ASYNC110 (fake clock)
+                await trio.sleep(0.1)
+        await get(a)
+        alive: list[bool] = []
+
+        async def goodbyes() -> None:
+            for _ in range(100):
+                office.sim.mdns.announce(PeerGone(a.id))
+                await trio.sleep(0.1)
+                alive.append(b.peers.is_alive(a.id))
+
+        async with trio.open_nursery() as spoofing:
+            spoofing.start_soon(goodbyes)
+            got = await get(b)
+        assert got.from_peers == got.manifest.total_size and got.fetched == 0
+        assert len(alive) == 100 and all(alive)
+        assert b.peers.link.stats.requests > 100  # each goodbye cost a ping
+
+        stop_a.cancel()  # a real goodbye: A stops
+        with trio.fail_after(1):
+            while b.peers.is_alive(a.id):  # noqa: ASYNC110 (fake clock)
+                await trio.sleep(0.01)
         n.cancel_scope.cancel()

@@ -93,12 +93,24 @@ def test_a_later_proven_address_goes_first_and_keeps_first_seen() -> None:
     assert p.addrs == [A[0], B[1], B[0]]
 
 
-def test_gone_marks_dead_at_once_and_drops_inventory() -> None:
-    """An mDNS goodbye kills the peer immediately and forgets what it held."""
-    t = table()
+def dead(t: PeerTable, agent: str, now: float) -> None:
+    """mDNS said goodbye for ``agent`` and the ping that made due at once failed."""
+    assert t.gone(agent, now) is True
+    assert agent in [p.agent for p in t.due_pings(now)]
+    assert t.ping_failed(agent, now) is True
+
+
+def test_a_goodbye_is_checked_by_one_ping_and_kills_when_it_fails() -> None:
+    """An mDNS goodbye makes the peer due for a ping at once (the deadline is now); the first
+    failed ping kills it and forgets what it held."""
+    t = table(ping_interval=2.0, max_failures=2)
     live(t, "a", A, 1, "mdns", 0.0)
     t.inventory("a", ["d1"], ["d2"], now=0.5)
     assert t.gone("a", now=1.0) is True
+    assert t.next_deadline() == 1.0
+    assert [p.agent for p in t.due_pings(now=1.0)] == ["a"]
+    assert t.due_pings(now=1.0) == []  # handed out once
+    assert t.ping_failed("a", now=1.01) is True
     p = t.get("a")
     assert p is not None and not p.alive and p.holds == set() and p.partial == set()
     assert t.gone("a", now=1.5) is False
@@ -106,12 +118,28 @@ def test_gone_marks_dead_at_once_and_drops_inventory() -> None:
     assert t.alive() == [] and t.holders("d1") == []
 
 
+def test_a_spoofed_goodbye_costs_a_ping() -> None:
+    """A goodbye for a peer that still answers (anyone can send one) changes nothing but a
+    ping: the answer clears the doubt, its holdings stay, and later pings need max_failures
+    failures again."""
+    t = table(ping_interval=2.0, max_failures=2)
+    p = live(t, "a", A, 1, "mdns", 0.0)
+    t.inventory("a", ["d1"], [], now=0.5)
+    for when in (1.0, 1.2):
+        assert t.gone("a", now=when) is True
+        assert [x.agent for x in t.due_pings(now=when)] == ["a"]
+        assert t.heard("a", now=when + 0.1) is True
+    assert p.alive and p.verified and [x.agent for x in t.holders("d1")] == ["a"]
+    assert t.due_pings(now=3.3) == [p]
+    assert t.ping_failed("a", now=3.4) is False and p.alive
+
+
 def test_an_announcement_of_a_dead_peer_is_tried_and_a_hello_revives_it() -> None:
     """After a goodbye, an announcement at the peer's own address is a hint again: it is
     tried, and the peer is alive only once the hello there came."""
     t = table()
     live(t, "a", A, 1, "mdns", now=0.0)
-    t.gone("a", now=1.0)
+    dead(t, "a", now=1.0)
     assert t.seen("a", A, now=2.0) is True
     assert t.alive() == []
     assert t.due_probes(now=2.0) == [("a", A[0])]
@@ -126,7 +154,7 @@ def test_heard_refreshes_and_revives_but_ignores_strangers() -> None:
     assert t.heard("a", now=3.0) is True
     p = t.get("a")
     assert p is not None and p.last_heard == 3.0
-    t.gone("a", now=4.0)
+    dead(t, "a", now=4.0)
     assert t.heard("a", now=5.0) is True
     assert p.alive and p.last_heard == 5.0
     assert t.heard("stranger", now=5.0) is False and t.get("stranger") is None
@@ -149,7 +177,7 @@ def test_due_pings_after_ping_interval() -> None:
     live(t, "a", A, 1, "mdns", 0.0)
     live(t, "b", B, 1, "mdns", 1.0)
     live(t, "c", A, 1, "mdns", 0.0)
-    t.gone("c", now=0.5)
+    dead(t, "c", now=0.5)
     assert t.due_pings(now=1.9) == []
     assert [p.agent for p in t.due_pings(now=2.0)] == ["a"]
     assert t.due_pings(now=2.5) == []  # a's ping is in flight; b not yet due
@@ -198,7 +226,7 @@ def test_expire_forgets_long_dead_peers() -> None:
     """Peers dead for forget_after are dropped from the table."""
     t = table(forget_after=60.0)
     live(t, "a", A, 1, "mdns", 0.0)
-    t.gone("a", now=1.0)
+    dead(t, "a", now=1.0)
     t.expire(now=60.9)
     assert t.get("a") is not None
     t.expire(now=61.0)
@@ -228,7 +256,7 @@ def test_snapshot_is_plain_data() -> None:
     live(t, "b", [PeerAddr("fe80::1", 7002)], None, "static", 0.0)
     live(t, "a", B, 6881, "mdns", 1.0)
     t.inventory("a", ["d1", "d2"], ["d3"], now=2.0)
-    t.gone("b", now=2.5)
+    dead(t, "b", now=2.5)
     assert t.snapshot(now=3.5) == [
         {
             "agent": "a",

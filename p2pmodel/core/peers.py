@@ -17,8 +17,9 @@ ages out proven addresses, and never keeps a dead peer alive: only answers count
 From then on liveness is ours to judge, not mDNS's: a peer killed with SIGKILL sends no goodbye
 and its mDNS records live on for their TTL (minutes), so the agent pings every live peer it has
 not heard from for ``ping_interval`` (``due_pings``), and any successful RPC counts as hearing
-from it (``heard``, ``inventory``). A peer is marked dead when mDNS says goodbye (``gone``),
-after ``max_failures`` failed pings in a row (a refused connection shows up at once), or when
+from it (``heard``, ``inventory``). A peer is marked dead after ``max_failures`` failed pings
+in a row (a refused connection shows up at once), after one when mDNS said goodbye (``gone``:
+anyone can send one, so it only makes the peer due for a ping at once), or when
 it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
 without refusing). A dead peer's inventory is dropped; a hello on an announced address or a
 successful RPC brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id
@@ -76,6 +77,7 @@ class Peer:
     failures: int = 0  # failed pings since we last heard from it
     last_pinged: float | None = None  # when the last ping was handed out, until heard
     died: float | None = None  # when it was last marked dead
+    doubted: float | None = None  # when mDNS said goodbye for it, until it answers or dies
     verified: bool = False  # an RPC with it succeeded since it was last seen alive
     lies: dict[str, str] = field(default_factory=dict)  # content -> why it is distrusted
     host: str = ""  # its host name where known (a static peer's configured name), else ""
@@ -223,11 +225,15 @@ class PeerTable:
             self._drop_hint(peer, addr, now)
 
     def gone(self, agent: str, now: float) -> bool:
-        """mDNS said goodbye: the peer is dead at once. True if it was alive."""
+        """mDNS said goodbye. Anyone can say it for any agent, so it is a doubt: the peer is
+        due for a ping at once and dies at the first that fails (a stopped agent refuses at
+        once); an answer clears it. True if the peer is alive (a ping is due)."""
         peer = self._peers.get(agent)
         if peer is None or not peer.alive:
             return False
-        self._kill(peer, now)
+        if peer.doubted is None:
+            peer.doubted = now
+            peer.last_pinged = None
         return True
 
     def heard(self, agent: str, now: float) -> bool:
@@ -246,7 +252,7 @@ class PeerTable:
         if peer is None or not peer.alive:
             return False
         peer.failures += 1
-        if peer.failures >= self.max_failures:
+        if peer.failures >= self.max_failures or peer.doubted is not None:
             self._kill(peer, now)
             return True
         return False
@@ -284,9 +290,14 @@ class PeerTable:
     # -- timers ---------------------------------------------------------------------------------
 
     def due_pings(self, now: float) -> list[Peer]:
-        """Live peers not heard from for ``ping_interval``, each handed out once per interval."""
+        """Live peers not heard from for ``ping_interval``, each handed out once per interval,
+        and at once those mDNS said goodbye for."""
         due: list[Peer] = []
         for peer in self._sorted():
+            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
+                peer.last_pinged = now
+                due.append(peer)
+                continue
             # Comparisons are written as next_deadline computes the times: at exactly that
             # float, the timer must fire (now - a < b can be true when now == a + b).
             if not peer.alive or now < peer.last_heard + self.ping_interval:
@@ -321,6 +332,8 @@ class PeerTable:
             times += [since for since in peer.hints.values() if since is not None]
             if peer.pending and not peer.hints:
                 times += peer.held.values()  # then it is forgotten
+            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
+                times.append(peer.doubted)  # a goodbye: ping at once
             if peer.alive:
                 pinged = peer.last_pinged if peer.last_pinged is not None else -math.inf
                 times.append(max(peer.last_heard, pinged) + self.ping_interval)
@@ -398,6 +411,7 @@ class PeerTable:
         peer.failures = 0
         peer.last_pinged = None
         peer.died = None
+        peer.doubted = None
 
     def _kill(self, peer: Peer, now: float) -> None:
         peer.alive = False
@@ -405,6 +419,7 @@ class PeerTable:
         peer.died = now
         peer.failures = 0
         peer.last_pinged = None
+        peer.doubted = None
         # What a dead peer held may be gone when it comes back; it will be asked again.
         peer.holds = set()
         peer.partial = set()

@@ -9,8 +9,9 @@ until then (or until an announcement brings something new). An announcement is o
 anyone can announce any agent at any address, so an announced address is used once a hello
 on it proved the agent (``_probe``; with an office key, over TLS with the office's
 certificates), and every dial's outcome goes back to the table, which drops addresses that
-prove someone else. mDNS only tells of goodbyes; a peer killed without one is found dead by
-failed pings or silence, long before its mDNS records expire.
+prove someone else. mDNS only tells of goodbyes (and anyone can say one: the peer is pinged
+at once and dies if that fails); a peer killed without one is found dead by failed pings or
+silence, long before its mDNS records expire.
 
 Other services see peers only through this service: ``alive``/``holders``/``get`` (read-only
 views of the table), ``request``/``broadcast`` (through the link), ``route`` (the requests of a
@@ -257,9 +258,8 @@ class PeerService:
             addrs = [PeerAddr(a, event.rpc_port) for a in event.addrs]
             if self.table.seen(event.agent, addrs, now):
                 self._wake.set()
-        else:
-            self.table.gone(event.agent, now)
-            self._changed()
+        elif self.table.gone(event.agent, now):
+            self._wake.set()  # anyone can say goodbye for anyone: a ping at once tells
 
     async def _probe(self, agent: str, addr: PeerAddr) -> None:
         """Say hello at an address announced for ``agent``; the table judges the answer."""

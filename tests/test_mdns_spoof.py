@@ -7,6 +7,7 @@ address, and keeps the real address after the spoof stops."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,26 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-from p2pmodel.adapters.discovery import PeerGone, PeerSeen
+from p2pmodel.adapters.discovery import (
+    SERVICE_TYPE,
+    Discovery,
+    DiscoveryEvent,
+    PeerGone,
+    PeerSeen,
+    instance_name,
+)
+from p2pmodel.adapters.tls import OfficeTls
+from p2pmodel.adapters.transport import TcpTransport
 from p2pmodel.core.config import parse_config
-from p2pmodel.core.officekey import format_key
+from p2pmodel.core.officekey import OfficeKey, format_key
+from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.refs import parse_ref
-from p2pmodel.core.wire import PROTOCOL_VERSION
+from p2pmodel.core.wire import PROTOCOL_VERSION, Hello, Ping, Pong, encode
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
+from p2pmodel.services.peers import PeerService
 from p2pmodel.testing.fakes import MemoryMirror, SimOffice
 from p2pmodel.testing.hostile import HostilePeer
 from p2pmodel.testing.models import Repo, make_model
@@ -182,3 +195,104 @@ async def test_a_spoofed_goodbye_costs_a_ping(
             while b.peers.is_alive(a.id):  # noqa: ASYNC110 (fake clock)
                 await trio.sleep(0.01)
         n.cancel_scope.cancel()
+
+
+# -- real mDNS inside the test namespace (scripts/test makes it: lo only) ----------------------
+
+
+class Recording:
+    """A discovery factory that records what the real ``Discovery`` reports to a service."""
+
+    def __init__(self) -> None:
+        self.events: list[DiscoveryEvent] = []
+
+    def __call__(self, **kw: Any) -> Discovery:
+        on_event = kw.pop("on_event")
+
+        def record(event: DiscoveryEvent) -> None:
+            self.events.append(event)
+            on_event(event)
+
+        return Discovery(on_event=record, **kw)
+
+
+def real_peer(agent: str, ip: str, key: OfficeKey | None, discovery: Recording) -> PeerService:
+    return PeerService(
+        agent,
+        TcpTransport(),
+        interfaces=[ip],
+        rpc_port=0,
+        torrent_port=lambda: 6881,
+        discovery=discovery,
+        tls=OfficeTls(key, agent) if key is not None else None,
+    )
+
+
+async def impostor(stream: trio.abc.Stream) -> None:
+    """The outsider's RPC port: whatever comes, a hello as another agent, then it hangs up."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.receive_some(65536)
+        await stream.send_all(encode(Hello("bad0bad0bad0", PROTOCOL_VERSION, 6999, 1), 0))
+    await trio.aclose_forcefully(stream)
+
+
+@pytest.mark.lan
+@pytest.mark.parametrize("keyed", [True, False], ids=["office-key", "open-office"])
+async def test_a_real_zeroconf_spoof_from_another_address_changes_nothing(keyed: bool) -> None:
+    """Real zeroconf and TCP: agents A (127.0.0.1) and B (127.0.0.2) meet; an outsider at
+    127.0.0.3 registers A's service name with A's TXT (id, fingerprint) and its own address and
+    RPC port. B's zeroconf reports A at 127.0.0.3; B tries that address once, refutes it (the
+    hello names another agent, or the TLS handshake fails), and keeps A alive at 127.0.0.1
+    with nothing of the outsider in status."""
+    key = OfficeKey.parse(KEY) if keyed else None
+    seen_by_b = Recording()
+    a = real_peer("aaaa0000aaaa", "127.0.0.1", key, Recording())
+    b = real_peer("bbbb0000bbbb", "127.0.0.2", key, seen_by_b)
+    zc: Zeroconf | None = None
+    with trio.fail_after(40):
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            while not (a.is_alive(b.id) and b.is_alive(a.id)):  # noqa: ASYNC110 (real time)
+                await trio.sleep(0.05)
+            real = f"127.0.0.1:{a.rpc_port}"
+            port: int = await n.start(TcpTransport().serve, "127.0.0.3", 0, impostor)
+            spoof = PeerAddr("127.0.0.3", port)
+            props = {"agent": a.id, "proto": str(PROTOCOL_VERSION), "rpc": str(port)}
+            props |= {"bt": "6999", "boot": "spoofed"} | ({"office": a.office} if keyed else {})
+            info = ServiceInfo(
+                SERVICE_TYPE,
+                instance_name(a.id),
+                port=port,
+                properties=props,
+                server="impostor-p2pmodel.local.",
+                parsed_addresses=["127.0.0.3"],
+            )
+            try:
+                zc = await trio.to_thread.run_sync(
+                    lambda: Zeroconf(interfaces=["127.0.0.3"], ip_version=IPVersion.V4Only)
+                )
+                await trio.to_thread.run_sync(
+                    lambda: zc.register_service(info, cooperating_responders=True)
+                )
+                while not any(  # noqa: ASYNC110 (real time)
+                    isinstance(e, PeerSeen) and e.agent == a.id and "127.0.0.3" in e.addrs
+                    for e in seen_by_b.events
+                ):
+                    await trio.sleep(0.05)
+                peer = b.get(a.id)
+                assert peer is not None
+                while spoof not in peer.held:  # noqa: ASYNC110 (real time)
+                    await trio.sleep(0.05)
+                for _ in range(20):
+                    assert b.is_alive(a.id) and peer.verified
+                    listed = next(p for p in b.snapshot(trio.current_time()) if p["agent"] == a.id)
+                    assert listed["addresses"] == [real] and listed["unproven"] == 0
+                    assert b.verified_hosts() == {"127.0.0.1"}
+                    assert b.endpoint(a.id) == ("127.0.0.1", 6881)
+                    await trio.sleep(0.1)
+                assert isinstance(await b.request(a.id, Ping()), Pong)
+            finally:
+                if zc is not None:
+                    await trio.to_thread.run_sync(zc.close)
+            n.cancel_scope.cancel()

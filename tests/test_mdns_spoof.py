@@ -51,7 +51,7 @@ class Office:
         self.key = key
         self.sim = SimOffice(MemoryMirror([repo]), lan_rate=64 * MiB)
 
-    async def agent(self, nursery: trio.Nursery, name: str) -> Agent:
+    async def agent(self, nursery: trio.Nursery, name: str, **options: Any) -> Agent:
         home = self.tmp / name
         home.mkdir()
         raw: dict[str, Any] = {
@@ -59,7 +59,7 @@ class Office:
         }
         if self.key is not None:
             raw["office_key"] = self.key
-        opts = AgentOptions(rpc_port=0, segment=256 * 1024, wait_for_peers=0.5)
+        opts = AgentOptions(rpc_port=0, segment=256 * 1024, wait_for_peers=0.5, **options)
         agent = Agent(home, parse_config(raw, {}), opts, self.sim.outside())
         started: Agent = await nursery.start(agent.run)
         return started
@@ -194,6 +194,25 @@ async def test_a_spoofed_goodbye_costs_a_ping(
         with trio.fail_after(1):
             while b.peers.is_alive(a.id):  # noqa: ASYNC110 (fake clock)
                 await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["office-key", "open-office"])
+async def test_a_peer_never_announced_is_tried_where_it_connected_from(
+    tmp_path: Path, repo: Repo, clock: Any, keyed: bool
+) -> None:
+    """An agent B never saw announced (no mDNS; it has B as a static peer) says hello to B:
+    B tries the address it came from with the RPC port its hello names, and lists it alive
+    and verified there, so one missed announcement or one failed try does not hide a peer."""
+    office = Office(tmp_path, repo, KEY if keyed else None)
+    async with trio.open_nursery() as n:
+        b = await office.agent(n, "b")
+        a = await office.agent(n, "a", discovery=False)
+        a.peers.set_static_peers([f"{b.interfaces[0]}:{b.rpc_port}"])
+        with trio.fail_after(30):
+            while not (proven(a, b) and proven(b, a)):  # noqa: ASYNC110 (fake clock)
+                await trio.sleep(0.1)
+        assert addresses_of(b, a.id) == [f"{a.interfaces[0]}:{a.rpc_port}"]
         n.cancel_scope.cancel()
 
 

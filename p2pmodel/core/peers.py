@@ -113,10 +113,11 @@ class PeerTable:
     # -- events in -----------------------------------------------------------------------------
 
     def seen(self, agent: str, addrs: Iterable[PeerAddr], now: float) -> bool:
-        """An announcement (mDNS) of ``agent`` at ``addrs``: hints to try, nothing more. True
-        if there is a new one (``due_probes``). A live peer's proven addresses, addresses
-        already being tried and addresses that failed for it within ``HINT_HOLD`` are not
-        hints; at most ``MAX_ADDRS`` are kept per agent, the oldest not being tried dropped."""
+        """An announcement (mDNS) of ``agent`` at ``addrs``, or where the agent connected to us
+        from: hints to try, nothing more. True if there is a new one (``due_probes``). A live
+        peer's proven addresses, addresses already being tried and addresses that failed for
+        it within ``HINT_HOLD`` are not hints; at most ``MAX_ADDRS`` are kept per agent, the
+        oldest not being tried dropped."""
         if agent == self.self_agent:
             return False
         peer = self._peers.get(agent)

@@ -22,7 +22,9 @@ answers with another agent id than expected (a reused or spoofed address), or wi
 certificate not of the office, is not that peer (``Refuted``). Each
 address's outcome goes to ``on_dial`` ("reached", "refuted", "unreachable"), so the table can
 drop addresses that prove someone else. ``probe`` says hello at an address of unknown owner
-(an announced one, a static peer) and returns the hello, for the table to judge.
+(an announced one, a static peer) and returns the hello, for the table to judge. A peer that
+said hello to us is reported with where it came from and the RPC port it says it serves on
+(``on_greeted``): an address to try, no more.
 
 - ``request(agent, msg)``: one request and its answer, over a connection from a small pool of
   idle ones kept per peer (a pooled connection the peer closed meanwhile is replaced once).
@@ -171,6 +173,7 @@ class PeerLink:
         on_heard: Callable[[str], None] = lambda agent: None,
         *,
         on_dial: Callable[[str, PeerAddr, DialOutcome], None] = lambda agent, addr, how: None,
+        on_greeted: Callable[[str, PeerAddr], None] = lambda agent, addr: None,
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
@@ -186,6 +189,7 @@ class PeerLink:
         self.addresses = addresses
         self.on_heard = on_heard
         self.on_dial = on_dial
+        self.on_greeted = on_greeted
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.send_timeout = send_timeout
@@ -241,13 +245,13 @@ class PeerLink:
             return
         self._inbound[host] = self._inbound.get(host, 0) + 1
         try:
-            await self._serve_one(stream)
+            await self._serve_one(stream, host)
         finally:
             self._inbound[host] -= 1
             if not self._inbound[host]:
                 del self._inbound[host]
 
-    async def _serve_one(self, stream: trio.abc.Stream) -> None:
+    async def _serve_one(self, stream: trio.abc.Stream, host: str) -> None:
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 stream, certified = await self._secure(stream, server=True)
@@ -261,6 +265,8 @@ class PeerLink:
                     await ch.send(Error("hello names another agent than the certificate"), rid)
                     return
                 await ch.send(self.hello(), rid)
+            if 0 < first.rpc_port < 65536:
+                self.on_greeted(first.agent, PeerAddr(host, first.rpc_port))
             while True:
                 msg, rid = await ch.receive(IDLE_TIMEOUT, FRAME_TIMEOUT)
                 self.stats.served += 1

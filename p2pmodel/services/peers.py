@@ -99,6 +99,7 @@ class PeerService:
             self._addresses,
             self._heard,
             on_dial=self._dialled,
+            on_greeted=self._greeted,
             tls=tls,
         )
         self.other_offices: set[str] = set()  # agents of other offices seen on the LAN
@@ -350,6 +351,12 @@ class PeerService:
         else:
             self.table.unreachable(agent, addr, now)
         self._changed()
+
+    def _greeted(self, agent: str, addr: PeerAddr) -> None:
+        # A peer we may not know yet (its announcement missed us, or its address failed us
+        # once): where it connected from is worth a hello, like an announced address.
+        if self.table.seen(agent, [addr], trio.current_time()):
+            self._wake.set()
 
     def _heard(self, agent: str) -> None:
         if self.table.heard(agent, trio.current_time()) and agent not in self._verified:

@@ -9,7 +9,15 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmodel.core.peers import HINT_HOLD, MAX_ADDRS, Peer, PeerAddr, PeerSource, PeerTable
+from p2pmodel.core.peers import (
+    HINT_HOLD,
+    MAX_ADDRS,
+    MAX_PENDING,
+    Peer,
+    PeerAddr,
+    PeerSource,
+    PeerTable,
+)
 
 A = [PeerAddr("10.0.0.2", 7001)]
 B = [PeerAddr("10.0.0.3", 7001), PeerAddr("192.168.1.3", 7001)]
@@ -448,7 +456,8 @@ def test_an_unreachable_proven_address_is_dropped_only_when_another_worked_since
 
 def test_hints_and_pending_agents_are_bounded() -> None:
     """An announcement with many addresses keeps at most MAX_ADDRS hints for the agent; the
-    addresses already handed out to be tried are never the ones dropped."""
+    addresses already handed out to be tried are never the ones dropped. At most MAX_PENDING
+    agents wait for a proof; a live peer's new address is still taken."""
     t = table()
     t.seen("a", [PeerAddr("10.0.1.1", 7001)], now=0.0)
     first = t.due_probes(now=0.0)
@@ -456,3 +465,8 @@ def test_hints_and_pending_agents_are_bounded() -> None:
     p = t.get("a")
     assert p is not None and len(p.hints) == MAX_ADDRS
     assert first[0][1] in p.hints
+    for i in range(MAX_PENDING):
+        t.seen(f"phantom{i}", [SPOOF], now=2.0)
+    assert len(t) == MAX_PENDING and t.get(f"phantom{MAX_PENDING - 1}") is None
+    live(t, "b", A, 1, "static", now=3.0)
+    assert t.seen("b", [SPOOF], now=3.0) is True

@@ -1,20 +1,33 @@
 """What this agent knows of its peers: addresses, liveness and what they hold.
 
-Theory of operation. Peers enter the table through ``seen``: an mDNS announcement or a static
-config entry. From then on liveness is ours to judge, not mDNS's: a peer killed with SIGKILL sends
-no goodbye and its mDNS records live on for their TTL (minutes), so the agent pings every live
-peer it has not heard from for ``ping_interval`` (``due_pings``), and any successful RPC counts
-as hearing from it (``heard``, ``inventory``). A peer is marked dead when mDNS says goodbye
-(``gone``), after ``max_failures`` failed pings in a row (a refused connection shows up at once),
-or when it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
-without refusing). A dead peer's inventory is dropped; a later announcement or a successful RPC
-brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id is never a peer.
-``next_deadline`` says when the timers next have work. Time is always an argument; the table
-never reads a clock.
+Theory of operation. An announcement proves nothing: anyone on the LAN can announce any agent
+id, the office's public fingerprint and any ports with an address of their choosing. So an
+announced address is only a *hint* (``seen``): the agent tries it (``due_probes`` hands each
+hint out once) and uses it only once a hello on it proved that agent (``said_hello``; with an
+office key the hello came over TLS with a certificate of the office CA naming the agent). Only
+proven addresses are dialled, given to the swarm (``verified_hosts``, the peer's torrent port
+comes from the proving hello) and listed in ``snapshot``; an agent no hello proved yet is not a
+peer at all (not alive, not in ``status``). A hint whose hello fails or names another agent is
+dropped (``refuted``, ``unreachable``) and that address is not tried for that agent again for
+``HINT_HOLD``; a proven address is dropped only when a hello on it names another agent or a
+certificate fails (``refuted``), or when it cannot be reached while another proven address of
+the agent worked since (``unreachable``: the agent moved). A spoof therefore never displaces or
+ages out proven addresses, and never keeps a dead peer alive: only answers count as hearing.
 
-A peer is ``verified`` once an RPC with it succeeded since it was last seen alive: with an
-office key, that RPC ran over mutual TLS, so the peer proved the key. Only verified peers'
-addresses get through the swarm's IP filter; an announcement alone proves nothing.
+From then on liveness is ours to judge, not mDNS's: a peer killed with SIGKILL sends no goodbye
+and its mDNS records live on for their TTL (minutes), so the agent pings every live peer it has
+not heard from for ``ping_interval`` (``due_pings``), and any successful RPC counts as hearing
+from it (``heard``, ``inventory``). A peer is marked dead after ``max_failures`` failed pings
+in a row (a refused connection shows up at once), after one when mDNS said goodbye (``gone``:
+anyone can send one, so it only makes the peer due for a ping at once), or when
+it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
+without refusing). A dead peer's inventory is dropped; a hello on an announced address or a
+successful RPC brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id
+is never a peer. ``next_deadline`` says when the timers next have work. Time is always an
+argument; the table never reads a clock.
+
+A peer is ``verified`` once a hello or an RPC with it succeeded since it was last seen alive:
+with an office key, over mutual TLS, so the peer proved the key.
 
 A peer caught lying about some content (a blob it said it held but could not serve, pieces
 that failed their hash, a manifest or unit torrent of the wrong shape) is ``distrust``ed for
@@ -31,6 +44,9 @@ from typing import Any, Literal
 
 PeerSource = Literal["mdns", "static"]
 MAX_LIES = 64
+MAX_ADDRS = 8  # proven addresses kept per peer, and hints (announced, unproven) per agent
+MAX_PENDING = 1024  # agents announced and not proven yet
+HINT_HOLD = 30.0  # an address that failed for an agent is not tried for it again for this long
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,8 @@ class Peer:
     """One peer as this agent sees it (owned by ``PeerTable``: read, do not mutate)."""
 
     agent: str
-    addrs: list[PeerAddr]
-    torrent_port: int | None
+    addrs: list[PeerAddr]  # proven by a hello naming this agent; the last that worked first
+    torrent_port: int | None  # the proving hello's
     source: PeerSource
     first_seen: float
     last_heard: float
@@ -61,9 +77,18 @@ class Peer:
     failures: int = 0  # failed pings since we last heard from it
     last_pinged: float | None = None  # when the last ping was handed out, until heard
     died: float | None = None  # when it was last marked dead
+    doubted: float | None = None  # when mDNS said goodbye for it, until it answers or dies
     verified: bool = False  # an RPC with it succeeded since it was last seen alive
     lies: dict[str, str] = field(default_factory=dict)  # content -> why it is distrusted
     host: str = ""  # its host name where known (a static peer's configured name), else ""
+    # Announced, not proven: address -> when announced, None while a hello on it is tried.
+    hints: dict[PeerAddr, float | None] = field(default_factory=dict)
+    held: dict[PeerAddr, float] = field(default_factory=dict)  # failed: not tried until then
+
+    @property
+    def pending(self) -> bool:
+        """Announced, never proven: not a peer yet."""
+        return not self.alive and self.died is None
 
 
 class PeerTable:
@@ -87,49 +112,136 @@ class PeerTable:
 
     # -- events in -----------------------------------------------------------------------------
 
-    def seen(
-        self,
-        agent: str,
-        addrs: Iterable[PeerAddr],
-        torrent_port: int | None,
-        source: PeerSource,
-        now: float,
-        host: str = "",
-    ) -> Peer | None:
-        """A peer announced itself (mDNS) or was configured (static); returns it, or None for us.
-
-        The latest announcement replaces the addresses, torrent port and source, and counts as
-        hearing from the peer: a dead peer comes back to life. A host name, once known, stays
-        until another one is given.
-        """
+    def seen(self, agent: str, addrs: Iterable[PeerAddr], now: float) -> bool:
+        """An announcement (mDNS) of ``agent`` at ``addrs``, or where the agent connected to us
+        from: hints to try, nothing more. True if there is a new one (``due_probes``). A live
+        peer's proven addresses, addresses already being tried and addresses that failed for
+        it within ``HINT_HOLD`` are not hints; at most ``MAX_ADDRS`` are kept per agent, the
+        oldest not being tried dropped."""
         if agent == self.self_agent:
-            return None
-        addr_list = list(dict.fromkeys(addrs))  # dedupe, keep order
+            return False
         peer = self._peers.get(agent)
         if peer is None:
-            peer = Peer(agent, addr_list, torrent_port, source, first_seen=now, last_heard=now)
-            self._peers[agent] = peer
-            peer.host = host
-            return peer
-        peer.host = host or peer.host
-        peer.addrs = addr_list
+            if sum(p.pending for p in self._peers.values()) >= MAX_PENDING:
+                return False
+            peer = Peer(agent, [], None, "mdns", first_seen=now, last_heard=now, alive=False)
+        new = False
+        for addr in dict.fromkeys(addrs):
+            if (peer.alive and addr in peer.addrs) or addr in peer.hints:
+                continue
+            if now < peer.held.get(addr, -math.inf):
+                continue
+            peer.held.pop(addr, None)
+            peer.hints[addr] = now
+            new = True
+            idle = [a for a, since in peer.hints.items() if since is not None]
+            while len(peer.hints) > MAX_ADDRS and idle:
+                del peer.hints[idle.pop(0)]
+        if new:
+            self._peers.setdefault(agent, peer)
+        return new
+
+    def due_probes(self, now: float) -> list[tuple[str, PeerAddr]]:
+        """The hints to try now, (agent, address), each handed out once: the caller says
+        hello there and reports ``said_hello``, ``refuted`` or ``unreachable``."""
+        due: list[tuple[str, PeerAddr]] = []
+        for peer in self._sorted():
+            for addr, since in peer.hints.items():
+                if since is not None and now >= since:
+                    peer.hints[addr] = None
+                    due.append((peer.agent, addr))
+        return due
+
+    def said_hello(
+        self,
+        addr: PeerAddr,
+        agent: str,
+        torrent_port: int,
+        source: PeerSource,
+        now: float,
+        *,
+        announced_as: str | None = None,
+        host: str = "",
+    ) -> bool:
+        """A hello on ``addr`` named ``agent`` (with an office key: so did its certificate).
+        ``announced_as``: the agent ``addr`` was a hint for (None: a static peer's address,
+        whoever answers). True if that proved ``agent`` there: the address is its first, the
+        hello's torrent port its own, and the peer is alive and verified. A hello naming
+        another agent than announced refutes the address for that one. A host name (a static
+        peer's configured one), once known, stays until another one is given."""
+        if announced_as is not None and agent != announced_as:
+            self.refuted(announced_as, addr, now)
+            return False
+        if agent == self.self_agent:
+            return False
+        peer = self._peers.get(agent)
+        if peer is None:
+            peer = self._peers[agent] = Peer(agent, [], torrent_port, source, now, now)
+        peer.hints.pop(addr, None)
+        peer.held.pop(addr, None)
+        if addr in peer.addrs:
+            peer.addrs.remove(addr)
+        peer.addrs.insert(0, addr)
+        del peer.addrs[MAX_ADDRS:]
         peer.torrent_port = torrent_port
         peer.source = source
+        peer.host = host or peer.host
         self._revive(peer, now)
-        return peer
+        peer.verified = True
+        return True
+
+    def reached(self, agent: str, addr: PeerAddr) -> None:
+        """A connection to the peer's proven ``addr`` said the right hello: it goes first."""
+        peer = self._peers.get(agent)
+        if peer is not None and addr in peer.addrs:
+            peer.addrs.remove(addr)
+            peer.addrs.insert(0, addr)
+
+    def refuted(self, agent: str, addr: PeerAddr, now: float) -> bool:
+        """Whoever answers at ``addr`` is not ``agent`` (its hello or certificate names
+        another, or it refused ours): the address is dropped for it, hint or proven. A peer
+        left without a proven address is dead. True if the address was known for it."""
+        peer = self._peers.get(agent)
+        if peer is None:
+            return False
+        known = self._drop_hint(peer, addr, now)
+        if addr in peer.addrs:
+            known = True
+            peer.addrs.remove(addr)
+            if not peer.addrs and peer.alive:
+                self._kill(peer, now)
+        return known
+
+    def unreachable(self, agent: str, addr: PeerAddr, now: float) -> None:
+        """No hello came from ``addr`` (refused, timed out, broken). A hint is dropped; a
+        proven address only if another proven address of the peer worked since (it moved):
+        an agent restarting or a lost packet must not cost it its address."""
+        peer = self._peers.get(agent)
+        if peer is None:
+            return
+        moved = addr in peer.addrs and peer.addrs[0] != addr
+        if moved:
+            peer.addrs.remove(addr)
+        if addr in peer.hints or moved:
+            self._drop_hint(peer, addr, now)
 
     def gone(self, agent: str, now: float) -> bool:
-        """mDNS said goodbye: the peer is dead at once. True if it was alive."""
+        """mDNS said goodbye. Anyone can say it for any agent, so it is a doubt: the peer is
+        due for a ping at once and dies at the first that fails (a stopped agent refuses at
+        once); an answer clears it. True if the peer is alive (a ping is due)."""
         peer = self._peers.get(agent)
         if peer is None or not peer.alive:
             return False
-        self._kill(peer, now)
+        if peer.doubted is None:
+            peer.doubted = now
+            peer.last_pinged = None
         return True
 
     def heard(self, agent: str, now: float) -> bool:
-        """An RPC to or from the peer succeeded. False for an unknown agent (ignored)."""
+        """An RPC to or from the peer succeeded. False for an agent with no proven address
+        (ignored: unknown, or a hello on its announced address has not proved it yet)."""
         peer = self._peers.get(agent)
-        if peer is None:
+        if peer is None or not peer.addrs:
             return False
         self._revive(peer, now)
         peer.verified = True
@@ -141,7 +253,7 @@ class PeerTable:
         if peer is None or not peer.alive:
             return False
         peer.failures += 1
-        if peer.failures >= self.max_failures:
+        if peer.failures >= self.max_failures or peer.doubted is not None:
             self._kill(peer, now)
             return True
         return False
@@ -151,7 +263,7 @@ class PeerTable:
     ) -> bool:
         """The peer answered an inventory query (which also counts as hearing from it)."""
         peer = self._peers.get(agent)
-        if peer is None:
+        if peer is None or not peer.addrs:
             return False
         self._revive(peer, now)
         peer.verified = True
@@ -179,9 +291,14 @@ class PeerTable:
     # -- timers ---------------------------------------------------------------------------------
 
     def due_pings(self, now: float) -> list[Peer]:
-        """Live peers not heard from for ``ping_interval``, each handed out once per interval."""
+        """Live peers not heard from for ``ping_interval``, each handed out once per interval,
+        and at once those mDNS said goodbye for."""
         due: list[Peer] = []
         for peer in self._sorted():
+            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
+                peer.last_pinged = now
+                due.append(peer)
+                continue
             # Comparisons are written as next_deadline computes the times: at exactly that
             # float, the timer must fire (now - a < b can be true when now == a + b).
             if not peer.alive or now < peer.last_heard + self.ping_interval:
@@ -195,21 +312,29 @@ class PeerTable:
     def expire(self, now: float) -> list[str]:
         """Mark dead the live peers silent for ``dead_after``; return their ids.
 
-        Peers dead for ``forget_after`` are dropped from the table.
+        Peers dead for ``forget_after`` are dropped from the table, and announced agents with
+        nothing left to try (their hints failed, and were held long enough).
         """
         died: list[str] = []
         for peer in self._sorted():
+            peer.held = {a: until for a, until in peer.held.items() if now < until}
             if peer.alive and now >= peer.last_heard + self.dead_after:
                 self._kill(peer, now)
                 died.append(peer.agent)
-            elif not peer.alive and peer.died is not None and now >= peer.died + self.forget_after:
+            elif self._forgotten(peer, now):
                 del self._peers[peer.agent]
         return died
 
     def next_deadline(self) -> float | None:
-        """When ``due_pings`` or ``expire`` next has something to do (None: no peer)."""
+        """When ``due_probes``, ``due_pings`` or ``expire`` next has something to do (None:
+        nothing, ever)."""
         times = []
         for peer in self._peers.values():
+            times += [since for since in peer.hints.values() if since is not None]
+            if peer.pending and not peer.hints:
+                times += peer.held.values()  # then it is forgotten
+            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
+                times.append(peer.doubted)  # a goodbye: ping at once
             if peer.alive:
                 pinged = peer.last_pinged if peer.last_pinged is not None else -math.inf
                 times.append(max(peer.last_heard, pinged) + self.ping_interval)
@@ -224,11 +349,11 @@ class PeerTable:
         return self._peers.get(agent)
 
     def alive(self) -> list[Peer]:
-        """Live peers, by agent id."""
+        """Live peers, by agent id (every one proven by a hello)."""
         return [p for p in self._sorted() if p.alive]
 
     def verified_hosts(self) -> set[str]:
-        """The addresses of live peers that proved themselves over RPC."""
+        """The proven addresses of live peers that proved themselves over RPC."""
         return {a.host for p in self._peers.values() if p.alive and p.verified for a in p.addrs}
 
     def holders(self, digest: str) -> list[Peer]:
@@ -236,7 +361,8 @@ class PeerTable:
         return [p for p in self._sorted() if p.alive and digest in p.holds and digest not in p.lies]
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
-        """Plain data for ``status --json``, by agent id."""
+        """Plain data for ``status --json``, by agent id: peers a hello proved, at the
+        addresses it proved (announced ones are counted as ``unproven``)."""
         return [
             {
                 "agent": p.agent,
@@ -250,8 +376,10 @@ class PeerTable:
                 "holds": len(p.holds),
                 "partial": len(p.partial),
                 "distrusted": [{"content": c, "why": w} for c, w in p.lies.items()],
+                "unproven": len(p.hints),
             }
             for p in self._sorted()
+            if not p.pending
         ]
 
     def __len__(self) -> int:
@@ -262,12 +390,29 @@ class PeerTable:
     def _sorted(self) -> list[Peer]:
         return [self._peers[k] for k in sorted(self._peers)]
 
+    def _forgotten(self, peer: Peer, now: float) -> bool:
+        """Dead for ``forget_after``, or announced and left with nothing to try."""
+        if peer.pending:
+            return not peer.hints and not peer.held
+        return peer.died is not None and now >= peer.died + self.forget_after
+
+    def _drop_hint(self, peer: Peer, addr: PeerAddr, now: float) -> bool:
+        """``addr`` failed for the peer: no longer a hint, and none again for a while."""
+        hinted = addr in peer.hints
+        peer.hints.pop(addr, None)
+        peer.held.pop(addr, None)
+        peer.held[addr] = now + HINT_HOLD
+        while len(peer.held) > MAX_ADDRS:
+            del peer.held[next(iter(peer.held))]
+        return hinted
+
     def _revive(self, peer: Peer, now: float) -> None:
         peer.alive = True
         peer.last_heard = max(peer.last_heard, now)
         peer.failures = 0
         peer.last_pinged = None
         peer.died = None
+        peer.doubted = None
 
     def _kill(self, peer: Peer, now: float) -> None:
         peer.alive = False
@@ -275,6 +420,7 @@ class PeerTable:
         peer.died = now
         peer.failures = 0
         peer.last_pinged = None
+        peer.doubted = None
         # What a dead peer held may be gone when it comes back; it will be asked again.
         peer.holds = set()
         peer.partial = set()

@@ -84,6 +84,7 @@ class LinkStats:
     served: int = 0  # requests answered for peers
     refused: int = 0  # connections closed at once: too many from one address, or a bad hello
     handshake_failures: int = 0  # TLS handshakes that failed (no office certificate)
+    addresses_refuted: int = 0  # announced or known addresses where another agent answered
 
 
 @dataclass

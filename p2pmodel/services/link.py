@@ -16,9 +16,15 @@ most ``MAX_REQUEST`` bytes; the handshake and hello within ``HELLO_TIMEOUT``; a 
 begun, within ``FRAME_TIMEOUT`` (a slowloris peer is cut off), and a connection idle for
 ``IDLE_TIMEOUT`` is closed (the dialler's pool redials).
 
-Outgoing traffic takes one of two ways, both over the same dialling rules: a peer's addresses
-are tried in order, the one that worked last first, and a peer that answers with another
-agent id than expected (a reused address) is not that peer.
+Outgoing traffic takes one of two ways, both over the same dialling rules: a peer's proven
+addresses (``addresses``) are tried in order, the one that worked last first, and a peer that
+answers with another agent id than expected (a reused or spoofed address), or with a
+certificate not of the office, is not that peer (``Refuted``). Each
+address's outcome goes to ``on_dial`` ("reached", "refuted", "unreachable"), so the table can
+drop addresses that prove someone else. ``probe`` says hello at an address of unknown owner
+(an announced one, a static peer) and returns the hello, for the table to judge. A peer that
+said hello to us is reported with where it came from and the RPC port it says it serves on
+(``on_greeted``): an address to try, no more.
 
 - ``request(agent, msg)``: one request and its answer, over a connection from a small pool of
   idle ones kept per peer (a pooled connection the peer closed meanwhile is replaced once).
@@ -36,8 +42,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
@@ -59,6 +67,7 @@ from ..core.wire import (
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Message, Hello], Awaitable[Message]]
+DialOutcome = Literal["reached", "refuted", "unreachable"]
 RECEIVE = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
@@ -80,6 +89,11 @@ class RpcError(Exception):
 
 class _Broken(RpcError):
     """The connection closed under us (a pooled one may just have gone stale)."""
+
+
+class Refuted(RpcError):
+    """Whoever answers at that address is not the agent expected: its hello names another, it
+    refused our hello, or (with an office key) its certificate is not of the office."""
 
 
 class Channel:
@@ -158,6 +172,8 @@ class PeerLink:
         addresses: Callable[[str], Sequence[PeerAddr]],
         on_heard: Callable[[str], None] = lambda agent: None,
         *,
+        on_dial: Callable[[str, PeerAddr, DialOutcome], None] = lambda agent, addr, how: None,
+        on_greeted: Callable[[str, PeerAddr], None] = lambda agent, addr: None,
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
@@ -172,6 +188,8 @@ class PeerLink:
         self.handler = handler
         self.addresses = addresses
         self.on_heard = on_heard
+        self.on_dial = on_dial
+        self.on_greeted = on_greeted
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.send_timeout = send_timeout
@@ -227,13 +245,13 @@ class PeerLink:
             return
         self._inbound[host] = self._inbound.get(host, 0) + 1
         try:
-            await self._serve_one(stream)
+            await self._serve_one(stream, host)
         finally:
             self._inbound[host] -= 1
             if not self._inbound[host]:
                 del self._inbound[host]
 
-    async def _serve_one(self, stream: trio.abc.Stream) -> None:
+    async def _serve_one(self, stream: trio.abc.Stream, host: str) -> None:
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 stream, certified = await self._secure(stream, server=True)
@@ -247,6 +265,8 @@ class PeerLink:
                     await ch.send(Error("hello names another agent than the certificate"), rid)
                     return
                 await ch.send(self.hello(), rid)
+            if 0 < first.rpc_port < 65536:
+                self.on_greeted(first.agent, PeerAddr(host, first.rpc_port))
             while True:
                 msg, rid = await ch.receive(IDLE_TIMEOUT, FRAME_TIMEOUT)
                 self.stats.served += 1
@@ -283,7 +303,10 @@ class PeerLink:
             await tls.do_handshake()
         except trio.BrokenResourceError as e:
             self.stats.handshake_failures += 1
-            raise _Broken(f"TLS handshake failed: {e.__cause__ or e}") from None
+            why = f"TLS handshake failed: {e.__cause__ or e}"
+            if isinstance(e.__cause__, ssl.SSLCertVerificationError):
+                raise Refuted(why) from None  # it answered, with no certificate of ours
+            raise _Broken(why) from None
         agent = peer_agent(tls.getpeercert())
         if agent is None:  # pragma: no cover - verified certificates all have one
             raise _Broken("the peer's certificate names no agent")
@@ -309,11 +332,11 @@ class PeerLink:
             except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
                 raise RpcError(f"no hello from {host}:{port}: {e or 'timed out'}") from None
             if not isinstance(answer, Hello):
-                raise RpcError(f"{host}:{port} refused the hello")
+                raise Refuted(f"{host}:{port} refused the hello")
             if certified is not None and answer.agent != certified:
-                raise RpcError(f"{host}:{port} says hello as another agent than its certificate")
+                raise Refuted(f"{host}:{port} says hello as another agent than its certificate")
             if expect is not None and answer.agent != expect:
-                raise RpcError(f"{host}:{port} is agent {answer.agent}, not {expect}")
+                raise Refuted(f"{host}:{port} is agent {answer.agent}, not {expect}")
             conn = _Conn(ch, answer)
             self.stats.connections_opened += 1
             return conn
@@ -335,15 +358,23 @@ class PeerLink:
         for addr in self._order(agent):
             try:
                 conn = await self._open(addr.host, addr.rpc_port, agent)
+            except Refuted as e:
+                self.on_dial(agent, addr, "refuted")
+                last = RpcError(str(e))
+                continue
             except (RpcError, PeerProtocolError) as e:
+                self.on_dial(agent, addr, "unreachable")
                 last = RpcError(str(e))
                 continue
             self._preferred[agent] = addr
+            self.on_dial(agent, addr, "reached")
             return conn
         raise last
 
     async def probe(self, host: str, port: int) -> Hello:
-        """Who answers at ``host:port`` (a static peer): its hello."""
+        """Who answers at ``host:port`` (an announced address, a static peer): its hello
+        (with an office key, over TLS with a certificate of the office naming the same
+        agent). ``Refuted`` if it answers as no agent of ours, ``RpcError`` if it does not."""
         conn = await self._open(host, port, None)
         await conn.aclose()
         return conn.peer

@@ -3,9 +3,14 @@ peer link and the routing of peers' requests (trio).
 
 Theory of operation. ``PeerService.run`` serves the peer link on the agent's interfaces, then
 announces the agent (mDNS, unless discovery is off), says hello to configured static peers
-every few seconds and judges liveness: the pure ``PeerTable`` says which peers to ping and when
-the next ping or expiry is due, and the loop sleeps until then (or until a new peer shows up).
-mDNS only tells of goodbyes; a peer killed without one is found dead by failed pings or
+every few seconds and judges liveness: the pure ``PeerTable`` says which announced addresses
+to try, which peers to ping and when the next of those or an expiry is due, and the loop sleeps
+until then (or until an announcement brings something new). An announcement is only a hint:
+anyone can announce any agent at any address, so an announced address is used once a hello
+on it proved the agent (``_probe``; with an office key, over TLS with the office's
+certificates), and every dial's outcome goes back to the table, which drops addresses that
+prove someone else. mDNS only tells of goodbyes (and anyone can say one: the peer is pinged
+at once and dies if that fails); a peer killed without one is found dead by failed pings or
 silence, long before its mDNS records expire.
 
 Other services see peers only through this service: ``alive``/``holders``/``get`` (read-only
@@ -31,7 +36,7 @@ from ..adapters.transport import Transport
 from ..core.peers import Peer, PeerAddr, PeerTable
 from ..core.stats import LinkStats
 from ..core.wire import PROTOCOL_VERSION, Error, Hello, Message, PeerProtocolError, Ping, Pong
-from .link import Delivery, PeerLink, RpcError
+from .link import Delivery, DialOutcome, PeerLink, Refuted, RpcError
 
 log = logging.getLogger(__name__)
 STATIC_EVERY = 5.0
@@ -88,13 +93,21 @@ class PeerService:
         self._static = list(static_peers)
         self.table = PeerTable(agent)
         self.link = PeerLink(
-            transport, self.hello, self._answer, self._addresses, self._heard, tls=tls
+            transport,
+            self.hello,
+            self._answer,
+            self._addresses,
+            self._heard,
+            on_dial=self._dialled,
+            on_greeted=self._greeted,
+            tls=tls,
         )
         self.other_offices: set[str] = set()  # agents of other offices seen on the LAN
         self._routes: dict[type[Message], Route] = {}
         self._watchers: list[Callable[[], None]] = []
         self._alive: frozenset[str] = frozenset()
         self._verified: frozenset[str] = frozenset()
+        self._hosts: frozenset[str] = frozenset()
         self._wake = trio.Event()
         self._peer_seen = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -140,7 +153,8 @@ class PeerService:
         return self.table.verified_hosts()
 
     def endpoint(self, agent: str) -> tuple[str, int] | None:
-        """Where the peer's swarm listens (its first address and torrent port), if alive."""
+        """Where the peer's swarm listens (its first proven address and the torrent port of
+        the hello that proved it), if alive."""
         peer = self.table.get(agent)
         if peer is None or not peer.alive or not peer.torrent_port or not peer.addrs:
             return None
@@ -241,25 +255,35 @@ class PeerService:
                     log.info("agent %s belongs to another office: ignored", event.agent)
                 self.other_offices.add(event.agent)
                 return
+            # The ports and addresses are the announcer's word: a hello there must prove it.
             addrs = [PeerAddr(a, event.rpc_port) for a in event.addrs]
-            self._seen(event.agent, addrs, event.torrent_port, "mdns", now)
-        else:
-            self.table.gone(event.agent, now)
-            self._changed()
+            if self.table.seen(event.agent, addrs, now):
+                self._wake.set()
+        elif self.table.gone(event.agent, now):
+            self._wake.set()  # anyone can say goodbye for anyone: a ping at once tells
 
-    def _seen(
-        self,
-        agent: str,
-        addrs: list[PeerAddr],
-        torrent_port: int,
-        how: Any,
-        now: float,
-        host: str = "",
-    ) -> None:
-        if self.table.seen(agent, addrs, torrent_port, how, now, host) is not None:
-            self._peer_seen.set()
-            self._wake.set()
-            self._changed()
+    async def _probe(self, agent: str, addr: PeerAddr) -> None:
+        """Say hello at an address announced for ``agent``; the table judges the answer."""
+        try:
+            hello = await self.link.probe(addr.host, addr.rpc_port)
+        except Refuted as e:
+            self.table.refuted(agent, addr, trio.current_time())
+            self.link.stats.addresses_refuted += 1
+            log.info("address %s announced for agent %s is not that agent: %s", addr, agent, e)
+        except (RpcError, PeerProtocolError) as e:
+            self.table.unreachable(agent, addr, trio.current_time())
+            log.debug("no hello at %s announced for agent %s: %s", addr, agent, e)
+        else:
+            now = trio.current_time()
+            if self.table.said_hello(
+                addr, hello.agent, hello.torrent_port, "mdns", now, announced_as=agent
+            ):
+                self._peer_seen.set()
+            else:
+                self.link.stats.addresses_refuted += 1
+                log.info("address %s announced for agent %s is agent %s", addr, agent, hello.agent)
+        self._wake.set()
+        self._changed()
 
     def set_static_peers(self, peers: Sequence[str]) -> None:
         """A reloaded config's static peers: new ones are dialled at once; removed ones are
@@ -273,17 +297,17 @@ class PeerService:
             for text in list(self._static):
                 host, _, port = text.rpartition(":")
                 with contextlib.suppress(RpcError, PeerProtocolError):
-                    hello = await self.link.probe(host.strip("[]"), int(port))
-                    addrs = [PeerAddr(host.strip("[]"), hello.rpc_port)]
-                    self._seen(
-                        hello.agent,
-                        addrs,
-                        hello.torrent_port,
-                        "static",
-                        trio.current_time(),
-                        _host_name(host.strip("[]")),
-                    )
-                    self._heard(hello.agent)  # it answered: verified
+                    addr = PeerAddr(host.strip("[]"), int(port))
+                    hello = await self.link.probe(addr.host, addr.rpc_port)
+                    now = trio.current_time()
+                    # Configured: whoever answers there is a peer (with a key, a keyed one).
+                    name = _host_name(addr.host)
+                    if self.table.said_hello(
+                        addr, hello.agent, hello.torrent_port, "static", now, host=name
+                    ):
+                        self._peer_seen.set()
+                        self._wake.set()
+                        self._changed()
             with trio.move_on_after(STATIC_EVERY if self._static else math.inf):
                 await self._static_wake.wait()
             self._static_wake = trio.Event()
@@ -292,6 +316,8 @@ class PeerService:
         async with trio.open_nursery() as nursery:
             while True:
                 now = trio.current_time()
+                for agent, addr in self.table.due_probes(now):
+                    nursery.start_soon(self._probe, agent, addr)
                 for peer in self.table.due_pings(now):
                     nursery.start_soon(self._ping, peer.agent)
                 self.table.expire(now)
@@ -314,6 +340,24 @@ class PeerService:
         peer = self.table.get(agent)
         return list(peer.addrs) if peer is not None else []
 
+    def _dialled(self, agent: str, addr: PeerAddr, outcome: DialOutcome) -> None:
+        now = trio.current_time()
+        if outcome == "reached":
+            self.table.reached(agent, addr)
+        elif outcome == "refuted":
+            self.link.stats.addresses_refuted += 1
+            log.info("peer %s is no longer at %s: another answers there", agent, addr)
+            self.table.refuted(agent, addr, now)
+        else:
+            self.table.unreachable(agent, addr, now)
+        self._changed()
+
+    def _greeted(self, agent: str, addr: PeerAddr) -> None:
+        # A peer we may not know yet (its announcement missed us, or its address failed us
+        # once): where it connected from is worth a hello, like an announced address.
+        if self.table.seen(agent, [addr], trio.current_time()):
+            self._wake.set()
+
     def _heard(self, agent: str) -> None:
         if self.table.heard(agent, trio.current_time()) and agent not in self._verified:
             self._changed()
@@ -331,10 +375,11 @@ class PeerService:
     def _changed(self) -> None:
         alive = frozenset(p.agent for p in self.table.alive())
         verified = frozenset(p.agent for p in self.table.alive() if p.verified)
-        if alive == self._alive and verified == self._verified:
+        hosts = frozenset(self.table.verified_hosts())  # the swarm's IP filter follows them
+        if alive == self._alive and verified == self._verified and hosts == self._hosts:
             return
         for gone in self._alive - alive:
             self.link.forget(gone)
-        self._alive, self._verified = alive, verified
+        self._alive, self._verified, self._hosts = alive, verified, hosts
         for fn in self._watchers:
             fn()

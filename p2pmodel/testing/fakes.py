@@ -4,7 +4,8 @@ or libtorrent: many of them in one trio run, under a fake clock if a test wants.
 - ``MemoryNetwork`` / ``MemoryTransport``: the peer link's transport over in-memory streams.
   Connecting where nobody listens is refused; an agent that stops takes its connections down.
 - ``MemoryMdns``: discovery on a shared bus. Stopping says goodbye; ``crash`` first makes the
-  agent vanish without one (like ``kill -9``: peers must find out by themselves).
+  agent vanish without one (like ``kill -9``: peers must find out by themselves); ``announce``
+  delivers any announcement at all, true or not (a spoofing responder on the LAN).
 - ``SwarmNet`` / ``FakeSwarm``: the swarm adapter's interface (``services.swarm.SwarmAdapter``).
   Transfers copy bytes between agents' files at a set LAN rate, checking every piece against
   the torrent info's hashes (a bad piece is never written), and whole blobs against their
@@ -117,6 +118,13 @@ class MemoryMdns:
     def crash(self, agent: str) -> None:
         """The agent's next stop sends no goodbye (a power cut, ``kill -9``)."""
         self.crashed.add(agent)
+
+    def announce(self, event: Any) -> None:
+        """Deliver ``event`` (a ``PeerSeen`` or ``PeerGone`` naming any agent, with any
+        address) to every member but the agent it names, as anyone on the LAN can."""
+        for agent, (_, on_event) in list(self._members.items()):
+            if agent != event.agent:
+                on_event(event)
 
 
 class FakeAnnouncer:

@@ -16,6 +16,11 @@ routes each request and shapes each answer; this module only looks things up and
   a wrong file; a client that resumes such a file with ``Range`` gets the whole file again
   (a 200 makes it start over), because the bytes it holds may be the wrong ones.
 
+Who may ask (``core.httpguard``): a request whose ``Host`` is not 127.0.0.1, localhost or the
+configured host gets 421 (DNS rebinding), whatever its path; one a page of another site made a
+browser send (``Sec-Fetch-Site``, ``Origin``, ``Referer``) gets 403 from everything but the
+agent's own read-only pages, so it can neither make the agent fetch nor pin.
+
 The user's token (``Authorization: Bearer``) rides only to the hosts the config trusts with it
 (``Config.trusts``), never to peers or other mirrors, and is never logged: this module logs no
 header, and hypercorn's access log is off.
@@ -30,10 +35,11 @@ from typing import Any
 
 import trio
 
-from ..core import hfapi
+from ..core import hfapi, httpguard
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
 from ..core.refs import Ref
+from ..core.stats import EndpointStats
 from .get.reader import BlobGone
 from .get.service import GetService
 
@@ -71,6 +77,8 @@ class HfEndpoint:
         self.page = page
         self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
         self.url = ""
+        self.hosts = httpguard.HostRule(address)
+        self.stats = EndpointStats()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as ServerConfig
@@ -118,6 +126,11 @@ class HfEndpoint:
         raw_path = raw.decode("latin-1").partition("?")[0]
         query = scope.get("query_string", b"").decode("latin-1")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host")
+        if not self.hosts.accepts(host):
+            self.stats.misdirected += 1
+            message = f"Misdirected Request: this agent answers to {self.hosts.describe()}"
+            raise Reply(421, {"error": message})
         own = self.pages.get(raw_path)
         if own is not None and method in ("GET", "HEAD"):
             kind, body = await own()
@@ -131,6 +144,11 @@ class HfEndpoint:
             data = b"" if method == "HEAD" else body
             await send({"type": "http.response.body", "body": data, "more_body": False})
             return
+        why = httpguard.cross_site(headers, host)
+        if why is not None:
+            # A web page of another site: it must not make the agent fetch or pin anything.
+            self.stats.cross_site += 1
+            raise Reply(403, {"error": f"Forbidden: a request from another web site ({why})"})
         try:
             route = hfapi.route(method, raw_path, query)
         except hfapi.BadRoute as e:
@@ -152,9 +170,9 @@ class HfEndpoint:
                 manifest, route.path, route.recursive, route.cursor, self.page
             )
             links = []
-            if cursor is not None:
-                host = headers.get("host") or self.address
-                links.append(("Link", hfapi.next_link(f"http://{host}", route, cursor)))
+            if cursor is not None:  # the Host is one of ours (checked above)
+                base = f"http://{host or self.address}"
+                links.append(("Link", hfapi.next_link(base, route, cursor)))
             raise Reply(200, items, links)
         await self._file(scope, send, route, manifest, headers, token)
 

@@ -6,6 +6,7 @@ loopback; Chromium, when installed, loads only loopback pages."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -220,3 +221,45 @@ Promise.allSettled([
     assert '<p id="done">yes</p>' in run.stdout.decode()
     assert upstream(ep) == 0 and pinned(ep) == {}
     assert ep.agent.hf is not None and ep.agent.hf.stats.cross_site >= 3
+
+
+# -- control characters in a path ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "resolve/main/config.json%00.txt",
+        "resolve/main/a%0d%0aX-Injected:%20yes",
+        "resolve/main/%ff.json",
+        "resolve/main/a%5cb.json",
+        "resolve/main/a/%2e%2e/b.json",
+        "resolve/main/a//b.json",
+    ],
+)
+async def test_a_path_no_repository_can_hold_is_a_bad_request(endpoint, repos, tail, caplog):
+    """A file path with a NUL, CR/LF, bytes that are not UTF-8, a backslash or an empty or
+    '..' segment gets 400 with a one-line message: no 500, no traceback, no header of ours
+    carries it, and nothing is fetched."""
+    ep = await endpoint()
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient() as http:
+        for method in ("GET", "HEAD"):
+            r = await http.request(method, f"{ep.url}/{repos['model'].repo_id}/{tail}")
+            assert r.status_code == 400, (method, r.status_code)
+            assert "x-injected" not in r.headers
+            if method == "GET":
+                assert "\n" not in r.json()["error"]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info]
+    assert "Traceback" not in caplog.text
+    assert upstream(ep) == 0
+
+
+async def test_a_tree_folder_with_a_nul_is_a_bad_request(endpoint, repos, caplog):
+    """The same for the folder of a tree listing."""
+    ep = await endpoint()
+    repo = repos["model"]
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{ep.url}/api/models/{repo.repo_id}/tree/main/a%00b?recursive=1")
+    assert r.status_code == 400
+    assert "Traceback" not in caplog.text

@@ -102,3 +102,4 @@ class EndpointStats:
 
     misdirected: int = 0  # 421: a Host that is not this agent (DNS rebinding)
     cross_site: int = 0  # 403: sent by a page of another site
+    bad_requests: int = 0  # 400: a path that can name nothing

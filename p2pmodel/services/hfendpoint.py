@@ -19,7 +19,8 @@ routes each request and shapes each answer; this module only looks things up and
 Who may ask (``core.httpguard``): a request whose ``Host`` is not 127.0.0.1, localhost or the
 configured host gets 421 (DNS rebinding), whatever its path; one a page of another site made a
 browser send (``Sec-Fetch-Site``, ``Origin``, ``Referer``) gets 403 from everything but the
-agent's own read-only pages, so it can neither make the agent fetch nor pin.
+agent's own read-only pages, so it can neither make the agent fetch nor pin. A path that can
+name nothing (a NUL, bytes that are not UTF-8) gets 400.
 
 The user's token (``Authorization: Bearer``) rides only to the hosts the config trusts with it
 (``Config.trusts``), never to peers or other mirrors, and is never logged: this module logs no
@@ -151,6 +152,9 @@ class HfEndpoint:
             raise Reply(403, {"error": f"Forbidden: a request from another web site ({why})"})
         try:
             route = hfapi.route(method, raw_path, query)
+        except hfapi.BadRequest as e:
+            self.stats.bad_requests += 1
+            raise Reply(400, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
         except hfapi.BadRoute as e:
             raise Reply(
                 404, {"error": str(e)}, hfapi.error_headers("RepoNotFound", str(e))
@@ -270,4 +274,4 @@ async def _send_json(
 
 
 def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:400]
+    return hfapi.header_text(text)

@@ -207,3 +207,38 @@ def test_error_headers_are_one_printable_line() -> None:
     """Whatever a message holds (from a request path), the header value is printable ASCII."""
     value = dict(hfapi.error_headers("EntryNotFound", "a\0b\r\nc\x7fé" + "x" * 500))
     assert value["X-Error-Message"].startswith("a b  c ?") and len(value["X-Error-Message"]) == 400
+
+
+def test_misses_answer_again_for_a_while_per_question() -> None:
+    """A "not found" answers the same repository, revision and token for the ttl, then is
+    forgotten; other questions are not answered from it; a gated answer is never kept."""
+    misses = hfapi.Misses(ttl=30, limit=3)
+    route = hfapi.Route("revision", "model", "acme/nope")
+    key = hfapi.Misses.key(route, None)
+    miss = hfapi.Miss("RepoNotFound", "hf://acme/nope not found")
+    misses.add(key, miss, now=100.0)
+    assert misses.get(key, now=100.0) == miss and misses.get(key, now=129.9) == miss
+    assert misses.get(hfapi.Misses.key(route, "hf_tok"), now=101.0) is None
+    other = hfapi.Route("revision", "model", "acme/nope", "v2")
+    assert misses.get(hfapi.Misses.key(other, None), now=101.0) is None
+    dataset = hfapi.Route("revision", "dataset", "acme/nope")
+    assert misses.get(hfapi.Misses.key(dataset, None), now=101.0) is None
+    assert misses.get(key, now=130.0) is None and len(misses) == 0
+    gated = hfapi.Miss("GatedRepo", "gated")
+    misses.add(key, gated, now=200.0)
+    assert misses.get(key, now=200.0) is None
+    assert "hf_tok" not in repr(hfapi.Misses.key(route, "hf_tok"))  # only a digest is kept
+
+
+def test_misses_are_bounded() -> None:
+    """Ever new names evict the oldest answers; expired ones go first."""
+    misses = hfapi.Misses(ttl=30, limit=3)
+    miss = hfapi.Miss("RepoNotFound", "x")
+    keys = [
+        hfapi.Misses.key(hfapi.Route("revision", "model", f"acme/r{i}"), None) for i in range(5)
+    ]
+    for i, k in enumerate(keys):
+        misses.add(k, miss, now=float(i))
+    assert len(misses) == 3 and misses.get(keys[0], 5.0) is None and misses.get(keys[4], 5.0)
+    misses.add(keys[0], miss, now=40.0)  # every other answer has expired
+    assert len(misses) == 1

@@ -263,3 +263,63 @@ async def test_a_tree_folder_with_a_nul_is_a_bad_request(endpoint, repos, caplog
         r = await http.get(f"{ep.url}/api/models/{repo.repo_id}/tree/main/a%00b?recursive=1")
     assert r.status_code == 400
     assert "Traceback" not in caplog.text
+
+
+# -- a missing repository, asked for again and again ---------------------------------------------
+
+
+async def test_a_missing_repo_is_asked_upstream_once_in_a_while(endpoint, repos):
+    """200 requests for a repository upstream does not have cost the mirrors what one does;
+    each still gets the Hub's RepoNotFound. Another revision, or another token, asks again,
+    and so does the same one once the answer is 30 s old (a fake clock)."""
+    ep = await endpoint()
+    assert ep.agent.hf is not None
+    now = [1000.0]
+    ep.agent.hf.now = lambda: now[0]
+    url = f"{ep.url}/api/models/acme/nope/revision/main"
+    async with httpx.AsyncClient() as http:
+        r = await http.get(url)
+        assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
+        once = upstream(ep)
+        assert once > 0
+        for _ in range(199):
+            r = await http.head(url)
+            assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
+        r = await http.get(f"{ep.url}/acme/nope/resolve/main/config.json")
+        assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
+        assert upstream(ep) == once
+        await http.get(f"{ep.url}/api/models/acme/nope/revision/v2")
+        assert upstream(ep) == 2 * once
+        await http.get(url, headers={"Authorization": "Bearer hf_other"})
+        assert upstream(ep) == 3 * once
+        now[0] += 29
+        await http.get(url)
+        assert upstream(ep) == 3 * once
+        now[0] += 2
+        await http.get(url)
+        assert upstream(ep) == 4 * once
+
+
+async def test_clients_asking_at_once_for_a_missing_repo_share_one_answer(endpoint):
+    """50 clients at once asking for a repository upstream does not have: one question goes
+    upstream (a slow one), every client gets RepoNotFound."""
+    ep = await endpoint()
+    for mirror in (ep.mirror, ep.other):
+
+        async def slow(request: httpx.Request, handle: Any = mirror.handle) -> httpx.Response:
+            await trio.sleep(0.3)
+            return await handle(request)
+
+        mirror.handle = slow  # type: ignore[method-assign]
+    codes: list[str] = []
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as http:
+
+        async def ask() -> None:
+            r = await http.get(f"{ep.url}/api/models/acme/nope/revision/main")
+            codes.append(r.headers.get("x-error-code", str(r.status_code)))
+
+        async with trio.open_nursery() as clients:
+            for _ in range(50):
+                clients.start_soon(ask)
+    assert codes == ["RepoNotFound"] * 50
+    assert upstream(ep) == 2  # the untrusted mirror, then the hub: once each

@@ -287,6 +287,66 @@ def header_text(text: str) -> str:
     return _CONTROL.sub(" ", text.encode("ascii", "replace").decode())[:400]
 
 
+# -- upstream's recent "not found" answers ------------------------------------------------------
+
+MISS_TTL = 30.0  # seconds a "not found" from upstream answers the same question again
+MISS_LIMIT = 1024  # questions remembered (a client asking for ever new names evicts old ones)
+MissKey = tuple[str, str, str]  # (manifest source, revision, a digest of the token or "")
+
+
+@dataclass(frozen=True)
+class Miss:
+    """What upstream answered: the Hub's error code and its message."""
+
+    code: ErrorCode
+    message: str
+
+
+class Misses:
+    """Upstream's recent "not found" answers, so that a client asking again and again for a
+    repository or revision that does not exist costs the mirrors one request per ``ttl``, not
+    one per request. Per repository, revision and token (another token may see a private
+    repository); only ``RepoNotFound`` and ``RevisionNotFound`` (a gated repository's answer
+    depends on access being granted, and "cannot check now" on the network). ``now`` is any
+    monotonic clock's seconds."""
+
+    def __init__(self, ttl: float = MISS_TTL, limit: int = MISS_LIMIT) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._misses: dict[MissKey, tuple[float, Miss]] = {}  # insertion order: oldest first
+
+    @staticmethod
+    def key(route: Route, token: str | None) -> MissKey:
+        who = hashlib.sha256(token.encode()).hexdigest() if token else ""
+        return route.source, route.revision, who
+
+    def get(self, key: MissKey, now: float) -> Miss | None:
+        """The answer upstream gave to this question less than ``ttl`` ago, if any."""
+        found = self._misses.get(key)
+        if found is None:
+            return None
+        until, miss = found
+        if now >= until:
+            del self._misses[key]
+            return None
+        return miss
+
+    def add(self, key: MissKey, miss: Miss, now: float) -> None:
+        """Remember upstream's answer (other codes than the two above are not kept)."""
+        if miss.code not in ("RepoNotFound", "RevisionNotFound"):
+            return
+        self._misses.pop(key, None)
+        self._misses[key] = (now + self.ttl, miss)
+        # One ttl for all: the oldest entry expires first.
+        while self._misses and now >= next(iter(self._misses.values()))[0]:
+            del self._misses[next(iter(self._misses))]
+        while len(self._misses) > self.limit:
+            del self._misses[next(iter(self._misses))]
+
+    def __len__(self) -> int:
+        return len(self._misses)
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     """``Range: bytes=a-b`` as a half-open [start, stop); None: the whole file. ``ValueError``
     when the range is not satisfiable (416)."""

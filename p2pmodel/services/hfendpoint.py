@@ -20,7 +20,9 @@ Who may ask (``core.httpguard``): a request whose ``Host`` is not 127.0.0.1, loc
 configured host gets 421 (DNS rebinding), whatever its path; one a page of another site made a
 browser send (``Sec-Fetch-Site``, ``Origin``, ``Referer``) gets 403 from everything but the
 agent's own read-only pages, so it can neither make the agent fetch nor pin. A path that can
-name nothing (a NUL, bytes that are not UTF-8) gets 400.
+name nothing (a NUL, bytes that are not UTF-8) gets 400. Upstream's "not found" for a
+repository or revision is remembered for ``hfapi.MISS_TTL`` (``hfapi.Misses``), and clients
+asking the same question at once share one answer.
 
 The user's token (``Authorization: Bearer``) rides only to the hosts the config trusts with it
 (``Config.trusts``), never to peers or other mirrors, and is never logged: this module logs no
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -64,6 +67,17 @@ class Reply(Exception):
         self.headers = headers or []
 
 
+Answer = Manifest | hfapi.Miss | Reply  # what resolving a repository at a revision gave
+
+
+@dataclass
+class _Question:
+    """One repository, revision and token being resolved: who asks the same waits for it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None
+
+
 class HfEndpoint:
     def __init__(
         self,
@@ -79,6 +93,9 @@ class HfEndpoint:
         self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
         self.url = ""
         self.hosts = httpguard.HostRule(address)
+        self.misses = hfapi.Misses()
+        self.now: Callable[[], float] = trio.current_time  # the misses' clock (tests fake it)
+        self._asking: dict[hfapi.MissKey, _Question] = {}  # questions on their way upstream
         self.stats = EndpointStats()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -181,6 +198,40 @@ class HfEndpoint:
         await self._file(scope, send, route, manifest, headers, token)
 
     async def _manifest(self, route: hfapi.Route, token: str | None) -> Manifest:
+        key = hfapi.Misses.key(route, token)
+        answer: Answer | None = self.misses.get(key, self.now())
+        if answer is not None:
+            self.stats.misses_remembered += 1
+        while answer is None:
+            question = self._asking.get(key)
+            if question is None:
+                answer = await self._ask(key, route, token)
+            else:  # the same question is on its way upstream: its answer is ours too
+                await question.done.wait()
+                answer = question.answer  # None: its asker left before the answer; ask again
+        if isinstance(answer, Manifest):
+            return answer
+        if isinstance(answer, Reply):
+            raise Reply(answer.status, answer.body, answer.headers)
+        headers = hfapi.error_headers(answer.code, answer.message)
+        raise Reply(hfapi.STATUS[answer.code], {"error": answer.message}, headers)
+
+    async def _ask(self, key: hfapi.MissKey, route: hfapi.Route, token: str | None) -> Answer:
+        question = self._asking[key] = _Question()
+        try:
+            try:
+                question.answer = await self._resolve(route, token)
+            except Reply as r:
+                question.answer = r
+        finally:
+            del self._asking[key]
+            question.done.set()
+        if isinstance(question.answer, hfapi.Miss):
+            self.misses.add(key, question.answer, self.now())
+        return question.answer
+
+    async def _resolve(self, route: hfapi.Route, token: str | None) -> Manifest | hfapi.Miss:
+        """The manifest, or what upstream said does not exist."""
         name = route.source.removeprefix("hf://")
         tag = "" if route.revision == hfapi.DEFAULT_REVISION else route.revision
         try:
@@ -189,8 +240,7 @@ class HfEndpoint:
             code: hfapi.ErrorCode = "RepoNotFound"
             if e.code in ("RevisionNotFound", "GatedRepo", "RepoNotFound"):
                 code = e.code  # type: ignore[assignment]
-            headers = hfapi.error_headers(code, str(e))
-            raise Reply(hfapi.STATUS[code], {"error": str(e)}, headers) from None
+            return hfapi.Miss(code, str(e))
         except UserError as e:
             raise Reply(400, {"error": str(e)}) from None
         except P2PModelError as e:  # unreachable sources: the client may retry or go offline

@@ -79,8 +79,8 @@ def cross_site(headers: Mapping[str, str], host: str | None) -> str | None:
     """Why a page of another origin made the browser send this request (None: nothing says
     it did). ``headers`` have lowercase names; ``host`` is the request's ``Host``."""
     site = headers.get("sec-fetch-site")
-    if site is not None and site.strip().lower() not in SAFE_FETCH_SITES:
-        return f"Sec-Fetch-Site: {site.strip().lower()[:20]}"
+    if site is not None and (value := site.strip().lower()) not in SAFE_FETCH_SITES:
+        return f"Sec-Fetch-Site: {value if value in ('cross-site', 'same-site') else 'other'}"
     own = f"http://{host.lower()}" if host is not None else None
     origin = headers.get("origin")
     if origin is not None and origin.strip().lower() != own:

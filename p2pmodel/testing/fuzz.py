@@ -24,8 +24,9 @@ case.
 - ``hf_endpoint``: whole requests (method, raw path, query, headers) into the endpoint's ASGI
   app, with a get service that knows one small repository: one well-formed answer (status,
   header values that are one line, the body ``Content-Length`` says), never an exception or a
-  logged bug; a foreign Host gets 421 and a cross-site request 403 before anything is
-  looked up.
+  logged bug, except the source error that cuts a file short once bytes went out (before,
+  its sources failing is a 502); a foreign Host gets 421 and a cross-site request 403 before
+  anything is looked up.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import trio.testing
 from hypothesis import strategies as st
 
 from p2pmodel.core import hfapi, httpguard
-from p2pmodel.core.errors import NotFound, UserError
+from p2pmodel.core.errors import NotFound, SourceError, UserError
 from p2pmodel.core.manifest import FileEntry, Manifest, ManifestError, check_path
 from p2pmodel.core.refs import REPO_RE, REV_RE
 from p2pmodel.core.wire import (
@@ -498,18 +499,29 @@ _BODY = b"0123456789" * 7
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    """The bytes of a file, 16 at a time; the sources fail after ``fail_after`` reads."""
+
+    def __init__(self, data: bytes, fail_after: int | None) -> None:
         self.data = data
+        self.fail_after = fail_after
 
     async def read(self) -> bytes:
         await trio.lowlevel.checkpoint()
+        if self.fail_after is not None and self.data:
+            if self.fail_after == 0:
+                raise SourceError("every source failed:\nmirror said 500")
+            self.fail_after -= 1
         data, self.data = self.data[:16], self.data[16:]
         return data
 
 
+FAILING = {"hf_fail": 0, "hf_cut": 1}  # tokens that make the fake's sources fail: after n reads
+
+
 class _HfGets:
     """A get service that knows one repository (acme/tiny at COMMIT, two files), reads them
-    from memory, and says every other repository does not exist."""
+    from memory (its sources fail for the tokens in ``FAILING``), and says every other
+    repository does not exist."""
 
     def __init__(self) -> None:
         files = (
@@ -536,7 +548,7 @@ class _HfGets:
         self.asked.append(entry)
         if not 0 <= start < stop <= entry.size:
             raise Crash(f"reader asked for [{start}, {stop}) of {entry.size} bytes")
-        yield _Reader((_BODY * 2)[start:stop])
+        yield _Reader(_BODY[start:stop], FAILING.get(token or ""))
 
 
 _header_text = st.text(st.characters(codec="latin-1", exclude_characters="\r\n\x00"), max_size=30)
@@ -575,12 +587,15 @@ endpoint_requests = st.tuples(
             {},
             optional={
                 "range": _ranges | _header_text.map(str),
-                "authorization": st.sampled_from(["Bearer hf_x", "Basic a"]) | _header_text,
+                "authorization": st.sampled_from(
+                    ["Bearer hf_x", "Basic a", "Bearer hf_fail", "Bearer hf_cut"]
+                )
+                | _header_text,
             },
         ),
     ),
 )
-_STATUSES = {200, 206, 400, 401, 403, 404, 405, 416, 421}
+_STATUSES = {200, 206, 400, 401, 403, 404, 405, 416, 421, 502}
 
 
 def _wire(text: str) -> bytes:
@@ -634,8 +649,11 @@ def check_endpoint(case: EndpointCase) -> None:
     async def main() -> None:
         await endpoint.app(scope, receive, send)
 
+    cut: SourceError | None = None
     try:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except SourceError as e:
+        cut = e  # how an ASGI app cuts a response short (checked below)
     except Exception as e:
         raise Crash(f"the endpoint raised {type(e).__name__}: {e}") from e
     finally:
@@ -643,8 +661,10 @@ def check_endpoint(case: EndpointCase) -> None:
     if bugs.records:
         raise Crash(f"the endpoint logged a bug: {bugs.records[0].getMessage()}")
     starts = [m for m in sent if m["type"] == "http.response.start"]
-    if len(starts) != 1 or sent[0] is not starts[0] or sent[-1].get("more_body", False):
-        raise Crash(f"not one whole answer: {[m['type'] for m in sent]}")
+    if len(starts) != 1 or sent[0] is not starts[0]:
+        raise Crash(f"not one answer: {[m['type'] for m in sent]}, raised {cut!r}")
+    if cut is None and sent[-1].get("more_body", False):
+        raise Crash(f"an answer that does not end: {[m['type'] for m in sent]}")
     status = starts[0]["status"]
     if status not in _STATUSES:
         raise Crash(f"answered {status}")
@@ -654,8 +674,11 @@ def check_endpoint(case: EndpointCase) -> None:
             raise Crash(f"a header no server may send: {name!r}: {value!r}")
         out[name] = value
     body = b"".join(m.get("body", b"") for m in sent[1:])
-    if method != "HEAD" and b"content-length" in out and int(out[b"content-length"]) != len(body):
-        raise Crash(f"Content-Length {out[b'content-length']!r} but {len(body)} bytes")
+    length = int(out[b"content-length"]) if b"content-length" in out else None
+    if cut is not None and (status not in (200, 206) or length is None or len(body) >= length):
+        raise Crash(f"raised {cut!r} but did not cut a file short ({status})")
+    if cut is None and method != "HEAD" and length is not None and length != len(body):
+        raise Crash(f"Content-Length {length} but {len(body)} bytes")
     refused = 421 if not endpoint.hosts.accepts(host) else None
     if refused is None and httpguard.cross_site(browser, host) is not None:
         refused = None if scope["raw_path"].decode("latin-1") in endpoint.pages else 403

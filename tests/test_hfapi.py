@@ -171,3 +171,74 @@ def test_bearer_and_cache_names() -> None:
     assert hfapi.cache_folder("hf://datasets/acme/data") == "datasets--acme--data"
     m = manifest(FileEntry("w.bin", 10, f"sha256:{SHA}"))
     assert hfapi.tree_cache(m)["files"]["w.bin"]["lfs_sha256"] == SHA
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/acme/tiny/resolve/main/config.json%00.txt",
+        "/acme/tiny/resolve/main/a%0d%0ab",
+        "/acme/tiny/resolve/main/a%7f",
+        "/acme/tiny/resolve/main/%ff.json",
+        "/acme/tiny/resolve/main/\xff.json",  # a raw byte that is not UTF-8
+        "/acme/tiny/resolve/main/a%5cb",
+        "/acme/tiny/resolve/main/a/%2e%2e/b",
+        "/acme/tiny/resolve/main/a//b",
+        "/acme/tiny/resolve/main/.",
+        "/api/models/acme/tiny/tree/main/a%00b",
+        "/api/models/acme/ti%ffny/revision/main",
+    ],
+)
+def test_route_refuses_paths_that_name_nothing(path: str) -> None:
+    """A NUL, a control character, bytes that are not UTF-8, a backslash or an empty or '..'
+    segment: no repository holds such a file (400, before anything is looked up)."""
+    with pytest.raises(hfapi.BadRequest):
+        hfapi.route("GET", path)
+
+
+def test_route_reads_raw_and_quoted_utf8_alike() -> None:
+    """A path sent as raw UTF-8 bytes (seen as latin-1) names the same file as its %-escapes."""
+    raw = "/acme/tiny/resolve/main/é.json".encode().decode("latin-1")
+    assert hfapi.route("GET", raw) == hfapi.route("GET", "/acme/tiny/resolve/main/%C3%A9.json")
+    assert hfapi.route("GET", raw).path == "é.json"  # type: ignore[union-attr]
+
+
+def test_error_headers_are_one_printable_line() -> None:
+    """Whatever a message holds (from a request path), the header value is printable ASCII."""
+    value = dict(hfapi.error_headers("EntryNotFound", "a\0b\r\nc\x7fé" + "x" * 500))
+    assert value["X-Error-Message"].startswith("a b  c ?") and len(value["X-Error-Message"]) == 400
+
+
+def test_misses_answer_again_for_a_while_per_question() -> None:
+    """A "not found" answers the same repository, revision and token for the ttl, then is
+    forgotten; other questions are not answered from it; a gated answer is never kept."""
+    misses = hfapi.Misses(ttl=30, limit=3)
+    route = hfapi.Route("revision", "model", "acme/nope")
+    key = hfapi.Misses.key(route, None)
+    miss = hfapi.Miss("RepoNotFound", "hf://acme/nope not found")
+    misses.add(key, miss, now=100.0)
+    assert misses.get(key, now=100.0) == miss and misses.get(key, now=129.9) == miss
+    assert misses.get(hfapi.Misses.key(route, "hf_tok"), now=101.0) is None
+    other = hfapi.Route("revision", "model", "acme/nope", "v2")
+    assert misses.get(hfapi.Misses.key(other, None), now=101.0) is None
+    dataset = hfapi.Route("revision", "dataset", "acme/nope")
+    assert misses.get(hfapi.Misses.key(dataset, None), now=101.0) is None
+    assert misses.get(key, now=130.0) is None and len(misses) == 0
+    gated = hfapi.Miss("GatedRepo", "gated")
+    misses.add(key, gated, now=200.0)
+    assert misses.get(key, now=200.0) is None
+    assert "hf_tok" not in repr(hfapi.Misses.key(route, "hf_tok"))  # only a digest is kept
+
+
+def test_misses_are_bounded() -> None:
+    """Ever new names evict the oldest answers; expired ones go first."""
+    misses = hfapi.Misses(ttl=30, limit=3)
+    miss = hfapi.Miss("RepoNotFound", "x")
+    keys = [
+        hfapi.Misses.key(hfapi.Route("revision", "model", f"acme/r{i}"), None) for i in range(5)
+    ]
+    for i, k in enumerate(keys):
+        misses.add(k, miss, now=float(i))
+    assert len(misses) == 3 and misses.get(keys[0], 5.0) is None and misses.get(keys[4], 5.0)
+    misses.add(keys[0], miss, now=40.0)  # every other answer has expired
+    assert len(misses) == 1

@@ -24,9 +24,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
-from .manifest import FileEntry, Manifest
+from .manifest import FileEntry, Manifest, ManifestError, check_path
 from .refs import COMMIT_RE, REPO_RE, REV_RE
 
 RepoType = Literal["model", "dataset"]
@@ -35,6 +35,7 @@ DEFAULT_REVISION = "main"
 PAGE = 1000  # tree entries per page (what the Hub sends)
 LFS_SPEC = "https://git-lfs.github.com/spec/v1"
 _BEARER = re.compile(r"\s*Bearer\s+(\S+)\s*\Z", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,15 @@ class BadRoute(Exception):
     """The path names no repository we can serve (answered 404 ``RepoNotFound``)."""
 
 
+class BadRequest(Exception):
+    """The path can name nothing: bytes that are not UTF-8, or a file path no repository can
+    hold (a NUL, a control character, a backslash, an empty or '..' segment). Answered 400,
+    before anything is looked up."""
+
+
 def route(method: str, raw_path: str, query: str = "") -> Route | None:
-    """The route of a request (``raw_path`` still URL-quoted); None: not part of the API."""
+    """The route of a request (``raw_path`` still URL-quoted, its bytes as latin-1, as the
+    server received them); None: not part of the API."""
     parts = raw_path.split("/")[1:]
     params = parse_qs(query)
     if parts == ["api", "agent-harnesses"]:
@@ -74,7 +82,7 @@ def route(method: str, raw_path: str, query: str = "") -> Route | None:
         if rest[0] == "revision" and len(rest) == 2:
             return Route("revision", repo_type, repo, _revision(rest[1]))
         if rest[0] == "tree" and len(rest) >= 2:
-            folder = "/".join(unquote(p) for p in rest[2:]).strip("/")
+            folder = "/".join(_unquote(p) for p in rest[2:]).strip("/")
             cursor = params.get("cursor", ["0"])[0]
             recursive = params.get("recursive", ["false"])[0].lower() in ("1", "true")
             return Route(
@@ -82,8 +90,8 @@ def route(method: str, raw_path: str, query: str = "") -> Route | None:
                 repo_type,
                 repo,
                 _revision(rest[1]),
-                folder,
-                int(cursor) if cursor.isdigit() else 0,
+                _file_path(folder) if folder else "",
+                int(cursor) if cursor.isascii() and cursor.isdigit() else 0,
                 recursive,
             )
         return None
@@ -91,20 +99,38 @@ def route(method: str, raw_path: str, query: str = "") -> Route | None:
     if parts[:1] == ["datasets"]:
         file_type, parts = "dataset", parts[1:]
     if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
-        path = "/".join(unquote(p) for p in parts[4:])
+        path = _file_path("/".join(_unquote(p) for p in parts[4:]))
         return Route("file", file_type, _repo(parts[0], parts[1]), _revision(parts[3]), path)
     return None
 
 
+def _unquote(raw: str) -> str:
+    """One path segment: %-escapes and raw bytes alike are UTF-8 (``unquote`` alone would
+    read raw bytes as latin-1)."""
+    try:
+        return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the path is not UTF-8") from None
+
+
+def _file_path(path: str) -> str:
+    if _CONTROL.search(path):
+        raise BadRequest("the file path has a control character")
+    try:
+        return check_path(path)
+    except ManifestError:
+        raise BadRequest(f"no repository holds a file at {path[:200]!r}") from None
+
+
 def _repo(org: str, name: str) -> str:
-    repo = f"{unquote(org)}/{unquote(name)}"
+    repo = f"{_unquote(org)}/{_unquote(name)}"
     if not REPO_RE.match(repo) or ".." in repo:
         raise BadRoute(f"{repo!r} is not a repository id")
     return repo
 
 
 def _revision(raw: str) -> str:
-    rev = unquote(raw)  # a branch like refs/pr/1 arrives quoted as one segment
+    rev = _unquote(raw)  # a branch like refs/pr/1 arrives quoted as one segment
     if not REV_RE.match(rev) or ".." in rev:
         raise BadRoute(f"{rev!r} is not a revision")
     return rev
@@ -251,9 +277,74 @@ STATUS: dict[str, int] = {
 
 
 def error_headers(code: ErrorCode, message: str) -> list[tuple[str, str]]:
-    # Header values are one line of ASCII: the message is for people, the code for the client.
-    safe = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
-    return [("X-Error-Code", code), ("X-Error-Message", safe[:400])]
+    # The message is for people, the code for the client.
+    return [("X-Error-Code", code), ("X-Error-Message", header_text(message))]
+
+
+def header_text(text: str) -> str:
+    """Text as a header value: one line of printable ASCII (a NUL or CR/LF from a request path
+    would make the server refuse the whole answer), at most 400 characters."""
+    return _CONTROL.sub(" ", text.encode("ascii", "replace").decode())[:400]
+
+
+# -- upstream's recent "not found" answers ------------------------------------------------------
+
+MISS_TTL = 30.0  # seconds a "not found" from upstream answers the same question again
+MISS_LIMIT = 1024  # questions remembered (a client asking for ever new names evicts old ones)
+MissKey = tuple[str, str, str]  # (manifest source, revision, a digest of the token or "")
+
+
+@dataclass(frozen=True)
+class Miss:
+    """What upstream answered: the Hub's error code and its message."""
+
+    code: ErrorCode
+    message: str
+
+
+class Misses:
+    """Upstream's recent "not found" answers, so that a client asking again and again for a
+    repository or revision that does not exist costs the mirrors one request per ``ttl``, not
+    one per request. Per repository, revision and token (another token may see a private
+    repository); only ``RepoNotFound`` and ``RevisionNotFound`` (a gated repository's answer
+    depends on access being granted, and "cannot check now" on the network). ``now`` is any
+    monotonic clock's seconds."""
+
+    def __init__(self, ttl: float = MISS_TTL, limit: int = MISS_LIMIT) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._misses: dict[MissKey, tuple[float, Miss]] = {}  # insertion order: oldest first
+
+    @staticmethod
+    def key(route: Route, token: str | None) -> MissKey:
+        who = hashlib.sha256(token.encode()).hexdigest() if token else ""
+        return route.source, route.revision, who
+
+    def get(self, key: MissKey, now: float) -> Miss | None:
+        """The answer upstream gave to this question less than ``ttl`` ago, if any."""
+        found = self._misses.get(key)
+        if found is None:
+            return None
+        until, miss = found
+        if now >= until:
+            del self._misses[key]
+            return None
+        return miss
+
+    def add(self, key: MissKey, miss: Miss, now: float) -> None:
+        """Remember upstream's answer (other codes than the two above are not kept)."""
+        if miss.code not in ("RepoNotFound", "RevisionNotFound"):
+            return
+        self._misses.pop(key, None)
+        self._misses[key] = (now + self.ttl, miss)
+        # One ttl for all: the oldest entry expires first.
+        while self._misses and now >= next(iter(self._misses.values()))[0]:
+            del self._misses[next(iter(self._misses))]
+        while len(self._misses) > self.limit:
+            del self._misses[next(iter(self._misses))]
+
+    def __len__(self) -> int:
+        return len(self._misses)
 
 
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:

@@ -95,3 +95,14 @@ class SharingStats:
     units_from_peers: int = 0
     units_resumed: int = 0
     messages: int = 0  # claims, renewals, releases and announcements, one per peer
+
+
+@dataclass
+class EndpointStats:
+    """``HfEndpoint``: requests refused before anything was looked up, and questions upstream
+    was not asked again."""
+
+    misdirected: int = 0  # 421: a Host that is not this agent (DNS rebinding)
+    cross_site: int = 0  # 403: sent by a page of another site
+    bad_requests: int = 0  # 400: a path that can name nothing
+    misses_remembered: int = 0  # "not found" answered from the recent answers of upstream

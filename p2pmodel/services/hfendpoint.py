@@ -16,6 +16,14 @@ routes each request and shapes each answer; this module only looks things up and
   a wrong file; a client that resumes such a file with ``Range`` gets the whole file again
   (a 200 makes it start over), because the bytes it holds may be the wrong ones.
 
+Who may ask (``core.httpguard``): a request whose ``Host`` is not 127.0.0.1, localhost or the
+configured host gets 421 (DNS rebinding), whatever its path; one a page of another site made a
+browser send (``Sec-Fetch-Site``, ``Origin``, ``Referer``) gets 403 from everything but the
+agent's own read-only pages, so it can neither make the agent fetch nor pin. A path that can
+name nothing (a NUL, bytes that are not UTF-8) gets 400. Upstream's "not found" for a
+repository or revision is remembered for ``hfapi.MISS_TTL`` (``hfapi.Misses``), and clients
+asking the same question at once share one answer.
+
 The user's token (``Authorization: Bearer``) rides only to the hosts the config trusts with it
 (``Config.trusts``), never to peers or other mirrors, and is never logged: this module logs no
 header, and hypercorn's access log is off.
@@ -26,14 +34,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from ..core import hfapi
+from ..core import hfapi, httpguard
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
 from ..core.refs import Ref
+from ..core.stats import EndpointStats
 from .get.reader import BlobGone
 from .get.service import GetService
 
@@ -57,6 +67,17 @@ class Reply(Exception):
         self.headers = headers or []
 
 
+Answer = Manifest | hfapi.Miss | Reply  # what resolving a repository at a revision gave
+
+
+@dataclass
+class _Question:
+    """One repository, revision and token being resolved: who asks the same waits for it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None
+
+
 class HfEndpoint:
     def __init__(
         self,
@@ -71,6 +92,11 @@ class HfEndpoint:
         self.page = page
         self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
         self.url = ""
+        self.hosts = httpguard.HostRule(address)
+        self.misses = hfapi.Misses()
+        self.now: Callable[[], float] = trio.current_time  # the misses' clock (tests fake it)
+        self._asking: dict[hfapi.MissKey, _Question] = {}  # questions on their way upstream
+        self.stats = EndpointStats()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as ServerConfig
@@ -118,6 +144,11 @@ class HfEndpoint:
         raw_path = raw.decode("latin-1").partition("?")[0]
         query = scope.get("query_string", b"").decode("latin-1")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host")
+        if not self.hosts.accepts(host):
+            self.stats.misdirected += 1
+            message = f"Misdirected Request: this agent answers to {self.hosts.describe()}"
+            raise Reply(421, {"error": message})
         own = self.pages.get(raw_path)
         if own is not None and method in ("GET", "HEAD"):
             kind, body = await own()
@@ -131,8 +162,16 @@ class HfEndpoint:
             data = b"" if method == "HEAD" else body
             await send({"type": "http.response.body", "body": data, "more_body": False})
             return
+        why = httpguard.cross_site(headers, host)
+        if why is not None:
+            # A web page of another site: it must not make the agent fetch or pin anything.
+            self.stats.cross_site += 1
+            raise Reply(403, {"error": f"Forbidden: a request from another web site ({why})"})
         try:
             route = hfapi.route(method, raw_path, query)
+        except hfapi.BadRequest as e:
+            self.stats.bad_requests += 1
+            raise Reply(400, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
         except hfapi.BadRoute as e:
             raise Reply(
                 404, {"error": str(e)}, hfapi.error_headers("RepoNotFound", str(e))
@@ -152,13 +191,47 @@ class HfEndpoint:
                 manifest, route.path, route.recursive, route.cursor, self.page
             )
             links = []
-            if cursor is not None:
-                host = headers.get("host") or self.address
-                links.append(("Link", hfapi.next_link(f"http://{host}", route, cursor)))
+            if cursor is not None:  # the Host is one of ours (checked above)
+                base = f"http://{host or self.address}"
+                links.append(("Link", hfapi.next_link(base, route, cursor)))
             raise Reply(200, items, links)
         await self._file(scope, send, route, manifest, headers, token)
 
     async def _manifest(self, route: hfapi.Route, token: str | None) -> Manifest:
+        key = hfapi.Misses.key(route, token)
+        answer: Answer | None = self.misses.get(key, self.now())
+        if answer is not None:
+            self.stats.misses_remembered += 1
+        while answer is None:
+            question = self._asking.get(key)
+            if question is None:
+                answer = await self._ask(key, route, token)
+            else:  # the same question is on its way upstream: its answer is ours too
+                await question.done.wait()
+                answer = question.answer  # None: its asker left before the answer; ask again
+        if isinstance(answer, Manifest):
+            return answer
+        if isinstance(answer, Reply):
+            raise Reply(answer.status, answer.body, answer.headers)
+        headers = hfapi.error_headers(answer.code, answer.message)
+        raise Reply(hfapi.STATUS[answer.code], {"error": answer.message}, headers)
+
+    async def _ask(self, key: hfapi.MissKey, route: hfapi.Route, token: str | None) -> Answer:
+        question = self._asking[key] = _Question()
+        try:
+            try:
+                question.answer = await self._resolve(route, token)
+            except Reply as r:
+                question.answer = r
+        finally:
+            del self._asking[key]
+            question.done.set()
+        if isinstance(question.answer, hfapi.Miss):
+            self.misses.add(key, question.answer, self.now())
+        return question.answer
+
+    async def _resolve(self, route: hfapi.Route, token: str | None) -> Manifest | hfapi.Miss:
+        """The manifest, or what upstream said does not exist."""
         name = route.source.removeprefix("hf://")
         tag = "" if route.revision == hfapi.DEFAULT_REVISION else route.revision
         try:
@@ -167,8 +240,7 @@ class HfEndpoint:
             code: hfapi.ErrorCode = "RepoNotFound"
             if e.code in ("RevisionNotFound", "GatedRepo", "RepoNotFound"):
                 code = e.code  # type: ignore[assignment]
-            headers = hfapi.error_headers(code, str(e))
-            raise Reply(hfapi.STATUS[code], {"error": str(e)}, headers) from None
+            return hfapi.Miss(code, str(e))
         except UserError as e:
             raise Reply(400, {"error": str(e)}) from None
         except P2PModelError as e:  # unreachable sources: the client may retry or go offline
@@ -252,4 +324,4 @@ async def _send_json(
 
 
 def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:400]
+    return hfapi.header_text(text)

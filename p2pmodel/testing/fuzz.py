@@ -14,24 +14,42 @@ case.
   closes, never raises and never logs a bug.
 - ``manifest_parser``: bytes and near-manifests into ``Manifest.from_bytes``: only
   ``ManifestError``; whatever it accepts has safe paths and re-encodes to the same digest.
+- ``hf_routes``: request paths and queries into ``hfapi.route``: only ``BadRoute`` or
+  ``BadRequest``; a route names a valid repository and revision and a safe file path, and
+  the URL the endpoint would write for it (a file, a tree's next page) routes back to it.
+- ``http_guard``: ``Host``, ``Origin``, ``Sec-Fetch-Site`` and ``Referer`` values into
+  ``httpguard``: a Host is accepted only if its name is one of ours, and always if it is one
+  of ours with any port and case; a request with no browser header is never cross-site, one
+  with a ``Sec-Fetch-Site`` other than same-origin/none always is.
+- ``hf_endpoint``: whole requests (method, raw path, query, headers) into the endpoint's ASGI
+  app, with a get service that knows one small repository: one well-formed answer (status,
+  header values that are one line, the body ``Content-Length`` says), never an exception or a
+  logged bug, except the source error that cuts a file short once bytes went out (before,
+  its sources failing is a 502); a foreign Host gets 421 and a cross-site request 403 before
+  anything is looked up.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 import trio
 import trio.testing
 from hypothesis import strategies as st
 
-from p2pmodel.core.errors import UserError
-from p2pmodel.core.manifest import Manifest, ManifestError, check_path
+from p2pmodel.core import hfapi, httpguard
+from p2pmodel.core.errors import NotFound, SourceError, UserError
+from p2pmodel.core.manifest import FileEntry, Manifest, ManifestError, check_path
+from p2pmodel.core.refs import REPO_RE, REV_RE
 from p2pmodel.core.wire import (
     MAX_FRAME,
     Claim,
@@ -294,11 +312,388 @@ def check_manifest(data: bytes) -> None:
         raise Crash("an accepted manifest does not re-encode to itself")
 
 
+# -- the HF endpoint's routes -------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+_segments = st.sampled_from(
+    [
+        "api", "models", "datasets", "resolve", "tree", "revision", "agent-harnesses",
+        "acme", "tiny", "main", "refs%2Fpr%2F1", COMMIT, "config.json", "a%20b.json", "",
+        ".", "..", "%2e%2e", "%2F", "%2f..", "%00", "a%00b", "%0d%0a", "%7f", "%ff", "%C3%A9",
+        "\xc3\xa9", "\xff", "a%5cb", "%", "%zz", "x" * 300, "p2pmodel", "status", "é", "\u2603",
+    ]
+)  # fmt: skip
+_text_segments = st.text(st.characters(codec="latin-1", exclude_characters="/?#"), max_size=12)
+raw_paths = st.one_of(
+    st.lists(_segments | _text_segments, max_size=8).map(lambda ps: "/" + "/".join(ps)),
+    st.sampled_from(["/", "/api/p2pmodel/status", "/metrics", "/favicon.ico"]),
+    st.text(max_size=60),
+)
+_queries = st.lists(
+    st.sampled_from(
+        [
+            "recursive=true",
+            "recursive=1",
+            "recursive=no",
+            "expand=false",
+            "cursor=2",
+            "cursor=-1",
+            "cursor=\u0663",
+            "cursor=99999999999999999999",
+            "cursor=",
+            "%zz",
+            "&",
+            "=",
+        ]
+    )
+    | st.text(max_size=10),
+    max_size=4,
+).map("&".join)
+_methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "get", ""])
+_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True)
+_file_part = st.text(
+    st.characters(exclude_categories=["Cs", "Cc"], exclude_characters="/\\"), min_size=1, max_size=8
+)
+_file_names = st.lists(
+    _file_part.filter(lambda p: p not in (".", "..")), min_size=1, max_size=3
+).map("/".join)
+_valid_routes = st.one_of(
+    st.builds(
+        hfapi.Route,
+        st.just("file"),
+        st.sampled_from(["model", "dataset"]),
+        st.tuples(_names, _names).map("/".join),
+        st.sampled_from(["main", "refs/pr/1", "v1.0", COMMIT]),
+        _file_names,
+    ),
+    st.builds(
+        hfapi.Route,
+        st.just("tree"),
+        st.sampled_from(["model", "dataset"]),
+        st.tuples(_names, _names).map("/".join),
+        st.sampled_from(["main", "refs/pr/1", COMMIT]),
+        st.just("") | _file_names,
+        st.integers(0, 10**6),
+        st.booleans(),
+    ),
+).filter(lambda r: ".." not in r.repo and REPO_RE.match(r.repo) is not None)
+route_cases = st.one_of(
+    st.tuples(_methods, raw_paths, _queries).map(lambda t: ("raw", t)),
+    _valid_routes.map(lambda r: ("route", r)),
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _url_of(r: hfapi.Route) -> tuple[str, str]:
+    """The path and query the endpoint (or the client) writes for a route."""
+    if r.kind == "tree":
+        link = hfapi.next_link("http://127.0.0.1:1", r, r.cursor)
+        url = link[1 : link.index(">")].removeprefix("http://127.0.0.1:1")
+        path, _, query = url.partition("?")
+        return path, query
+    prefix = "" if r.repo_type == "model" else "datasets/"
+    return f"/{prefix}{r.repo}/resolve/{quote(r.revision, safe='')}/{quote(r.path)}", ""
+
+
+def check_route(case: tuple[str, Any]) -> None:
+    kind, value = case
+    if kind == "route":  # a route we can name: the URL written for it routes back to it
+        path, query = _url_of(value)
+        try:
+            again = hfapi.route("GET", path, query)
+        except (hfapi.BadRoute, hfapi.BadRequest) as e:
+            raise Crash(f"{value} does not route from its own URL {path!r}: {e}") from e
+        if again != value:
+            raise Crash(f"{path!r} routes to {again}, not {value}")
+        return
+    method, raw_path, query = value
+    try:
+        r = hfapi.route(method, raw_path, query)
+    except (hfapi.BadRoute, hfapi.BadRequest) as e:
+        if "\n" in str(e) or "\r" in str(e):
+            raise Crash(f"a route error is not one line: {e!r}") from e
+        return
+    except Exception as e:
+        raise Crash(f"route raised {type(e).__name__}: {e}") from e
+    if r is None or r.kind == "harnesses":
+        return
+    if not REPO_RE.match(r.repo) or ".." in r.repo or not REV_RE.match(r.revision):
+        raise Crash(f"routed to a bad repository or revision: {r}")
+    if r.path or r.kind == "file":
+        try:
+            check_path(r.path)
+        except ManifestError as e:
+            raise Crash(f"routed to a path no repository holds: {r.path!r}") from e
+        if _CONTROL.search(r.path):
+            raise Crash(f"routed to a path with a control character: {r.path!r}")
+    if r.cursor < 0:
+        raise Crash(f"a negative cursor: {r}")
+
+
+# -- the Host and cross-site rules ---------------------------------------------------------------
+
+_ADDRESS = "10.1.2.3:7421"
+_OURS = ("127.0.0.1", "localhost", "10.1.2.3")
+_host_values = st.one_of(
+    st.tuples(st.sampled_from(_OURS), st.none() | st.integers(1, 65535), st.booleans()).map(
+        lambda t: (t[0].upper() if t[2] else t[0]) + ("" if t[1] is None else f":{t[1]}")
+    ),
+    st.tuples(
+        st.sampled_from([*_OURS, "evil.example", "127.0.0.2", "[::1]", "", "0177.0.0.1"]),
+        st.sampled_from(["", ":", ":0", ":65536", ":x", ".", ".evil.example", " ", "\x00", "@a"]),
+    ).map("".join),
+    st.text(max_size=30),
+)
+_origins = st.one_of(
+    st.sampled_from(["null", "http://evil.example", "https://127.0.0.1:7421", "", "http://["]),
+    _host_values.map(lambda h: f"http://{h}"),
+    st.text(max_size=30),
+)
+_fetch_sites = st.sampled_from(
+    ["same-origin", "none", "cross-site", "same-site", "", "SAME-ORIGIN"]
+)
+guard_cases = st.tuples(
+    st.none() | _host_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "origin": _origins,
+            "referer": _origins.map(lambda o: o + "/page") | st.text(max_size=30),
+            "sec-fetch-site": _fetch_sites | st.text(max_size=12),
+        },
+    ),
+)
+
+
+def check_guard(case: tuple[str | None, dict[str, str]]) -> None:
+    host, headers = case
+    rule = httpguard.HostRule(_ADDRESS)
+    try:
+        accepted = rule.accepts(host)
+        why = httpguard.cross_site(headers, host)
+    except Exception as e:
+        raise Crash(f"httpguard raised {type(e).__name__}: {e}") from e
+    if host is not None:
+        name, colon, port = host.rpartition(":")
+        if not colon or not port.isdigit() or not port.isascii():
+            name, port = host, ""
+        ours = name.lower() in _OURS and (not port or 0 < int(port) < 65536)
+        if accepted != ours:
+            raise Crash(f"Host {host!r} {'accepted' if accepted else 'refused'}")
+    if not headers and why is not None:
+        raise Crash("a request with no browser header was called cross-site")
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none") and why is None:
+        raise Crash(f"Sec-Fetch-Site {site!r} was not called cross-site")
+    origin = headers.get("origin")
+    own = f"http://{host}".lower() if host is not None else None
+    if origin is not None and origin.strip().lower() != own and why is None:
+        raise Crash(f"Origin {origin!r} on Host {host!r} was not called cross-site")
+    if why is not None and _CONTROL.search(why):
+        raise Crash(f"a reason that is not one line: {why!r}")
+
+
+# -- the HF endpoint, whole requests ------------------------------------------------------------
+
+_BODY = b"0123456789" * 7
+
+
+class _Reader:
+    """The bytes of a file, 16 at a time; the sources fail after ``fail_after`` reads."""
+
+    def __init__(self, data: bytes, fail_after: int | None) -> None:
+        self.data = data
+        self.fail_after = fail_after
+
+    async def read(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if self.fail_after is not None and self.data:
+            if self.fail_after == 0:
+                raise SourceError("every source failed:\nmirror said 500")
+            self.fail_after -= 1
+        data, self.data = self.data[:16], self.data[16:]
+        return data
+
+
+FAILING = {"hf_fail": 0, "hf_cut": 1}  # tokens that make the fake's sources fail: after n reads
+
+
+class _HfGets:
+    """A get service that knows one repository (acme/tiny at COMMIT, two files), reads them
+    from memory (its sources fail for the tokens in ``FAILING``), and says every other
+    repository does not exist."""
+
+    def __init__(self) -> None:
+        files = (
+            FileEntry("config.json", 12, "gitsha1:" + "ab" * 20),
+            FileEntry("w/model.bin", len(_BODY), "sha256:" + "cd" * 32),
+        )
+        self.manifest = Manifest("hf://acme/tiny", "hf://acme/tiny", COMMIT, files)
+        self.tainted: set[str] = set()
+        self.asked: list[Any] = []
+
+    async def resolve(self, ref: Any, token: str | None) -> Manifest:
+        await trio.lowlevel.checkpoint()
+        self.asked.append(ref)
+        if not REPO_RE.match(ref.name.removeprefix("datasets/")):
+            raise Crash(f"resolve was asked for {ref.name!r}")
+        if ref.name == "acme/tiny" and ref.tag in ("", "main", COMMIT):
+            return self.manifest
+        raise NotFound(f"{ref.text} not found", "RepoNotFound")
+
+    @asynccontextmanager
+    async def reader(
+        self, manifest: Manifest, entry: FileEntry, start: int, stop: int, token: str | None
+    ) -> AsyncIterator[_Reader]:
+        self.asked.append(entry)
+        if not 0 <= start < stop <= entry.size:
+            raise Crash(f"reader asked for [{start}, {stop}) of {entry.size} bytes")
+        yield _Reader(_BODY[start:stop], FAILING.get(token or ""))
+
+
+_header_text = st.text(st.characters(codec="latin-1", exclude_characters="\r\n\x00"), max_size=30)
+_tails = st.lists(_segments | _text_segments, min_size=1, max_size=3).map("/".join)
+_ranges = st.sampled_from(["bytes=0-", "bytes=5-9", "bytes=-3", "bytes=69-", "bytes=70-", "x"])
+_revs = st.sampled_from(["main", COMMIT, "v9", "refs%2Fpr%2F1", "%00", ".."])
+# Each branch equally likely (a plain ``|`` would flatten the branches of raw_paths in).
+endpoint_requests = st.tuples(
+    st.sampled_from(["GET", "GET", "GET", "HEAD", "HEAD"]) | _methods.filter(bool),
+    st.one_of(
+        raw_paths.map(str),
+        st.sampled_from(
+            ["/acme/tiny/resolve/main/w/model.bin", f"/acme/tiny/resolve/{COMMIT}/w/model.bin"]
+        ),
+        st.sampled_from(
+            [
+                "/acme/tiny/resolve/main/config.json",
+                f"/api/models/acme/tiny/tree/{COMMIT}",
+                "/api/models/acme/tiny/revision/main",
+                "/api/models/acme/tiny",
+                "/acme/nope/resolve/main/config.json",
+            ]
+        ),
+        st.tuples(_revs, _tails).map(lambda t: f"/acme/tiny/resolve/{t[0]}/{t[1]}"),
+        st.tuples(_revs, _tails).map(lambda t: f"/api/models/acme/tiny/tree/{t[0]}/{t[1]}"),
+    ),
+    _queries,
+    st.tuples(
+        st.sampled_from(["127.0.0.1:7421", "localhost", None]) | _host_values.map(str),
+        st.sampled_from([{}, {"sec-fetch-site": "same-origin"}]) | guard_cases.map(lambda c: c[1]),
+    ),
+    st.one_of(
+        st.just({}),
+        st.fixed_dictionaries({"range": _ranges}),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "range": _ranges | _header_text.map(str),
+                "authorization": st.sampled_from(
+                    ["Bearer hf_x", "Basic a", "Bearer hf_fail", "Bearer hf_cut"]
+                )
+                | _header_text,
+            },
+        ),
+    ),
+)
+_STATUSES = {200, 206, 400, 401, 403, 404, 405, 416, 421, 502}
+
+
+def _wire(text: str) -> bytes:
+    """Text as the bytes a server receives (latin-1 when it can be, else UTF-8)."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
+EndpointCase = tuple[str, str, str, tuple[str | None, dict[str, str]], dict[str, str]]
+
+
+def check_endpoint(case: EndpointCase) -> None:
+    from p2pmodel.services.hfendpoint import HfEndpoint
+
+    method, raw_path, query, (host, browser), extra = case
+    gets = _HfGets()
+
+    async def page() -> tuple[str, bytes]:
+        await trio.lowlevel.checkpoint()
+        return "application/json", b'{"agent": "fuzz"}'
+
+    endpoint = HfEndpoint(gets, _ADDRESS, page=1, pages={"/": page, "/api/p2pmodel/status": page})  # type: ignore[arg-type]
+    headers = [(k.encode(), _wire(v)) for k, v in {**browser, **extra}.items()]
+    if host is not None:
+        headers.append((b"host", _wire(host)))
+    raw = _wire(raw_path)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": method,
+        "path": raw.decode("latin-1"),
+        "raw_path": raw.partition(b"?")[0],
+        "query_string": query.encode("utf-8"),
+        "headers": headers,
+    }
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()
+        sent.append(message)
+
+    bugs = _Bugs()
+    logger = logging.getLogger("p2pmodel")
+    logger.addHandler(bugs)
+
+    async def main() -> None:
+        await endpoint.app(scope, receive, send)
+
+    cut: SourceError | None = None
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except SourceError as e:
+        cut = e  # how an ASGI app cuts a response short (checked below)
+    except Exception as e:
+        raise Crash(f"the endpoint raised {type(e).__name__}: {e}") from e
+    finally:
+        logger.removeHandler(bugs)
+    if bugs.records:
+        raise Crash(f"the endpoint logged a bug: {bugs.records[0].getMessage()}")
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    if len(starts) != 1 or sent[0] is not starts[0]:
+        raise Crash(f"not one answer: {[m['type'] for m in sent]}, raised {cut!r}")
+    if cut is None and sent[-1].get("more_body", False):
+        raise Crash(f"an answer that does not end: {[m['type'] for m in sent]}")
+    status = starts[0]["status"]
+    if status not in _STATUSES:
+        raise Crash(f"answered {status}")
+    out = {}
+    for name, value in starts[0]["headers"]:
+        if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value) or not re.fullmatch(rb"[a-z0-9-]+", name):
+            raise Crash(f"a header no server may send: {name!r}: {value!r}")
+        out[name] = value
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    length = int(out[b"content-length"]) if b"content-length" in out else None
+    if cut is not None and (status not in (200, 206) or length is None or len(body) >= length):
+        raise Crash(f"raised {cut!r} but did not cut a file short ({status})")
+    if cut is None and method != "HEAD" and length is not None and length != len(body):
+        raise Crash(f"Content-Length {length} but {len(body)} bytes")
+    refused = 421 if not endpoint.hosts.accepts(host) else None
+    if refused is None and httpguard.cross_site(browser, host) is not None:
+        refused = None if scope["raw_path"].decode("latin-1") in endpoint.pages else 403
+    if refused is not None and (status != refused or gets.asked):
+        raise Crash(f"Host {host!r}, {browser}: {status}, looked up {gets.asked}")
+
+
 TARGETS = {
     t.name: t
     for t in (
         Target("frame_decoder", frame_streams, check_frames),
         Target("control_socket", control_streams, check_control),
         Target("manifest_parser", manifest_bytes, check_manifest),
+        Target("hf_routes", route_cases, check_route),
+        Target("http_guard", guard_cases, check_guard),
+        Target("hf_endpoint", endpoint_requests, check_endpoint),
     )
 }

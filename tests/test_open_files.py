@@ -1,37 +1,90 @@
-"""The agent raises its open-files limit to fit libtorrent's connections (a systemd user
-service starts with a soft limit of 1024), never above the hard limit."""
+"""The agent raises its open-files limit as far as the hard limit allows (a systemd user
+service starts with a soft limit of 1024), and shares what it got out as connection caps that
+leave it files of its own."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from p2pmodel.adapters.swarm import CONNECTIONS
+import pytest
+
+from p2pmodel.core.openfiles import (
+    HTTP_MOST,
+    LINK_MOST,
+    LINK_PER_HOST,
+    RESERVE,
+    SWARM_MOST,
+    Admission,
+    Caps,
+    budget,
+)
 
 PROBE = """
 import resource
-from p2pmodel.adapters.swarm import raise_open_files
+from p2pmodel.adapters.rlimit import raise_open_files
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, ({low}, {hard}))
-raise_open_files()
-print(*resource.getrlimit(resource.RLIMIT_NOFILE))
+print(raise_open_files(), *resource.getrlimit(resource.RLIMIT_NOFILE))
 """
 
 
-def _after(low: int, hard: str) -> tuple[int, int]:
+def _after(low: int, hard: str) -> tuple[int, int, int]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE.format(low=low, hard=hard)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    return int(out[0]), int(out[1])
+    return int(out[0]), int(out[1]), int(out[2])
 
 
-def test_a_low_soft_limit_is_raised_to_fit_the_connections() -> None:
-    soft, hard = _after(256, "hard")
-    assert soft == min(CONNECTIONS + 500, hard) and soft > 256
+def test_a_low_soft_limit_is_raised_to_the_hard_limit() -> None:
+    """Soft 256 under a hard 4096 becomes 4096, and the function says so."""
+    assert _after(256, "4096") == (4096, 4096, 4096)
 
 
 def test_the_hard_limit_is_never_passed() -> None:
-    assert _after(256, "600") == (600, 600)
+    """A hard limit of 600 leaves the soft one at 600."""
+    assert _after(256, "600") == (600, 600, 600)
+
+
+@pytest.mark.parametrize("files", [64, 256, 1024, 4096, 65536, 524288, 1 << 20])
+def test_the_caps_fit_under_the_limit_with_a_reserve(files: int) -> None:
+    """libtorrent's connections, the link's and twice the HTTP ones (a socket and a blob file
+    each) leave at least the reserve of files free, whenever the limit allows one."""
+    b = budget(files)
+    used = b.swarm + b.link.total + 2 * b.http.total
+    if files >= 2 * RESERVE:
+        assert files - used >= max(RESERVE, files // 4)
+    assert b.link.per_host <= b.link.total and b.http.per_host <= b.http.total
+    assert b.swarm <= SWARM_MOST and b.link.total <= LINK_MOST and b.http.total <= HTTP_MOST
+
+
+def test_the_caps_at_a_soft_limit_of_1024_and_when_files_are_plenty() -> None:
+    """The numbers of a systemd user unit that cannot raise its limit, and of one that can."""
+    assert budget(1024).describe() == {
+        "files": 1024,
+        "swarm": 288,
+        "link": 192,
+        "link_per_host": 16,
+        "http": 96,
+        "http_per_host": 48,
+    }
+    plenty = budget(524288)
+    assert (plenty.swarm, plenty.link, plenty.http.total) == (
+        SWARM_MOST,
+        Caps(LINK_MOST, LINK_PER_HOST),
+        HTTP_MOST,
+    )
+
+
+def test_admission_caps_per_address_and_in_all() -> None:
+    """At most per_host from one address and total in all; a leave makes room again."""
+    gate = Admission(Caps(total=3, per_host=2))
+    assert gate.admit("a") and gate.admit("a") and not gate.admit("a")
+    assert gate.admit("b") and not gate.admit("c")
+    gate.leave("a")
+    assert gate.admit("c") and gate.refused == 2
+    gate.leave("x")  # never admitted: nothing changes
+    assert gate.total == 3 and gate.held == {"a": 1, "b": 1, "c": 1}

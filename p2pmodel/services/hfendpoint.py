@@ -2,9 +2,10 @@
 that uses ``huggingface_hub`` (``from_pretrained``, ``snapshot_download``, ``hf download``)
 takes its models through the agent, verified, with no code change (trio, ASGI).
 
-Theory of operation. hypercorn serves this ASGI app with its trio worker in the agent's root
-nursery (a real HTTP/1.1 server with keep-alive, so nothing here parses HTTP). ``core.hfapi``
-routes each request and shapes each answer; this module only looks things up and streams:
+Theory of operation. hypercorn serves this ASGI app in the agent's root nursery (a real
+HTTP/1.1 server with keep-alive, so nothing here parses HTTP; ``adapters.httpserver`` accepts
+its connections and bounds their number). ``core.hfapi`` routes each request and shapes each
+answer; this module only looks things up and streams:
 
 - repository info and the recursive tree come from the manifest ``GetService.resolve`` gives
   (the store first: a branch answers with the commit last pinned for it, so it works with no
@@ -30,9 +31,12 @@ from typing import Any
 
 import trio
 
+from ..adapters.httpserver import serve_asgi
+from ..adapters.rlimit import current_budget
 from ..core import hfapi
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
+from ..core.openfiles import Caps
 from ..core.refs import Ref
 from .gets import BlobGone, GetService
 
@@ -64,8 +68,10 @@ class HfEndpoint:
         *,
         page: int = hfapi.PAGE,
         pages: dict[str, Page] | None = None,
+        caps: Caps | None = None,
     ) -> None:
         self.gets = gets
+        self.caps = caps
         self.address = address
         self.page = page
         self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
@@ -73,7 +79,6 @@ class HfEndpoint:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as ServerConfig
-        from hypercorn.trio import serve
 
         cfg = ServerConfig()
         cfg.bind = [self.address]
@@ -85,7 +90,9 @@ class HfEndpoint:
         cfg.keep_alive_timeout = 30
         async with trio.open_nursery() as nursery:
             try:
-                binds: list[str] = await nursery.start(serve, self.app, cfg)
+                # At most as many connections as the open-files limit leaves room for.
+                caps = self.caps or current_budget().http
+                binds: list[str] = await nursery.start(serve_asgi, self.app, cfg, caps)
             except OSError as e:
                 raise LocalError(
                     f"cannot serve the Hugging Face endpoint on {self.address}: {e.strerror}"

@@ -3,13 +3,18 @@ certificates, keyed torrents, and the peer link that gives outsiders a closed co
 
 from __future__ import annotations
 
+import _ssl
 import os
+import ssl
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pmodel.adapters.discovery import Discovery
 from p2pmodel.adapters.home import load_config
@@ -225,3 +230,46 @@ async def test_memory_pair_handshake_completes(nursery) -> None:
     assert peer_agent(client.getpeercert()) == "bbbbbbbb"
     assert peer_agent(server.getpeercert()) == "aaaaaaaa"
     assert client.version() == "TLSv1.3"
+
+
+def _chain(stream: trio.SSLStream[trio.testing.MemoryStream]) -> list[bytes]:
+    """The certificates the other side sent, verified or not, as PEM (``SSLObject``'s
+    ``get_unverified_chain``; before Python 3.13 only its C object has it)."""
+    obj: Any = stream._ssl_object
+    chain = getattr(obj, "get_unverified_chain", None) or obj._sslobj.get_unverified_chain
+    der = [c.public_bytes(_ssl.ENCODING_DER) for c in chain() or []]
+    return [x509.load_der_x509_certificate(d).public_bytes(Encoding.PEM) for d in der]
+
+
+async def test_the_office_ca_never_travels_in_a_handshake() -> None:
+    """An outsider that verifies nothing and shows no certificate receives the agent's own
+    certificate, not the office CA (whose PEM keys every info-hash); between two agents of the
+    office neither side sends it either."""
+    server_tls = OfficeTls(KEY, "aaaaaaaa")
+    outsider = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    outsider.check_hostname = False
+    outsider.verify_mode = ssl.CERT_NONE
+    cs, ss = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(cs, outsider, server_hostname="p2pmodel")
+    server = trio.SSLStream(ss, server_tls.server_context(), server_side=True)
+
+    async def refused() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await server.do_handshake()  # no certificate of the office
+
+    async with trio.open_nursery() as n:
+        n.start_soon(client.do_handshake)
+        n.start_soon(refused)
+    sent = _chain(client)
+    assert set(sent) == {server_tls.cert_pem}  # the chain repeats it (adapters.tls)
+    assert server_tls.ca_pem not in b"".join(sent)
+
+    a, b = OfficeTls(KEY, "aaaaaaaa"), OfficeTls(KEY, "bbbbbbbb")
+    cs, ss = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(cs, a.client_context(), server_hostname="p2pmodel")
+    server = trio.SSLStream(ss, b.server_context(), server_side=True)
+    async with trio.open_nursery() as n:
+        n.start_soon(client.do_handshake)
+        n.start_soon(server.do_handshake)
+    assert a.ca_pem not in b"".join(_chain(client) + _chain(server))
+    assert peer_agent(client.getpeercert()) == "bbbbbbbb"

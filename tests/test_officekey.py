@@ -17,11 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pmodel.adapters.discovery import Discovery
-from p2pmodel.adapters.home import load_config
+from p2pmodel.adapters.home import load_config, write_private
 from p2pmodel.adapters.tls import OfficeTls, office_ca, peer_agent
 from p2pmodel.core.config import parse_config
 from p2pmodel.core.errors import UserError
-from p2pmodel.core.officekey import OfficeKey, format_key
+from p2pmodel.core.officekey import OfficeKey, exposed_key_warning, format_key
 from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.torrents import (
     expected_shape,
@@ -89,6 +89,70 @@ def test_config_takes_the_key_from_env_then_config_then_file(tmp_path: Path) -> 
     with pytest.raises(UserError, match="cannot read office_key_file"):
         load_config(tmp_path, {})
     assert TEXT not in repr(parse_config({"office_key": TEXT}, {}))
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [
+        (0o100600, None),
+        (0o100400, None),
+        (0o100700, None),
+        (0o100640, "its group"),
+        (0o100604, "other users"),
+        (0o100644, "its group and other users"),
+        (0o100622, None),  # writable, not readable: the key cannot be read from it
+    ],
+)
+def test_a_key_file_others_can_read_is_named_with_the_fix(mode: int, who: str | None) -> None:
+    """The warning says who besides the owner can read a file holding the key and how to fix
+    it; a file only its owner reads gets none."""
+    warning = exposed_key_warning("/h/config.toml", mode)
+    if who is None:
+        assert warning is None
+    else:
+        assert warning is not None and who in warning and "chmod 600 /h/config.toml" in warning
+        assert f"{mode & 0o777:o}" in warning
+
+
+def test_loading_a_key_others_can_read_warns_once_per_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """config.toml holding office_key, or the office_key_file, readable by others: one warning
+    line each when the config is loaded; none once they are 0600, none without a key."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'office_key = "{TEXT}"\n')
+    config.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        assert load_config(tmp_path, {}).office_key == KEY
+    assert [r.getMessage() for r in caplog.records] == [exposed_key_warning(str(config), 0o644)]
+    assert TEXT not in caplog.text
+    caplog.clear()
+    (tmp_path / "office.key").write_text(TEXT + "\n")
+    (tmp_path / "office.key").chmod(0o640)
+    config.write_text('office_key_file = "office.key"\n')  # no key in it now
+    with caplog.at_level("WARNING"):
+        load_config(tmp_path, {})
+    assert len(caplog.records) == 1 and str(tmp_path / "office.key") in caplog.text
+    caplog.clear()
+    (tmp_path / "office.key").chmod(0o600)
+    config.write_text("connections = 4\n")
+    with caplog.at_level("WARNING"):
+        load_config(tmp_path, {})
+        config.write_text('office_key_file = "office.key"\n')
+        load_config(tmp_path, {})
+    assert caplog.records == []
+
+
+def test_a_config_written_by_the_test_office_is_private(tmp_path: Path) -> None:
+    """``write_private`` (how the test office writes configs that may hold a key) makes a
+    file only its owner can read, also in place of an older one others could read."""
+    path = tmp_path / "config.toml"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    write_private(path, f'office_key = "{TEXT}"\n')
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == f'office_key = "{TEXT}"\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
 # -- certificates and torrents ---------------------------------------------------------------------

@@ -4,11 +4,16 @@ leave it files of its own."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from p2pmodel.core.config import parse_config
 from p2pmodel.core.openfiles import (
     HTTP_MOST,
     LINK_MOST,
@@ -19,6 +24,8 @@ from p2pmodel.core.openfiles import (
     Caps,
     budget,
 )
+from p2pmodel.services.agent import Agent, AgentOptions
+from p2pmodel.testing.fakes import MemoryMirror, SimOffice
 
 PROBE = """
 import resource
@@ -88,3 +95,33 @@ def test_admission_caps_per_address_and_in_all() -> None:
     assert gate.admit("c") and gate.refused == 2
     gate.leave("x")  # never admitted: nothing changes
     assert gate.total == 3 and gate.held == {"a": 1, "b": 1, "c": 1}
+
+
+async def test_a_look_at_the_network_that_runs_out_of_files_is_tried_again(
+    tmp_path: Path, clock: Any
+) -> None:
+    """An agent whose look at its addresses fails with EMFILE (a connection flood elsewhere in
+    the process) keeps running and follows a new address once looking works again."""
+    office = SimOffice(MemoryMirror([]))
+    outside = office.outside()
+    looks = {"n": 0}
+
+    def interfaces() -> list[str]:
+        looks["n"] += 1
+        if looks["n"] <= 4:
+            return ["10.0.0.1"]  # the address the fake gave it, at start
+        if looks["n"] <= 8:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return ["10.0.9.9"]
+
+    outside.interfaces = interfaces
+    home = tmp_path / "home"
+    home.mkdir()
+    async with trio.open_nursery() as n:
+        agent = Agent(home, parse_config({}, {}), AgentOptions(rpc_port=0), outside)
+        await n.start(agent.run)
+        with trio.fail_after(60):
+            while agent.interfaces != ["10.0.9.9"]:  # noqa: ASYNC110 (fake clock)
+                await trio.sleep(1)
+        assert looks["n"] > 8
+        n.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """The agent raises its open-files limit as far as the hard limit allows (a systemd user
-service starts with a soft limit of 1024), and shares what it got out as connection caps that
-leave it files of its own."""
+service starts with a soft limit of 1024), shares what it got out as connection caps that
+leave it files of its own, and outlives running out of files anyway."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from p2pmodel.adapters.httpserver import CLOSE_GRACE, serve_asgi
 from p2pmodel.core.config import parse_config
 from p2pmodel.core.openfiles import (
     HTTP_MOST,
@@ -125,3 +127,42 @@ async def test_a_look_at_the_network_that_runs_out_of_files_is_tried_again(
                 await trio.sleep(1)
         assert looks["n"] > 8
         n.cancel_scope.cancel()
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_the_http_server_refuses_over_its_cap_and_frees_places_when_clients_leave(
+    nursery: trio.Nursery,
+) -> None:
+    """Six idle connections to a server capped at four: the next request is refused; once
+    they close, a request is answered within about CLOSE_GRACE (not after hypercorn's
+    keep-alive timeout of 30 s)."""
+    from hypercorn.config import Config as ServerConfig
+
+    cfg = ServerConfig()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    cfg.keep_alive_timeout = 30
+    urls: list[str] = await nursery.start(serve_asgi, _ok, cfg, Caps(total=4, per_host=4))
+    host, port = urls[0].removeprefix("http://").rsplit(":", 1)
+    held = [await trio.open_tcp_stream(host, int(port)) for _ in range(6)]
+    await trio.sleep(0.2)
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.get(urls[0], timeout=2)
+        for stream in held:
+            await stream.aclose()
+        start = trio.current_time()
+        with trio.fail_after(10):
+            while True:
+                try:
+                    reply = await client.get(urls[0], timeout=2)
+                    break
+                except httpx.HTTPError:
+                    await trio.sleep(0.1)
+        assert reply.text == "ok"
+        assert trio.current_time() - start < CLOSE_GRACE + 3

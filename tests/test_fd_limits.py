@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pmodel.core.openfiles import budget
 from p2pmodel.testing.models import make_model
 
 from .test_error_paths import Mirror
@@ -28,6 +29,7 @@ from .test_error_paths import Mirror
 pytestmark = pytest.mark.lan
 MiB = 1024 * 1024
 FILES = 1024  # soft and hard: the agent cannot raise it
+SOURCES = 64  # loopback addresses the flood comes from
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -80,22 +82,29 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def flood(host: str, port: int, count: int, seconds: float) -> list[socket.socket]:
-    """Up to ``count`` idle TCP connections to ``host:port`` within ``seconds`` (a connect the
-    server's full backlog leaves unanswered for half a second is given up)."""
+    """Up to ``count`` idle TCP connections to ``host:port`` within ``seconds``, from
+    ``SOURCES`` loopback addresses in turn (so the caps in all are reached, not only those per
+    address); a connect the server's full backlog leaves unanswered for half a second is
+    given up."""
     held: list[socket.socket] = []
     deadline = time.monotonic() + seconds
-    for _ in range(count):
+    for i in range(count):
         if time.monotonic() > deadline:
             break
         s = socket.socket()
         s.settimeout(0.5)
         try:
+            s.bind((f"127.0.0.{2 + i % SOURCES}", 0))
             s.connect((host, port))
         except OSError:
             s.close()
             continue
         held.append(s)
     return held
+
+
+def open_files_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def http_ok(url: str) -> bool:
@@ -110,8 +119,9 @@ def test_a_connection_flood_under_a_low_file_limit_leaves_the_agent_serving(
     tmp_path: Path,
 ) -> None:
     """1,100 idle connections to the HTTP endpoint, 600 to the peer link and 400 to the
-    libtorrent port, with 1024 open files: the agent stays up (also past its next look at the
-    network), answers status and a get during the flood, and HTTP answers after it."""
+    libtorrent port, from 64 addresses, with 1024 open files: the agent keeps a reserve of
+    files, stays up (also past its next look at the network), answers status and a get
+    during the flood, and its HTTP endpoint answers again when the flood lets go."""
     repo = make_model(tmp_path / "r", "acme/flood", shards=1, shard_size=MiB)
     (tmp_path / "m").mkdir()
     mirror = Mirror(repo, tmp_path / "m")
@@ -132,12 +142,14 @@ def test_a_connection_flood_under_a_low_file_limit_leaves_the_agent_serving(
             # libtorrent stops accepting at its connections_limit: the rest wait in its backlog.
             held += flood("127.0.0.1", int(before["torrent_port"]), 400, 4)
             opened = len(held)
+            fds = open_files_of(proc.pid)
             deadline = time.monotonic() + 5  # past the next look at the network (every 2 s)
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.1)
             log = (tmp_path / "serve.log").read_text()
             assert proc.poll() is None, log[-3000:]
             assert opened > FILES, opened
+            assert fds < FILES - budget(FILES).link.total, fds  # the caps leave a reserve
             st = cli(home, "status", "--json")
             assert st.returncode == 0, st.stderr
             got = cli(home, "get", "hf://acme/flood", "--progress", "none")

@@ -15,7 +15,7 @@ ms; the spread is recorded):
 1. `p2pmodel`: a `p2pmodel serve` agent per workstation, started and meshed (every agent lists
    every other alive) before the clock starts; then `p2pmodel get hf://REPO --to DIR --json` on
    every workstation at once (each handed to its own agent).
-2. `p2pmodel-nocoord`: the same with `P2PMODEL_COORDINATION=off` for agents and gets (agents use
+2. `p2pmodel-nosharing`: the same with `P2PMODEL_SHARING=off` for agents and gets (agents use
    only complete LAN holders and mirrors).
 3. `aria2c -x16`: `aria2c -x16 -s16 -k1M` of every file of the model on every host from the
    mirror's hub URLs (LFS files answer 302 to the CDN port, as on huggingface.co), with
@@ -105,7 +105,7 @@ LARGE_SHARDS, LARGE_SHARD_MIB = 5, 800
 
 MODES = {
     "p2pmodel": "p2pmodel",
-    "nocoord": "p2pmodel-nocoord",
+    "nosharing": "p2pmodel-nosharing",
     "aria2c": "aria2c -x16",
     "torrent": "aria2c torrent+url-list",
 }
@@ -461,7 +461,7 @@ class Bench:
         env: dict[str, dict[str, str]] = {}
         done_files: dict[str, Path] = {}
         pids: dict[str, int] = {}
-        if mode in ("p2pmodel", "nocoord"):
+        if mode in ("p2pmodel", "nosharing"):
             self._start_agents(case_dir, mode)
             pids = {ws.name: python_pid(self.site.procs[ws.name].pid) for ws in hosts}
             env = {ws.name: self.site.env(ws) for ws in hosts}
@@ -560,7 +560,7 @@ class Bench:
             with contextlib.suppress(OSError):
                 agent_cpu[name] = proc_cpu(pid) - cpu0[name]
                 peak[name] = proc_status(pid).get("VmHWM", 0)
-        if mode in ("p2pmodel", "nocoord"):
+        if mode in ("p2pmodel", "nosharing"):
             for ws in hosts:
                 self.site.stop(ws)
         results: list[HostResult] = []
@@ -568,7 +568,7 @@ class Bench:
         for i, ws in enumerate(hosts):
             tool: dict[str, Any] = {}
             error = ""
-            if mode in ("p2pmodel", "nocoord"):
+            if mode in ("p2pmodel", "nosharing"):
                 with contextlib.suppress(OSError, ValueError):
                     out = json.loads((case_dir / f"{ws.name}.out").read_text())
                     tool = {k: out.get(k) for k in ("fetched", "from_peers")}
@@ -594,7 +594,7 @@ class Bench:
                 )
             )
         for ws, res in zip(hosts, results, strict=True):
-            if mode in ("p2pmodel", "nocoord"):
+            if mode in ("p2pmodel", "nosharing"):
                 text = self.site.log(ws, tail=None)
                 if "Traceback" in text:
                     notes.append(f"{ws.name}'s agent logged a traceback: {text[-300:]!r}")
@@ -625,8 +625,8 @@ class Bench:
         hosts = self.office.workstations
         # info: each unit and each digest check with its time (the phases table reads them)
         self.site.extra_env = {"P2PMODEL_LOG": "info"}
-        if mode == "nocoord":
-            self.site.extra_env["P2PMODEL_COORDINATION"] = "off"
+        if mode == "nosharing":
+            self.site.extra_env["P2PMODEL_SHARING"] = "off"
         for ws in hosts:
             self.site.new_home(ws, under=case_dir / "homes")
         t = time.monotonic()
@@ -763,7 +763,7 @@ def agent_table(cases: list[CaseResult]) -> list[str]:
         "| --- | --- | " + " | ".join(["---:"] * 10) + " |",
     ]
     for c in cases:
-        if c.mode not in ("p2pmodel", "nocoord"):
+        if c.mode not in ("p2pmodel", "nosharing"):
             continue
         s, ph = c.summary(), c.phases()
         tail = (
@@ -855,7 +855,7 @@ def report(run: dict[str, Any], cases: list[CaseResult]) -> str:
         *case_table(cases),
         "",
     ]
-    if any(c.mode in ("p2pmodel", "nocoord") for c in cases):
+    if any(c.mode in ("p2pmodel", "nosharing") for c in cases):
         lines += [*agent_table(cases), "", AGENT_TABLE_NOTE, ""]
     chk = run["checks"]
     if chk:
@@ -944,8 +944,8 @@ spread is a few ms):
 1. **p2pmodel**: a `p2pmodel serve` agent per workstation, started and meshed (every agent lists
    every other alive) before the clock starts, then `p2pmodel get hf://REPO --to DIR --json` on
    every workstation at once.
-2. **p2pmodel-nocoord**: the same with `P2PMODEL_COORDINATION=off` for agents and gets (agents
-   use only complete LAN holders and mirrors, as before WAN sharing was wired in).
+2. **p2pmodel-nosharing**: the same with `P2PMODEL_SHARING=off` for agents and gets (agents
+   use only complete LAN holders and mirrors, as before sharing was wired in).
 3. **aria2c -x16**: `aria2c -x16 -s16 -k1M` of every file on every host from the hub URLs, with
    `checksum=sha-256=` per file (aria2c's own default of 5 files at a time).
 4. **aria2c torrent+url-list**: aria2c on every host with one .torrent per file (v1, private,
@@ -975,7 +975,7 @@ The plot shows, per mode and model, what each workstation received over time fro
 (solid) and from the LAN (dashed), sampled every 0.25 s.
 
 Targets (issue): for p2pmodel on both models, mirror bytes / size <= 1.02 and last-finish time /
-(size / R) <= 1.15. Without WAN coordination (p2pmodel-nocoord) every workstation that starts
+(size / R) <= 1.15. Without sharing (p2pmodel-nosharing) every workstation that starts
 before any of its peers holds a complete blob downloads it from the mirror itself: expect about
 N x size from the mirror, like aria2c -x16.
 """
@@ -1109,7 +1109,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.lan_rate = 4 * args.mirror_rate
     if args.docs is None:
         args.docs = not (args.quick or args.large)
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    # "nocoord" is the older name of "nosharing"
+    args.modes = [
+        "nosharing" if m.strip() == "nocoord" else m.strip()
+        for m in args.modes.split(",")
+        if m.strip()
+    ]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if bad := [m for m in args.modes if m not in MODES] + [
         m for m in args.models if m not in MODELS

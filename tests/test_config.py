@@ -12,13 +12,17 @@ from p2pmodel.core.config import (
     DEFAULT_CONNECTIONS,
     HF_ORIGIN,
     MS_ORIGIN,
+    Candidates,
     Config,
     FileSpec,
     MirrorRule,
+    origin_of,
     parse_files_table,
     rewrite,
+    unreachable_hint,
 )
-from p2pmodel.core.errors import UserError
+from p2pmodel.core.errors import SourceError, UserError
+from p2pmodel.core.mirrors import Failure
 
 SHA = "f3a90b39dd2874269e8b05a48a86745df897b848c61f3958efc80a39152bd692"
 HF_FILE = "https://huggingface.co/Qwen/Qwen-Image/resolve/main/model_index.json"
@@ -96,6 +100,63 @@ def test_config_candidates_uses_its_rules():
         HF_FILE.replace("https://huggingface.co/", "https://m.test/")
     ]
     assert Config().candidates(HF_FILE) == [HF_FILE]
+
+
+def test_candidates_say_when_no_rule_covers_the_url():
+    """A URL no rule covers gets candidates whose hint says how to add a mirror for its
+    origin, in the config file it was read from; a covered URL gets none."""
+    hint = (
+        "no [[mirror]] rule covers https://huggingface.co/: add one in config.toml to use a mirror"
+    )
+    assert not Config().covers(HF_FILE)
+    assert Config().candidates(HF_FILE).hint == hint
+    assert unreachable_hint(Config().candidates(HF_FILE)) == hint
+    cfg = Config(mirrors=(MirrorRule("https://huggingface.co/Qwen/", ("https://m.test/",)),))
+    assert cfg.covers(HF_FILE) and cfg.candidates(HF_FILE).hint is None
+    # A rule for the origin itself (no mirror yet) covers it too: the user chose that.
+    cfg = Config(mirrors=(MirrorRule("https://huggingface.co/", ("https://huggingface.co/",)),))
+    assert cfg.candidates(HF_FILE) == [HF_FILE] and cfg.candidates(HF_FILE).hint is None
+    other = cfg.candidates("https://github.com/o/r/releases/download/v1/w.bin")
+    assert other.hint is not None and "covers https://github.com/:" in other.hint
+    assert unreachable_hint([HF_FILE]) is None  # a list made elsewhere says nothing
+
+
+def test_the_hint_names_the_config_file_read(tmp_path: Path):
+    """A config read from disk names its own path in the hint."""
+    cfg = load(tmp_path, "connections = 4\n")
+    assert cfg.candidates(HF_FILE).hint == (
+        "no [[mirror]] rule covers https://huggingface.co/: add one in "
+        f"{tmp_path / 'config.toml'} to use a mirror"
+    )
+
+
+def test_origin_of():
+    """The origin of a URL is its scheme, host and port, as a rule's ``for`` names it."""
+    assert origin_of(HF_FILE) == "https://huggingface.co/"
+    assert origin_of("http://127.0.0.1:9") == "http://127.0.0.1:9/"
+    assert origin_of("https://h.test:8443/a/b?x=/y") == "https://h.test:8443/"
+    assert origin_of("https://h.test?x=/y") == "https://h.test/"
+
+
+async def test_first_success_adds_the_hint_to_unreachable(autojump_clock):
+    """Candidates no rule covers that cannot be reached give a ``SourceError`` ending in the
+    hint; covered ones (or any other list) give the plain error."""
+    from p2pmodel.adapters.http import FetchFailure, first_success
+
+    async def refused(url: str) -> None:
+        raise FetchFailure(Failure.CONNECT, "ConnectError: refused")
+
+    with pytest.raises(SourceError) as err:
+        await first_success(Config().candidates(HF_FILE), refused, what="hf://Qwen/Qwen-Image")
+    assert str(err.value) == (
+        "cannot reach hf://Qwen/Qwen-Image: https://huggingface.co: ConnectError: refused "
+        "(no [[mirror]] rule covers https://huggingface.co/: add one in config.toml to use a "
+        "mirror)"
+    )
+    covered = Candidates([HF_FILE])
+    with pytest.raises(SourceError) as err:
+        await first_success(covered, refused, what="hf://Qwen/Qwen-Image")
+    assert str(err.value).endswith("ConnectError: refused")
 
 
 # -- loading -------------------------------------------------------------------------------------

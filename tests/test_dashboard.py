@@ -4,6 +4,8 @@ over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,11 @@ QUIET = [
 ]
 
 
-async def two_agents(nursery: trio.Nursery, tmp: Path, repo: Repo, rate: int) -> list[Agent]:
+async def two_agents(
+    nursery: trio.Nursery, tmp: Path, repo: Repo, rate: int, office: SimOffice | None = None
+) -> list[Agent]:
     """Agents A (serving the dashboard) and B on one fake LAN, one mirror at ``rate``."""
-    office = SimOffice(MemoryMirror([repo], Faults(total_rate=rate)), lan_rate=None)
+    office = office or SimOffice(MemoryMirror([repo], Faults(total_rate=rate)), lan_rate=None)
     use = [office.mirror.hub_url + "/"]
     config = parse_config({"mirror": [{"for": "https://huggingface.co/", "use": use}]}, {})
     agents = []
@@ -59,35 +63,52 @@ async def wait_until(cond: Any, seconds: float = 20) -> None:
             await trio.sleep(0.05)
 
 
+async def chromium(user: Path, url: str, *flags: str) -> str:
+    """Run headless Chromium on a loopback ``url`` (4 s of virtual time); its stdout."""
+    assert url.startswith("http://127.0.0.1:"), url
+    done = await trio.run_process(
+        [CHROMIUM or "chromium", *QUIET, f"--user-data-dir={user}", "--virtual-time-budget=4000",
+         *flags, url],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    return done.stdout.decode()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup installs it)")
 async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tmp_path: Path):
-    """Chromium renders the page, whose script fills in the peer (by agent id, alive) and the
-    file in flight with its source; a screenshot is saved."""
+    """Chromium renders the page, whose script fills in the peer (by host name and agent id,
+    alive), the file in flight with its source, and the plot's axes: time in minutes ago with
+    clock times, rate in MB/s; a screenshot is saved (``P2PMODEL_DASHBOARD_PNG``: also there)."""
     repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
-    a, b = await two_agents(nursery, tmp_path, repo, rate=MiB)
+    office = SimOffice(MemoryMirror([repo], Faults(total_rate=MiB)), lan_rate=None)
+    a, b = await two_agents(nursery, tmp_path, repo, rate=MiB, office=office)
     await wait_until(lambda: b.id in a.peers.alive_ids())
-    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
+    # B is also a static peer of A's config, by the name the office's DNS gives it.
+    office.net.names["ws-bob.office.test"] = b.peers.interfaces[0]
+    a.peers.set_static_peers([f"ws-bob.office.test:{b.peers.rpc_port}"])
+    await wait_until(lambda: any(p["host"] for p in a.status()["peers"]))
+    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"))
     nursery.start_soon(a.gets.get, req)
     await wait_until(lambda: any(t["have"] > 0 for t in a.status()["transfers"]))
     assert a.hf is not None
     user = tmp_path / "chromium"
-    dom = await trio.run_process(
-        [CHROMIUM, *QUIET, f"--user-data-dir={user}", "--virtual-time-budget=4000",
-         "--dump-dom", a.hf.url + "/"],
-        capture_stdout=True, capture_stderr=True,
-    )  # fmt: skip
-    page = dom.stdout.decode()
+    page = await chromium(user, a.hf.url + "/", "--dump-dom")
     assert b.id in page and ">alive<" in page
+    assert ">ws-bob.office.test<" in page
     weights = next(f for f in repo.files if f.lfs)
     assert weights.path in page
     assert "hub.mirror.test" in page  # the source of the bytes in flight
+    # The plot's axes: titles with units, rate ticks from 0, time ticks back from now.
+    assert '<text id="y-title"' in page and ">rate (MB/s)</text>" in page
+    assert ">time: minutes ago (local time)</text>" in page
+    assert 'class="y-tick"' in page and ">0</text>" in page
+    assert ">now</text>" in page and ">1 min ago</text>" in page and ">5 min ago</text>" in page
+    assert re.search(r'class="x-clock"[^>]*>\d\d:\d\d</text>', page)
     shot = tmp_path / "dashboard.png"
-    await trio.run_process(
-        [CHROMIUM, *QUIET, f"--user-data-dir={user}", "--virtual-time-budget=4000",
-         "--window-size=1200,1000", f"--screenshot={shot}", a.hf.url + "/"],
-        capture_stdout=True, capture_stderr=True,
-    )  # fmt: skip
+    await chromium(user, a.hf.url + "/", "--window-size=1200,1100", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("P2PMODEL_DASHBOARD_PNG"):
+        shutil.copy(shot, os.environ["P2PMODEL_DASHBOARD_PNG"])
 
 
 async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
@@ -114,7 +135,7 @@ async def test_metrics_in_prometheus_text(nursery, tmp_path: Path):
     assert mirror[0] not in {k for name, labels in before for k in labels}
     assert before[("p2pmodel_gets_total", (("outcome", "completed"),))] == 0
     assert before[("p2pmodel_store_bytes", ())] == 0
-    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}")))
     samples = await scrape()
     assert samples[("p2pmodel_mirror_bytes_total", mirror)] == size
     assert samples[("p2pmodel_get_duration_seconds_count", ())] == 1

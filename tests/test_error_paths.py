@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,6 +160,42 @@ def test_unreachable_mirrors_are_exit_3(tmp_path: Path, repo: Repo, mode: str) -
         configure(home, "http://127.0.0.1:9")
         outcomes[path] = run_get(home, f"hf://{repo.repo_id}", path)
     same_everywhere(outcomes, 3, "cannot reach")
+
+
+def test_an_unreachable_origin_no_rule_covers_says_how_to_add_a_mirror(tmp_path: Path) -> None:
+    """Without a ``[[mirror]]`` rule for the origin, the one line of an unreachable get says
+    that such a rule is how to use a mirror (and which config file takes it); with a rule for
+    it, the same failure does not."""
+    with socket.socket() as dead:  # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        origin = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        outcomes = {}
+        for case in ("no rule", "rule"):
+            home = tmp_path / case.replace(" ", "-")
+            home.mkdir()
+            if case == "rule":
+                (home / "config.toml").write_text(
+                    f'[[mirror]]\nfor = "{origin}/"\nuse = ["{origin}/"]\n'
+                )
+            env = {**os.environ, "P2PMODEL_HOME": str(home), "P2PMODEL_LAN": "off"}
+            env["HF_ENDPOINT"] = origin
+            r = subprocess.run(
+                get_cmd("hf://acme/unreachable", "no-lan"),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            outcomes[case] = (r.returncode, one_line(r.stderr, home))
+    rc, line = outcomes["no rule"]
+    assert rc == 3, line
+    assert line.startswith("p2pmodel: error: cannot reach hf://acme/unreachable: "), line
+    assert line.endswith(
+        f"(no [[mirror]] rule covers {origin}/: add one in HOME/config.toml to use a mirror)"
+    ), line
+    rc, line = outcomes["rule"]
+    assert rc == 3 and "cannot reach" in line and "[[mirror]]" not in line, line
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2pmodel.adapters.home import load_config
 from p2pmodel.adapters.http import Timeouts
 from p2pmodel.adapters.store import Store
 from p2pmodel.core.errors import IntegrityError, SourceError, UserError
 from p2pmodel.core.mirrors import MirrorBoard
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.download import DownloadOptions
-from p2pmodel.services.get import GetRequest, fast_get, get
+from p2pmodel.services.get import GetRequest, GetResult
+from p2pmodel.services.get.flow import fast_get
+from p2pmodel.services.get.service import GetService
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import Repo, make_single_file
 
@@ -37,8 +40,14 @@ def assert_exact(root: Path, repo: Repo) -> None:
         assert (root / f.path).read_bytes() == f.data_path.read_bytes(), f.path
 
 
+async def get(req: GetRequest, home: Path, options: DownloadOptions) -> GetResult:
+    """One get as ``--no-lan`` runs it: the one runner, with these download settings."""
+    async with GetService(Store(home), load_config(home), download=options).open() as gets:
+        return await gets.get(req)
+
+
 def request(text: str, **kw) -> GetRequest:
-    return GetRequest(parse_ref(text), progress="none", **kw)
+    return GetRequest(parse_ref(text), **kw)
 
 
 async def test_get_from_one_mirror_gives_exact_files(home, small_repo, start_mirror):
@@ -62,7 +71,7 @@ async def test_second_get_is_served_by_the_store_without_network(home, small_rep
         await get(request("hf://acme/tiny"), home, options=fast_options())
     mirror.faults.down = True
     served = mirror.stats.bytes_served
-    result = fast_get(request("hf://acme/tiny", to=home.parent / "out"), home)
+    result = fast_get(request("hf://acme/tiny", to=home.parent / "out"), home)[1]
     assert result is not None
     assert_exact(home.parent / "out", small_repo)
     assert mirror.stats.bytes_served == served

@@ -381,7 +381,7 @@ async def test_offline_the_endpoint_takes_names_from_keyed_peers(nursery, tmp_pa
     from p2pmodel.core.refs import parse_ref
     from p2pmodel.services.get import GetRequest
 
-    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none"))
+    await a.gets.get(GetRequest(parse_ref(f"hf://{repo.repo_id}")))
     assert b.hf is not None
     top = await snapshot(b.hf.url, repo, tmp_path / "cache")
     assert_exact(top, repo)

@@ -68,7 +68,7 @@ class Scene:
         return self.victim.interfaces[0], self.victim.rpc_port
 
     async def get(self, agent: Agent, ref: str = "hf://acme/victim") -> GetResult:
-        return await agent.gets.get(GetRequest(parse_ref(ref), progress="none"))
+        return await agent.gets.get(GetRequest(parse_ref(ref)))
 
     def exact(self, result: GetResult) -> None:
         for f in self.repo.files:

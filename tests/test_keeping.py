@@ -225,7 +225,7 @@ async def start_agent(
 
 
 async def get(agent: Agent, repo: Repo) -> Path:
-    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
+    req = GetRequest(parse_ref(f"hf://{repo.repo_id}"))
     return (await agent.gets.get(req)).path
 
 

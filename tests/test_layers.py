@@ -27,12 +27,20 @@ IMPURE = {
     "os", "io", "sys", "time", "socket", "select", "selectors", "signal", "threading",
     "asyncio", "subprocess", "shutil", "tempfile", "fcntl", "mmap", "ctypes", "importlib",
     "glob", "urllib.request", "http.client", "http.server", "logging", "random", "secrets",
-    "uuid",
+    "uuid", "datetime", "builtins",
     "trio", "httpx", "h11", "libtorrent", "zeroconf", "ifaddr", "rich", "platformdirs",
     "hypercorn", "prometheus_client", "ssl", "cryptography",
 }  # fmt: skip
 PURE_PATHLIB = {"PurePosixPath", "PurePath"}
 HEAVY = ("trio", "httpx", "libtorrent", "zeroconf", "rich", "h11", "platformdirs")
+# The adapters others build on (docs/architecture.md); any other adapter owns its outside
+# thing alone. A type-only import (under ``if TYPE_CHECKING:``) names a type, nothing more.
+ADAPTER_BASES = {"store", "hashing"}
+# Services, lowest first: a service imports only services before it (no circle).
+SERVICES = [
+    "link", "limits", "download", "publish", "peers", "swarm", "sharing", "get", "names",
+    "keeper", "scrub", "hfendpoint", "control", "dashboard", "metrics", "agent",
+]  # fmt: skip
 
 
 def layer_of(module: str) -> str:
@@ -42,7 +50,7 @@ def layer_of(module: str) -> str:
     sub = parts[1]
     if sub in ("core", "adapters", "services", "testing"):
         return sub
-    if sub in ("cli", "cli_office", "__main__"):
+    if sub in ("cli", "__main__"):
         return "cli"
     raise AssertionError(f"{module} is in no layer: put it in core/, adapters/ or services/")
 
@@ -55,11 +63,41 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports(source: str, module: str, is_package: bool) -> list[tuple[int, str, list[str]]]:
-    """(line, imported module, names) for every import, relative ones made absolute."""
+def _type_only(tree: ast.AST) -> set[int]:
+    """Lines of the imports under ``if TYPE_CHECKING:``."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        lines.add(sub.lineno)
+    return lines
+
+
+def dynamic_imports(source: str) -> list[int]:
+    """Lines that import by name at run time (``__import__``, ``import_module``)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name.split(".")[-1] in ("__import__", "import_module"):
+                out.append(node.lineno)
+    return out
+
+
+def imports(
+    source: str, module: str, is_package: bool, *, typed: bool = True
+) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, names) for every import, relative ones made absolute;
+    ``typed=False`` leaves out type-only imports."""
     out = []
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    skip = set() if typed else _type_only(tree)
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -77,20 +115,37 @@ def imports(source: str, module: str, is_package: bool) -> list[tuple[int, str, 
     return out
 
 
+def _part(module: str, layer: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == layer else ""
+
+
 def violations(source: str, module: str, is_package: bool = False) -> list[str]:
     layer = layer_of(module)
     found = []
+    if layer == "core":
+        found += [f"{module}:{n} imports by name at run time" for n in dynamic_imports(source)]
+    runtime = {line for line, _, _ in imports(source, module, is_package, typed=False)}
     for line, target, names in imports(source, module, is_package):
         where = f"{module}:{line} imports {target}"
         if target == "p2pmodel" or target.startswith("p2pmodel."):
             to = layer_of(target)
             if to not in ALLOWED[layer]:
                 found.append(f"{where}: {layer} may not import {to}")
+            mine, theirs = _part(module, layer), _part(target, to)
+            if line not in runtime or to != layer or not theirs or mine == theirs:
+                continue
+            if layer == "adapters" and theirs not in ADAPTER_BASES:
+                found.append(f"{where}: an adapter builds only on {sorted(ADAPTER_BASES)}")
+            if layer == "services":
+                below = SERVICES[: SERVICES.index(mine)] if mine in SERVICES else []
+                if theirs not in below:
+                    found.append(f"{where}: services import only those before them in SERVICES")
         elif layer == "core":
             top = target.split(".")[0]
             if target in IMPURE or top in IMPURE:
                 found.append(f"{where}: core is pure (no IO, clock or IO libraries)")
-            if top == "pathlib" and set(names) - PURE_PATHLIB:
+            if top == "pathlib" and (not names or set(names) - PURE_PATHLIB):
                 found.append(f"{where}: core may use only pure paths")
     return found
 
@@ -117,6 +172,13 @@ def test_every_import_points_down_the_layers() -> None:
         ("p2pmodel.adapters.store", "from ..services.agent import Agent\n"),
         ("p2pmodel.services.agent", "def f():\n    from ..cli import main\n"),
         ("p2pmodel.core.wire", "from p2pmodel.services import link\n"),
+        ("p2pmodel.core.peers", "import pathlib\n"),
+        ("p2pmodel.core.peers", "from datetime import datetime\n"),
+        ("p2pmodel.core.peers", "def f():\n    return __import__('os')\n"),
+        ("p2pmodel.core.peers", "import importlib\nimportlib.import_module('os')\n"),
+        ("p2pmodel.adapters.swarm", "from .discovery import Discovery\n"),
+        ("p2pmodel.services.peers", "from .swarm import SwarmService\n"),
+        ("p2pmodel.services.get.flow", "from ..agent import Agent\n"),
     ],
 )
 def test_the_checker_catches_a_wrong_import(module: str, source: str) -> None:
@@ -129,6 +191,11 @@ def test_the_checker_accepts_imports_that_point_down() -> None:
     ok = "from pathlib import PurePosixPath\nfrom .rangeset import RangeSet\nimport hashlib\n"
     assert violations(ok, "p2pmodel.core.fetchplan") == []
     assert violations("from ..core.wire import Hello\n", "p2pmodel.services.link") == []
+    assert violations("from .store import Store\n", "p2pmodel.adapters.swarm") == []
+    assert violations("from .peers import PeerService\n", "p2pmodel.services.swarm") == []
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .agent import Agent\n"
+    assert violations(typed, "p2pmodel.services.dashboard") == []
+    assert violations("from .reader import BlobReader\n", "p2pmodel.services.get.service") == []
 
 
 QUICK = """

@@ -104,7 +104,7 @@ async def test_a_limited_agent_alone_leaves_units_for_a_peer_that_joins(tmp_path
     results: dict[str, GetResult] = {}
 
     async def get(name: str, agent: Agent) -> None:
-        req = GetRequest(parse_ref(f"hf://{repo.repo_id}"), progress="none")
+        req = GetRequest(parse_ref(f"hf://{repo.repo_id}"))
         results[name] = await agent.gets.get(req)
 
     async with trio.open_nursery() as gets:

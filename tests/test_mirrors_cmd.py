@@ -15,7 +15,6 @@ from p2pmodel.core.config import parse_config
 from p2pmodel.core.mirrors import MirrorBoard
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
-from p2pmodel.services.control import ControlServer
 from p2pmodel.services.get import GetRequest
 from p2pmodel.testing.fakes import MemoryMirror, SimOffice
 from p2pmodel.testing.models import make_model
@@ -116,10 +115,9 @@ async def test_a_running_agent_shows_live_mirrors_and_runs_rm_and_gc(
     home = tmp_path / "home"
     hub = office.mirror.hub_url + "/"
     config = parse_config({"mirror": [{"for": "https://huggingface.co/", "use": [DEAD, hub]}]}, {})
-    agent = await nursery.start(Agent(home, config, AgentOptions(rpc_port=0), outside).run)
-    control = ControlServer(home, agent.gets, agent.status, ops=agent.control_ops())
-    await nursery.start(control.run)
-    await agent.gets.get(GetRequest(parse_ref("hf://acme/live"), progress="none"))
+    opts = AgentOptions(rpc_port=0, control=True)
+    agent = await nursery.start(Agent(home, config, opts, outside).run)
+    await agent.gets.get(GetRequest(parse_ref("hf://acme/live")))
 
     def cli_run(*argv: str) -> tuple[int, str, str]:
         return run(monkeypatch, capsys, home, *argv)

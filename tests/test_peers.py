@@ -183,6 +183,7 @@ def test_snapshot_is_plain_data() -> None:
     assert t.snapshot(now=3.5) == [
         {
             "agent": "a",
+            "host": None,
             "addresses": ["10.0.0.3:7001", "192.168.1.3:7001"],
             "torrent_port": 6881,
             "source": "mdns",
@@ -195,6 +196,7 @@ def test_snapshot_is_plain_data() -> None:
         },
         {
             "agent": "b",
+            "host": None,
             "addresses": ["[fe80::1]:7002"],
             "torrent_port": None,
             "source": "static",
@@ -206,6 +208,15 @@ def test_snapshot_is_plain_data() -> None:
             "distrusted": [],
         },
     ]
+
+
+def test_a_host_name_once_known_stays() -> None:
+    """A peer's host name (a static peer's configured one) is in the snapshot, and an
+    announcement without one (mDNS) does not forget it."""
+    t = table()
+    t.seen("a", [PeerAddr("ws-anna.lan", 7420)], 6881, "static", now=0.0, host="ws-anna.lan")
+    t.seen("a", B, 6881, "mdns", now=1.0)
+    assert t.snapshot(now=1.0)[0]["host"] == "ws-anna.lan"
 
 
 def test_next_deadline_is_the_next_ping_or_expiry() -> None:

@@ -79,7 +79,7 @@ async def meshed(agents: list[Agent]) -> None:
 
 
 async def get(agent: Agent, ref: str) -> GetResult:
-    return await agent.gets.get(GetRequest(parse_ref(ref), progress="none"))
+    return await agent.gets.get(GetRequest(parse_ref(ref)))
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ async def test_publishing_again_needs_force_and_the_newest_wins(
         with pytest.raises(UserError, match="already published in the office"):
             await b.publish("team:v1", m2.digest, False)
         await b.publish("team:v1", m2.digest, True)
-        newest = await c.gets.get(GetRequest(parse_ref("team:v1"), progress="none", refresh=True))
+        newest = await c.gets.get(GetRequest(parse_ref("team:v1"), refresh=True))
         assert newest.manifest == m2 and newest.peer == b.id
         assert (newest.path / "w.bin").read_bytes() == (two / "w.bin").read_bytes()
 

@@ -73,7 +73,7 @@ class Sim:
 
         async def run() -> None:
             with scope:
-                req = GetRequest(parse_ref(f"hf://{self.repo.repo_id}"), progress="none")
+                req = GetRequest(parse_ref(f"hf://{self.repo.repo_id}"))
                 self.results[i] = await self.agents[i].gets.get(req)
 
         nursery.start_soon(run)

@@ -1,10 +1,11 @@
-"""The control socket: how ``get`` and ``status`` talk to a running ``p2pmodel serve``.
+"""The control socket: how the CLI talks to a running ``p2pmodel serve``.
 
-A Unix socket at ``$P2PMODEL_HOME/run/control.sock`` carries length-prefixed msgpack maps. The
-client sends one request (``{"op": "status"}`` or ``{"op": "get", ...}``); the agent answers
-``status`` with one map, and ``get`` with progress maps four times a second, then one
-``result`` or ``error`` map. This module is the framing and the client, in plain blocking
-sockets (quick commands must not import trio); the agent's side is ``services.control``.
+A Unix socket at ``$P2PMODEL_HOME/run/control.sock`` carries length-prefixed msgpack maps, the
+messages of ``core.control``. The client sends one request; the agent answers ``status`` with
+one map, ``get`` with progress maps four times a second, then one result or error map, and
+the other requests with one result or error. This module is the framing and the client, in
+plain blocking sockets (quick commands must not import trio); the agent's side is
+``services.control``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from ..core.control import Answer, ControlProtocolError, Request, answer_from_wire
 from ..core.errors import SourceError
 from ..core.wire import FrameDecoder
 
@@ -48,9 +50,7 @@ class NoAgent(Exception):
     """No agent answers on this home's control socket."""
 
 
-def request(
-    home: Path, req: dict[str, Any], timeout: float | None = None
-) -> Iterator[dict[str, Any]]:
+def request(home: Path, req: Request, timeout: float | None = None) -> Iterator[Answer]:
     """Send one request to the local agent and yield its answers until the last one."""
     path = socket_path(home)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -61,16 +61,24 @@ def request(
         except OSError as e:
             raise NoAgent(str(e)) from None
         sock.settimeout(timeout)
-        sock.sendall(pack(req))
+        sock.sendall(pack(req.to_wire()))
         decoder = FrameDecoder(MAX_FRAME)
         while True:
             chunk = sock.recv(1 << 16)
             if not chunk:
                 raise SourceError("the local agent closed the connection")
             for frame in decoder.feed(chunk):
-                msg = unpack(frame)
-                yield msg
-                if msg.get("event") in ("result", "error", "status"):
+                try:
+                    answer = answer_from_wire(unpack(frame))
+                except (ValueError, ControlProtocolError) as e:
+                    raise SourceError(f"the local agent answered garbage ({e})") from None
+                yield answer
+                if answer.last:
                     return
     finally:
         sock.close()
+
+
+def ask(home: Path, req: Request, timeout: float | None = None) -> Answer:
+    """One request, its one answer (``NoAgent`` when no agent runs)."""
+    return next(iter(request(home, req, timeout)))

@@ -20,6 +20,7 @@ import httpx
 import trio
 
 from .. import __version__
+from ..core.config import unreachable_hint
 from ..core.errors import NotFound, SourceError
 from ..core.mirrors import Failure, mirror_key, retry_after
 
@@ -229,7 +230,8 @@ async def first_success(
     """Try ``attempt(url)`` on each candidate in order, for up to ``rounds`` passes with backoff.
 
     Returns (result, url). If every candidate answered "missing", raises ``UserError``; otherwise
-    ``SourceError`` naming each mirror's last failure.
+    ``SourceError`` naming each mirror's last failure, and how to add a mirror when no rule
+    covers the URL (``Config.candidates`` says so).
     """
     last: dict[str, FetchFailure] = {}
     for round_ in range(rounds):
@@ -253,4 +255,5 @@ async def first_success(
         order = ("GatedRepo", "RevisionNotFound", "EntryNotFound", "RepoNotFound")
         code = next((c for c in order if c in codes), None)
         raise NotFound(f"{what} not found ({causes})", code)
-    raise SourceError(f"cannot reach {what}: {causes}")
+    hint = unreachable_hint(candidates)
+    raise SourceError(f"cannot reach {what}: {causes}" + (f" ({hint})" if hint else ""))

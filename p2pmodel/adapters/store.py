@@ -357,9 +357,11 @@ class Store:
         return self.snapshots.joinpath(*ref.snapshot_parts())
 
     def make_snapshot(self, ref: Ref, manifest: Manifest) -> Path:
-        """A directory of relative symlinks to blobs, at the files' repo paths (idempotent)."""
+        """A directory of relative symlinks to blobs, at the files' repo paths (idempotent).
+        Under the store lock: two gets of one model (threads or processes) finishing at once
+        would otherwise drop each other's links in the making."""
         top = self.snapshot_dir(ref)
-        with disk_errors(f"making the snapshot {top}"):
+        with self._lock(), disk_errors(f"making the snapshot {top}"):
             wanted = set()
             for f in manifest.files:
                 link = top / f.path

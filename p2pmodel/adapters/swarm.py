@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libtorrent as lt
 import trio
@@ -41,7 +41,9 @@ from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, wi
 from .hashing import digest_file
 from .rlimit import current_budget
 from .store import PartialState, Store
-from .tls import OfficeTls
+
+if TYPE_CHECKING:
+    from .tls import OfficeTls
 
 
 def _torrent_info(info: bytes) -> Any:
@@ -419,7 +421,7 @@ class Swarm:
 
         await trio.to_thread.run_sync(move)
 
-    # -- unit torrents (WAN sharing: a unit of a blob nobody has whole yet) --------------------
+    # -- unit torrents (sharing: a unit of a blob nobody has whole yet) --------------------
 
     def unit_info(self, digest: str, index: int) -> bytes | None:
         """The info of a unit torrent we seed (None: we do not hold that unit)."""

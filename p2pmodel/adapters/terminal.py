@@ -1,40 +1,60 @@
 """How a get's ``Progress`` is shown: a rich live display on a terminal, plain lines (one every
-few seconds and one per finished file) when stderr is not a TTY, or nothing."""
+few seconds while bytes come in, and one per finished file) when stderr is not a TTY, or
+nothing."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from ..core.progress import Progress, eta, human
 
 
 class PlainRenderer:
-    """Lines for logs and pipes: a summary every ``interval`` seconds and one line per file."""
+    """Lines for logs and pipes: one per finished file, and a summary at most every
+    ``interval`` seconds, only when it says something the last one did not (bytes or files
+    moved on, as printed) and never while there is nothing to fetch. A get that waits (a mirror
+    that does not answer, the retries before its error) prints nothing; its error says why.
+    Time comes from ``clock``, or ``now`` when the caller passes it (tests)."""
 
-    def __init__(self, progress: Progress, stream: IO[str] | None = None, interval: float = 5.0):
+    def __init__(
+        self,
+        progress: Progress,
+        stream: IO[str] | None = None,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.p = progress
         self.stream = stream or sys.stderr
         self.interval = interval
-        self._last = 0.0
+        self.clock = clock
+        self._last = -math.inf  # when the last summary was printed
+        self._said: tuple[str, str, int] | None = None  # what it said
         self._reported: set[str] = set()
 
-    def update(self, final: bool = False) -> None:
-        now = time.monotonic()
+    def update(self, final: bool = False, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
         for key, f in self.p.files.items():
             if f.state in ("done", "failed") and key not in self._reported:
                 self._reported.add(key)
                 print(f"{f.state}: {f.label} ({human(f.size)})", file=self.stream, flush=True)
-        if final or now - self._last >= self.interval:
-            self._last = now
-            rate = self.p.rate(now)
-            print(
-                f"progress: {human(self.p.have)} / {human(self.p.total)} "
-                f"at {human(rate)}/s, ETA {eta(self.p.total - self.p.have, rate)}",
-                file=self.stream,
-                flush=True,
-            )
+        total = self.p.total
+        if total == 0 or not (final or now - self._last >= self.interval):
+            return
+        have = self.p.have
+        said = (human(have), human(total), len(self._reported))
+        if said == self._said:
+            return
+        self._last, self._said = now, said
+        rate = self.p.rate(now)
+        print(
+            f"progress: {said[0]} / {said[1]} at {human(rate)}/s, ETA {eta(total - have, rate)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         self.update(final=True)

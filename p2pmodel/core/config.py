@@ -3,12 +3,13 @@
 Mirrors work like git's ``url.<base>.insteadOf``: a rule names an origin prefix (``for``) and the
 candidate bases that may serve URLs under it (``use``); the longest matching prefix wins. Each
 candidate is then ranked live by ``mirrors.MirrorBoard``. A URL no rule matches is fetched from
-its origin only.
+its origin only; its ``Candidates`` carry a hint for the error if that origin cannot be reached
+(a newcomer behind a slow or blocked link learns that a ``[[mirror]]`` rule is the way out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +57,14 @@ class Config:
     office_key: OfficeKey | None = None  # None: an open office (its repr shows a fingerprint)
     office_key_file: str | None = None  # where the key is to be read from (adapters.home)
 
-    def candidates(self, url: str) -> list[str]:
+    def candidates(self, url: str) -> Candidates:
         """The URLs that may serve ``url``, in configured order (origin last if listed)."""
-        return rewrite(self.mirrors, url)
+        hint = None if self.covers(url) else uncovered_hint(url, self.path or "config.toml")
+        return Candidates(rewrite(self.mirrors, url), hint)
+
+    def covers(self, url: str) -> bool:
+        """Does a ``[[mirror]]`` rule cover ``url``?"""
+        return bool(covering_rules(self.mirrors, url))
 
     def trusts(self, url: str) -> bool:
         """May a request to ``url`` carry the user's Hugging Face token?"""
@@ -68,7 +74,35 @@ class Config:
         return {"Authorization": f"Bearer {token}"} if token and self.trusts(url) else None
 
 
-def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
+class Candidates(list[str]):
+    """The URLs that may serve one URL, best first, and ``hint``: what an error that none of
+    them could be reached should add (how to add a mirror), or None when a rule covers it."""
+
+    def __init__(self, urls: Iterable[str] = (), hint: str | None = None) -> None:
+        super().__init__(urls)
+        self.hint = hint
+
+
+def unreachable_hint(urls: Iterable[str]) -> str | None:
+    """The hint of candidates made by ``Config.candidates`` (None for any other list)."""
+    return urls.hint if isinstance(urls, Candidates) else None
+
+
+def uncovered_hint(url: str, config_path: str = "config.toml") -> str:
+    """What to tell a user whose fetch of ``url`` failed with no mirror rule covering it."""
+    return f"no [[mirror]] rule covers {origin_of(url)}: add one in {config_path} to use a mirror"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]/`` of a URL: what a rule's ``for`` would name."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0].split('#', 1)[0]}/"
+
+
+def covering_rules(rules: tuple[MirrorRule, ...], url: str) -> list[MirrorRule]:
+    """The rules whose prefix is the longest that matches ``url`` (several when equal)."""
     best: list[MirrorRule] = []
     for rule in rules:
         if url.startswith(rule.prefix):
@@ -76,6 +110,11 @@ def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
                 best = [rule]
             elif len(rule.prefix) == len(best[0].prefix):
                 best.append(rule)
+    return best
+
+
+def rewrite(rules: tuple[MirrorRule, ...], url: str) -> list[str]:
+    best = covering_rules(rules, url)
     if not best:
         return [url]
     rest = url[len(best[0].prefix) :]

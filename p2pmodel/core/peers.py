@@ -63,6 +63,7 @@ class Peer:
     died: float | None = None  # when it was last marked dead
     verified: bool = False  # an RPC with it succeeded since it was last seen alive
     lies: dict[str, str] = field(default_factory=dict)  # content -> why it is distrusted
+    host: str = ""  # its host name where known (a static peer's configured name), else ""
 
 
 class PeerTable:
@@ -93,11 +94,13 @@ class PeerTable:
         torrent_port: int | None,
         source: PeerSource,
         now: float,
+        host: str = "",
     ) -> Peer | None:
         """A peer announced itself (mDNS) or was configured (static); returns it, or None for us.
 
         The latest announcement replaces the addresses, torrent port and source, and counts as
-        hearing from the peer: a dead peer comes back to life.
+        hearing from the peer: a dead peer comes back to life. A host name, once known, stays
+        until another one is given.
         """
         if agent == self.self_agent:
             return None
@@ -106,7 +109,9 @@ class PeerTable:
         if peer is None:
             peer = Peer(agent, addr_list, torrent_port, source, first_seen=now, last_heard=now)
             self._peers[agent] = peer
+            peer.host = host
             return peer
+        peer.host = host or peer.host
         peer.addrs = addr_list
         peer.torrent_port = torrent_port
         peer.source = source
@@ -235,6 +240,7 @@ class PeerTable:
         return [
             {
                 "agent": p.agent,
+                "host": p.host or None,
                 "addresses": [str(a) for a in p.addrs],
                 "torrent_port": p.torrent_port,
                 "source": p.source,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,24 @@ def shared(models: Iterable[Model], sizes: Mapping[str, int]) -> dict[str, list[
                 out[a.ref].append(Shared(b.ref, len(common), n))
                 out[b.ref].append(Shared(a.ref, len(common), n))
     return out
+
+
+@dataclass
+class Collected:
+    """What one collection did (``rm``, ``gc``, the cap): ``describe`` is what the CLI shows,
+    the same with and without a running agent."""
+
+    plan: Plan
+    deleted: list[str]
+    cap: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "evicted": list(self.plan.evict),
+            "deleted": len(self.deleted),
+            "freed": self.plan.freed,
+            "kept_in_use": list(self.plan.kept_busy),
+            "size": self.plan.size_after,
+            "cap": self.cap,
+            "over_cap": self.plan.over_cap,
+        }

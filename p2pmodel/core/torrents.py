@@ -152,6 +152,31 @@ def pieces_of(info: bytes) -> bytes:
     return b"" if span is None else info[span[0] : span[1]]
 
 
+def piece_length_of(info: bytes) -> int | None:
+    """The ``piece length`` of a bencoded info dict (None: it has none)."""
+    marker = b"12:piece lengthi"
+    i = info.find(marker)
+    if i < 0:
+        return None
+    j = info.find(b"e", i + len(marker))
+    try:
+        return int(info[i + len(marker) : j])
+    except ValueError:
+        return None
+
+
+def bad_piece(data: bytes, first: int, piece: int, hashes: bytes) -> int | None:
+    """The index of the first piece of ``data`` (pieces ``first``, ``first + 1``... of
+    ``piece`` bytes, the last one possibly short) whose SHA-1 is not its hash in ``hashes``;
+    None when all match. A piece with no hash there counts as bad."""
+    for k in range(0, len(data), piece):
+        index = first + k // piece
+        want = hashes[20 * index : 20 * index + 20]
+        if hashlib.sha1(data[k : k + piece], usedforsecurity=False).digest() != want:
+            return index
+    return None
+
+
 def unit_hashes(info: bytes, start: int, stop: int, piece: int) -> bytes:
     """The SHA-1s of the pieces of ``[start, stop)`` in a unit torrent's info dict."""
     span = unit_pieces(start, stop, piece)

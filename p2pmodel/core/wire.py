@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-# 2: WAN sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
+# 2: sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
 # with their units' pieces (other info-hashes)
 PROTOCOL_VERSION = 3
 MAX_FRAME = 8 * 1024 * 1024
@@ -109,7 +109,7 @@ class Pong(Message):
     kind: ClassVar[str] = "pong"
 
 
-# -- WAN sharing (coordinator): leases on units of blobs nobody in the office holds yet ---------
+# -- sharing: leases on units of blobs nobody in the office holds yet ---------
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The office agent: ``p2pmodel serve``, and the embedded agent a daemonless ``get`` runs.
 
-Theory of operation. ``Agent.run`` is the one root nursery. It opens the swarm adapter
-(libtorrent), then builds the services and starts them in order: ``SwarmService`` (seeds the
-store), ``PeerService`` (serves the peer link, announces the agent, judges liveness),
-``SharingService`` (unless sharing is off), ``GetService``, its ``LimitsService`` (the
-``[limits]`` schedule) and the ``StoreKeeper`` (the store's cap). The services know each other
+Theory of operation. ``Agent.run`` is the one root nursery. With its LAN on (``Lan``) it opens
+the swarm adapter (libtorrent), then starts ``SwarmService`` (seeds the store), ``PeerService``
+(serves the peer link, announces the agent, judges liveness) and ``SharingService`` (unless
+sharing is off); always ``GetService``, its ``LimitsService`` (the ``[limits]`` schedule), the
+``StoreKeeper`` (the store's cap), and for ``serve`` the HF endpoint and the control socket.
+Every get runs in an agent: ``serve``'s, the embedded one of a daemonless ``get``, or for
+``--no-lan`` one with the LAN off (no socket, no libtorrent, no mDNS), so what a get does to
+the store is the same whichever way it ran. The services know each other
 only through the narrow methods docs/architecture.md lists; the agent wires them and renders
 their statistics (``status``). ``Outside`` names the outside things the agent uses, so tests
 run real agents on in-memory fakes (``testing.fakes``). ``open_agent`` runs an agent for the
@@ -33,16 +36,18 @@ from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
+from ..core.control import CollectAsk, MirrorsAsk, PublishAsk, RemoveAsk
 from ..core.coordinator import SEGMENT
 from ..core.errors import UserError
 from ..core.limits import Rates
 from ..core.timeline import Timeline
 from . import dashboard, metrics
-from .gets import GetService, HttpFactory
+from .get.service import GetService, HttpFactory
 from .hfendpoint import HfEndpoint, Page
 from .keeper import StoreKeeper
 from .names import NameService
 from .peers import AnnouncerFactory, PeerService
+from .scrub import Scrubber
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
 
@@ -85,6 +90,9 @@ class AgentOptions:
     sharing: bool = True  # share the mirror work of a model with the office
     segment: int = SEGMENT  # the unit of that sharing (every agent of an office alike)
     hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
+    lan: bool = True  # peers, the swarm and sharing (off: mirrors only, no socket, no mDNS)
+    control: bool = False  # serve the control socket (serve; an embedded agent does not)
+    scrub_every: float | None = None  # seconds between re-checks of the store (serve: a day)
 
 
 def _real_swarm(
@@ -112,14 +120,22 @@ class Outside:
     interfaces: Callable[[], list[str]] = local_ipv4
 
 
-class Agent:
-    swarm: SwarmService
+@dataclass
+class Lan:
+    """The services an agent runs when its LAN is on (``AgentOptions.lan``)."""
+
     peers: PeerService
+    swarm: SwarmService
     sharing: SharingService | None
-    gets: GetService
     names: NameService
+
+
+class Agent:
+    lan: Lan | None = None
+    gets: GetService
     hf: HfEndpoint | None = None
     keeper: StoreKeeper
+    scrub: Scrubber | None = None
 
     def __init__(
         self,
@@ -146,70 +162,109 @@ class Agent:
         tune_malloc()
         raise_open_files()  # the connection caps are sized from what it gives
         opts = self.opts
-        adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port, self.tls)
+        adapter = None
+        if opts.lan:
+            adapter = self.outside.swarm(self.store, self.interfaces, opts.torrent_port, self.tls)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(adapter.run)
-                self.peers = PeerService(
-                    self.id,
-                    self.outside.transport,
-                    interfaces=self.interfaces,
-                    rpc_port=opts.rpc_port,
-                    torrent_port=lambda: adapter.port,
-                    discovery=self.outside.discovery if opts.discovery else None,
-                    static_peers=self.config.peers,
-                    tls=self.tls,
-                )
-                self.swarm = SwarmService(
-                    adapter,
-                    self.store,
-                    self.peers,
-                    stall_timeout=opts.stall_timeout,
-                    locate_timeout=opts.locate_timeout,
-                    wait_for_peers=opts.wait_for_peers,
-                )
-                self.sharing = (
-                    SharingService(
-                        self.id, self.peers, self.swarm, self.store, segment=opts.segment
-                    )
-                    if opts.sharing
-                    else None
-                )
-                self.names = NameService(
-                    self.peers,
-                    self.store,
-                    keyed=self.tls is not None,
-                    wait_for_peers=opts.wait_for_peers,
-                )
+                if adapter is not None:
+                    await nursery.start(adapter.run)
+                    self.lan = self._lan_services(adapter)
+                lan = self.lan
                 self.gets = GetService(
-                    self.home,
+                    self.store,
                     self.config,
-                    lan=self.swarm,
-                    sharing=self.sharing,
+                    lan=lan.swarm if lan is not None else None,
+                    sharing=lan.sharing if lan is not None else None,
                     http=self.outside.http,
-                    names=self.names if self.tls is not None else None,
+                    names=lan.names if lan is not None and self.tls is not None else None,
                 )
-                await nursery.start(self.swarm.run)
-                await nursery.start(self.peers.run)
-                if self.sharing is not None:
-                    await nursery.start(self.sharing.run)
+                if lan is not None:
+                    self.gets.on_rotten.append(lambda digest: lan.swarm.unseed([digest]))
+                    await nursery.start(lan.swarm.run)
+                    await nursery.start(lan.peers.run)
+                    if lan.sharing is not None:
+                        await nursery.start(lan.sharing.run)
                 self.keeper = StoreKeeper(
-                    self.store, self.config.store_max, in_use=self.gets.in_use, swarm=self.swarm
+                    self.store,
+                    self.config.store_max,
+                    in_use=self.gets.in_use,
+                    swarm=lan.swarm if lan is not None else None,
                 )
                 self.gets.after_get.append(self.keeper.got)
                 self.gets.limits.watch(self._apply_rates)
                 await nursery.start(self.gets.run)
                 await nursery.start(self.gets.limits.run)
                 await nursery.start(self.keeper.run)
+                if opts.scrub_every is not None:
+                    self.scrub = Scrubber(self.store, self.gets.rotten, every=opts.scrub_every)
+                    await nursery.start(self.scrub.run)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
                     nursery.start_soon(self._sample)
+                if opts.control:
+                    from .control import ControlServer
+
+                    self.gets.after_get.append(_trimmed)
+                    control = ControlServer(self.home, self.gets, self.status, self.control_ops())
+                    await nursery.start(control.run)
                 nursery.start_soon(_trim_every, TRIM_EVERY)
-                nursery.start_soon(self._follow_network)
+                if lan is not None:
+                    nursery.start_soon(self._follow_network)
                 task_status.started(self)
         finally:
-            adapter.close()
+            if adapter is not None:
+                adapter.close()
+
+    def _lan_services(self, adapter: SwarmAdapter) -> Lan:
+        opts = self.opts
+        peers = PeerService(
+            self.id,
+            self.outside.transport,
+            interfaces=self.interfaces,
+            rpc_port=opts.rpc_port,
+            torrent_port=lambda: adapter.port,
+            discovery=self.outside.discovery if opts.discovery else None,
+            static_peers=self.config.peers,
+            tls=self.tls,
+        )
+        swarm = SwarmService(
+            adapter,
+            self.store,
+            peers,
+            stall_timeout=opts.stall_timeout,
+            locate_timeout=opts.locate_timeout,
+            wait_for_peers=opts.wait_for_peers,
+        )
+        sharing = (
+            SharingService(self.id, peers, swarm, self.store, segment=opts.segment)
+            if opts.sharing
+            else None
+        )
+        names = NameService(
+            peers, self.store, keyed=self.tls is not None, wait_for_peers=opts.wait_for_peers
+        )
+        return Lan(peers, swarm, sharing, names)
+
+    @property
+    def swarm(self) -> SwarmService:
+        assert self.lan is not None, "the LAN is off"
+        return self.lan.swarm
+
+    @property
+    def peers(self) -> PeerService:
+        assert self.lan is not None, "the LAN is off"
+        return self.lan.peers
+
+    @property
+    def sharing(self) -> SharingService | None:
+        return self.lan.sharing if self.lan is not None else None
+
+    @property
+    def names(self) -> NameService:
+        assert self.lan is not None, "the LAN is off"
+        return self.lan.names
 
     async def publish(self, name: str, manifest_digest: str, force: bool) -> None:
         """Offer a manifest ``p2pmodel publish`` stored to the office as ``name``."""
@@ -221,9 +276,11 @@ class Agent:
         await self.names.publish(name, manifest, force, self.swarm.stored)
 
     def _apply_rates(self, rates: Rates) -> None:
-        self.swarm.set_upload_limit(rates.lan_upload)
-        if self.sharing is not None:
-            self.sharing.set_rate(rates.mirror_download)
+        if self.lan is None:
+            return
+        self.lan.swarm.set_upload_limit(rates.lan_upload)
+        if self.lan.sharing is not None:
+            self.lan.sharing.set_rate(rates.mirror_download)
 
     def _pinned(self) -> list[str]:
         """Addresses the user chose (``--interface``, then config ``interfaces``); [] = all."""
@@ -254,7 +311,8 @@ class Agent:
         notes: list[str] = []
         self.config = config
         self.gets.reload(config)
-        self.peers.set_static_peers(config.peers)
+        if self.lan is not None:
+            self.lan.peers.set_static_peers(config.peers)
         self.keeper.set_cap(config.store_max)
         if config.office_key != (self.tls.key if self.tls is not None else None):
             notes.append("the office key changed: it takes effect when the agent restarts")
@@ -272,29 +330,23 @@ class Agent:
             log.warning("%s", note)
         log.info("config reloaded from %s", config.path)
 
-    def control_ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
-        """What the control socket offers besides ``status`` and ``get``."""
+    def control_ops(self) -> dict[str, Callable[[Any], Awaitable[dict[str, Any]]]]:
+        """What the control socket offers besides ``status`` and ``get`` (``core.control``)."""
 
-        async def rm(req: dict[str, Any]) -> dict[str, Any]:
-            ref = req.get("ref")
-            if not isinstance(ref, str):
-                raise UserError("rm needs a reference")
-            return (await self.keeper.remove(ref)).describe()
+        async def rm(req: RemoveAsk) -> dict[str, Any]:
+            return (await self.keeper.remove(req.ref)).describe()
 
-        async def gc(req: dict[str, Any]) -> dict[str, Any]:
+        async def gc(req: CollectAsk) -> dict[str, Any]:
             return (await self.keeper.collect()).describe()
 
-        async def mirrors(req: dict[str, Any]) -> dict[str, Any]:
+        async def mirrors(req: MirrorsAsk) -> dict[str, Any]:
             return {
                 "rules": [{"for": r.prefix, "use": list(r.use)} for r in self.config.mirrors],
                 "mirrors": self.gets.board.snapshot(trio.current_time()),
             }
 
-        async def publish(req: dict[str, Any]) -> dict[str, Any]:
-            ref, manifest = req.get("ref"), req.get("manifest")
-            if not isinstance(ref, str) or not isinstance(manifest, str):
-                raise UserError("publish needs a reference and a manifest digest")
-            await self.publish(ref, manifest, bool(req.get("force")))
+        async def publish(req: PublishAsk) -> dict[str, Any]:
+            await self.publish(req.ref, req.manifest, req.force)
             return {}
 
         return {"rm": rm, "gc": gc, "mirrors": mirrors, "publish": publish}
@@ -362,7 +414,16 @@ class Agent:
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),
             "store": self.keeper.last.describe() if self.keeper.last else None,
+            "scrub": (
+                {"checked": self.scrub.checked, "bad": self.scrub.bad}
+                if self.scrub is not None
+                else None
+            ),
         }
+
+
+async def _trimmed(ref: str) -> None:
+    trim_memory()  # a long-lived agent after a get (see trim_memory)
 
 
 async def _trim_every(seconds: float) -> None:
@@ -378,7 +439,8 @@ async def open_agent(
     options: AgentOptions | None = None,
     outside: Outside | None = None,
 ) -> AsyncIterator[Agent]:
-    """An agent running for the duration of the block (the embedded agent of a get)."""
+    """An agent running for the duration of the block (the embedded agent of a get, and with
+    the LAN off the agent of ``get --no-lan``)."""
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(home, config, options, outside).run)

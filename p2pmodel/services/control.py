@@ -1,11 +1,11 @@
-"""The control socket's agent side: ``status`` and ``get`` for a running ``p2pmodel serve``,
-and the agent's other operations (``rm``, ``gc``, ``mirrors``: one request, one ``result`` or
-``error`` frame) (framing and client: ``adapters.control``).
+"""The control socket's agent side (messages: ``core.control``; framing and client:
+``adapters.control``), started by ``Agent.run`` for ``serve``.
 
 A get asked over the socket runs in ``GetService`` like any other; its progress goes back four
-times a second, then one ``result`` or ``error`` frame (the error's one line and exit code, the
-same the CLI prints when it runs a get itself). A client that goes away (Ctrl-C on ``get``)
-cancels its get; what was fetched is kept for the next one.
+times a second, then one ``Done`` or ``Failed`` (the error's one line and exit code, the same
+the CLI prints when it runs a get itself). A client that goes away (Ctrl-C on ``get``) cancels
+its get; what was fetched is kept for the next one. A client must send its whole request
+within ``REQUEST_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
@@ -21,15 +21,28 @@ from typing import Any
 import trio
 
 from ..adapters.control import MAX_FRAME, PROGRESS_EVERY, pack, socket_path, unpack
-from ..core.errors import P2PModelError, ProtocolError, UserError
+from ..core.control import (
+    Answer,
+    Done,
+    Failed,
+    GetAsk,
+    ProgressReport,
+    Request,
+    StatusAnswer,
+    StatusAsk,
+    failed,
+    request_from_wire,
+)
+from ..core.errors import P2PModelError, ProtocolError
 from ..core.progress import Progress
 from ..core.refs import parse_ref
 from ..core.wire import FrameDecoder
 from .get import GetRequest
-from .gets import GetService
+from .get.service import GetService
 
 log = logging.getLogger(__name__)
-Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Op = Callable[[Any], Awaitable[dict[str, Any]]]
+REQUEST_TIMEOUT = 10.0
 
 
 class ControlServer:
@@ -38,13 +51,11 @@ class ControlServer:
         home: Path,
         gets: GetService,
         status: Callable[[], dict[str, Any]],
-        after_get: Callable[[], None] = lambda: None,
         ops: Mapping[str, Op] | None = None,
     ) -> None:
         self.path = socket_path(home)
         self.gets = gets
         self.status = status
-        self.after_get = after_get
         self.ops = dict(ops or {})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,35 +77,43 @@ class ControlServer:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
-            req = await self._receive(stream)
-            op = req.get("op")
-            if op == "status":
-                await stream.send_all(pack({"event": "status", **self.status()}))
-            elif op == "get":
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    req = request_from_wire(await self._receive(stream))
+            except ProtocolError as e:
+                await stream.send_all(pack(failed(e).to_wire()))
+                return
+            if isinstance(req, StatusAsk):
+                await self._send(stream, StatusAnswer(self.status()))
+            elif isinstance(req, GetAsk):
                 await self._get(stream, req)
-            elif isinstance(op, str) and op in self.ops:
-                await stream.send_all(pack(await self._op(op, req)))
+            elif req.op in self.ops:
+                await self._send(stream, await self._op(req))
             else:
-                await stream.send_all(
-                    pack({"event": "error", "message": f"bad op {op!r}", "code": 2})
-                )
-        # A client that goes away (Ctrl-C on `get`) or sends garbage ends its own connection,
-        # never the agent; a bug in answering one request is logged, and the agent serves on.
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, ValueError, ProtocolError):
+                await self._send(stream, Failed(f"bad op {req.op!r}", 2))
+        # A client that goes away (Ctrl-C on `get`), stalls or sends garbage ends its own
+        # connection, never the agent; a bug in answering one request is logged, and the
+        # agent serves on.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass
+        except* (ValueError, ProtocolError):
             pass
         except* Exception:
             log.exception("control request failed")
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _op(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+    async def _send(self, stream: trio.SocketStream, answer: Answer) -> None:
+        await stream.send_all(pack(answer.to_wire()))
+
+    async def _op(self, req: Request) -> Answer:
         try:
-            return {"event": "result", **await self.ops[op](req)}
+            return Done(await self.ops[req.op](req))
         except P2PModelError as e:
-            return {"event": "error", "message": str(e), "code": e.exit_code}
+            return failed(e)
         except Exception as e:  # a bug of ours: the client still gets one line
-            log.exception("control op %r failed", op)
-            return {"event": "error", "message": f"internal error in the agent: {e!r}", "code": 70}
+            log.exception("control op %r failed", req.op)
+            return Failed(f"internal error in the agent: {e!r}", 70)
 
     async def _receive(self, stream: trio.SocketStream) -> dict[str, Any]:
         decoder = FrameDecoder(MAX_FRAME)
@@ -106,63 +125,48 @@ class ControlServer:
             if frames:
                 return unpack(frames[0])
 
-    async def _get(self, stream: trio.SocketStream, req: dict[str, Any]) -> None:
+    async def _get(self, stream: trio.SocketStream, ask: GetAsk) -> None:
         progress = Progress()
-        outcome: dict[str, Any] = {}
+        outcome: list[Answer] = []
         done = trio.Event()
 
         async def run() -> None:
             try:
-                greq = _get_request(req)
-                result = await self.gets.get(greq, progress)
-                outcome.update(
-                    event="result", warnings=result.warnings, **result.describe(greq.ref.text)
-                )
+                req = get_request(ask)
+                result = await self.gets.get(req, progress)
+                outcome.append(Done(result.describe(req.ref.text), tuple(result.warnings)))
             except P2PModelError as e:
-                outcome.update(event="error", message=str(e), code=e.exit_code)
+                outcome.append(failed(e))
             except Exception as e:  # a bug of ours: the client still gets one line
-                log.exception("get %r failed", req.get("ref"))
-                outcome.update(
-                    event="error", message=f"internal error in the agent: {e!r}", code=70
-                )
+                log.exception("get %r failed", ask.ref)
+                outcome.append(Failed(f"internal error in the agent: {e!r}", 70))
             finally:
                 done.set()
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run)
-                while not done.is_set():
-                    await stream.send_all(pack(_progress_frame(progress)))
-                    with trio.move_on_after(PROGRESS_EVERY):
-                        await done.wait()
-                await stream.send_all(pack(_progress_frame(progress)))
-                await stream.send_all(pack(outcome))
-        finally:
-            self.after_get()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while not done.is_set():
+                await self._send(stream, progress_report(progress))
+                with trio.move_on_after(PROGRESS_EVERY):
+                    await done.wait()
+            await self._send(stream, progress_report(progress))
+            await self._send(stream, outcome[0])
 
 
-def _get_request(req: dict[str, Any]) -> GetRequest:
-    """A get request from a client's map; ``UserError`` if a field is missing or mistyped."""
-    ref, to, cache, sha = (req.get(k) for k in ("ref", "to", "hf_cache", "sha256"))
-    if not isinstance(ref, str):
-        raise UserError("a get request needs a 'ref' string")
-    for name, value in (("to", to), ("hf_cache", cache), ("sha256", sha)):
-        if value is not None and not isinstance(value, str):
-            raise UserError(f"a get request's {name!r} must be a string")
+def get_request(ask: GetAsk) -> GetRequest:
+    """The get a client asked for (``UserError`` for a bad reference)."""
     return GetRequest(
-        parse_ref(ref),
-        to=Path(to) if to else None,
-        hf_cache=Path(cache) if cache else None,
-        sha256=sha,
-        refresh=bool(req.get("refresh")),
-        progress="none",
+        parse_ref(ask.ref),
+        to=Path(ask.to) if ask.to else None,
+        hf_cache=Path(ask.hf_cache) if ask.hf_cache else None,
+        sha256=ask.sha256,
+        refresh=ask.refresh,
     )
 
 
-def _progress_frame(p: Progress) -> dict[str, Any]:
-    return {
-        "event": "progress",
-        "from_mirrors": p.from_mirrors,
-        "from_peers": p.from_peers,
-        "files": [[k, f.label, f.size, f.have, f.source, f.state] for k, f in p.files.items()],
-    }
+def progress_report(p: Progress) -> ProgressReport:
+    return ProgressReport(
+        p.from_mirrors,
+        p.from_peers,
+        tuple((k, f.label, f.size, f.have, f.source, f.state) for k, f in p.files.items()),
+    )

@@ -38,6 +38,7 @@ import trio
 from ..adapters.hashing import hash_into, piece_hashes
 from ..adapters.http import FetchFailure, RangeBody, Timeouts, make_client, open_range
 from ..adapters.store import PartialState, Store, disk_errors, start_writeback
+from ..core.config import unreachable_hint
 from ..core.digests import BlobHasher, algorithm
 from ..core.errors import IntegrityError, SourceError
 from ..core.fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
@@ -264,6 +265,8 @@ def _raise_failures(plan: FetchPlan, board: MirrorBoard, jobs: dict[str, BlobJob
         s = board.stats(m)
         why = s.bans.get(first.key) or s.last_error or "no answer"
         causes.append(f"{m}: {why}")
+    hint = unreachable_hint(jobs[first.key].urls)
+    more += f" ({hint})" if hint else ""
     raise SourceError(f"cannot fetch {label}: {'; '.join(causes)}{more}")
 
 

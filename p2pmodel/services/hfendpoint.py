@@ -38,7 +38,8 @@ from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
 from ..core.openfiles import Caps
 from ..core.refs import Ref
-from .gets import BlobGone, GetService
+from .get.reader import BlobGone
+from .get.service import GetService
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -213,10 +214,18 @@ class HfEndpoint:
         if span is not None:
             out.append(("Content-Range", f"bytes {start}-{stop - 1}/{entry.size}"))
         async with self.gets.reader(manifest, entry, start, stop, token) as reader:
+            try:
+                chunk = await reader.read()
+            except P2PModelError as e:
+                # Known before the first byte (no source can provide it): say so, never a 200
+                # that sends nothing.
+                log.warning("%s: %s", entry.path, e)
+                raise Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
             await send(_start(status, out))
             try:
-                while chunk := await reader.read():
+                while chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = await reader.read()
             except (BlobGone, P2PModelError) as e:
                 # Raising is how an ASGI app cuts a response short: the client sees a body that
                 # ends early, never a complete file.

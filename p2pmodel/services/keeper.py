@@ -12,46 +12,29 @@ fetching from us (``SwarmService.uploading``). One collection runs at a time:
    get that recorded its ref in between keeps what it names;
 4. seed again what was unseeded but kept.
 
-The keeper collects when the agent starts, after every get (a get is what grows the store; the
-model it fetched is kept by that collection even if the cap is still exceeded), and when a
+The keeper collects when the agent starts, at the end of every get, before the get returns (a
+get is what grows the store; the model it fetched is kept by that collection even if the cap is
+still exceeded), and when a
 reloaded config changes the cap; ``rm`` and ``gc`` from the control socket run the
-same collection. Without an agent the CLI runs the store adapter's ``collect`` alone (no get
-or peer of this agent can be using the store then).
+same collection. Every get runs in an agent (``--no-lan``: one with the LAN off), so the cap
+holds alike however a get ran; ``rm``/``gc`` without a running agent run the store adapter's
+``collect`` alone (no get or peer of this agent can be using the store then).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..adapters.store import Store
 from ..core.errors import P2PModelError, UserError
-from ..core.retention import Plan
+from ..core.retention import Collected
 from .swarm import SwarmService
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Collected:
-    plan: Plan
-    deleted: list[str]
-    cap: int | None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "evicted": list(self.plan.evict),
-            "deleted": len(self.deleted),
-            "freed": self.plan.freed,
-            "kept_in_use": list(self.plan.kept_busy),
-            "size": self.plan.size_after,
-            "cap": self.cap,
-            "over_cap": self.plan.over_cap,
-        }
 
 
 class StoreKeeper:
@@ -72,11 +55,21 @@ class StoreKeeper:
         self._wake = trio.Event()
         self._fresh: set[str] = set()
 
-    def got(self, ref: str) -> None:
-        """A get of ``ref`` ended: the store may have grown, check the cap. The model just
-        fetched is not evicted by that check (the user asked for it a moment ago)."""
+    async def got(self, ref: str) -> str | None:
+        """A get of ``ref`` ended: the store may have grown, so the cap is checked before the
+        get returns (``GetService.after_get``, whichever front end ran it). The model just
+        fetched is not evicted by that check (the user asked for it a moment ago).
+        Returns a warning for the get's user when the store stays over its cap."""
         self._fresh.add(ref)
-        self.wake()
+        if self.cap is None:
+            self._fresh.discard(ref)
+            return None
+        try:
+            done = await self.collect()
+        except (OSError, P2PModelError) as e:  # the get itself succeeded: say so, go on
+            log.warning("keeping the store under its cap failed: %s", e)
+            return f"keeping the store under its cap failed: {e}"
+        return over_cap(done.plan.size_after, self.cap) if done.plan.over_cap else None
 
     def wake(self) -> None:
         self._wake.set()
@@ -147,15 +140,15 @@ class StoreKeeper:
                 plan.freed,
                 plan.size_after,
             )
-        if plan.over_cap:
-            log.warning(
-                "store holds %d bytes, over its cap of %s: the rest is pinned or in use",
-                plan.size_after,
-                self.cap,
-            )
+        if plan.over_cap and self.cap is not None:
+            log.warning("%s", over_cap(plan.size_after, self.cap))
         self._fresh -= fresh
         self.last = Collected(plan, deleted, self.cap)
         return self.last
+
+
+def over_cap(size: int, cap: int) -> str:
+    return f"store holds {size} bytes, over its cap of {cap}: the rest is pinned or in use"
 
 
 def _sizes(store: Store, digests: set[str]) -> dict[str, int]:

@@ -33,7 +33,7 @@ from ..core.errors import UserError
 from ..core.manifest import Manifest, ManifestError, is_published
 from ..core.refs import parse_ref
 from ..core.wire import Message, PeerProtocolError, Resolved, ResolveQuery
-from .get import find_pinned
+from .get.flow import find_pinned
 from .link import RpcError
 from .peers import PeerService
 

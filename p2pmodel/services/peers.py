@@ -17,6 +17,7 @@ answered request, ours or a peer's, counts as hearing from that peer.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -35,6 +36,14 @@ from .link import Delivery, PeerLink, RpcError
 log = logging.getLogger(__name__)
 STATIC_EVERY = 5.0
 Route = Callable[[Any, str], Awaitable[Message]]  # (message, peer's agent id) -> answer
+
+
+def _host_name(host: str) -> str:
+    """A static peer's configured host as its name, "" for an address."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return ""
+    return host
 
 
 class Announcer(Protocol):
@@ -239,9 +248,15 @@ class PeerService:
             self._changed()
 
     def _seen(
-        self, agent: str, addrs: list[PeerAddr], torrent_port: int, how: Any, now: float
+        self,
+        agent: str,
+        addrs: list[PeerAddr],
+        torrent_port: int,
+        how: Any,
+        now: float,
+        host: str = "",
     ) -> None:
-        if self.table.seen(agent, addrs, torrent_port, how, now) is not None:
+        if self.table.seen(agent, addrs, torrent_port, how, now, host) is not None:
             self._peer_seen.set()
             self._wake.set()
             self._changed()
@@ -261,7 +276,12 @@ class PeerService:
                     hello = await self.link.probe(host.strip("[]"), int(port))
                     addrs = [PeerAddr(host.strip("[]"), hello.rpc_port)]
                     self._seen(
-                        hello.agent, addrs, hello.torrent_port, "static", trio.current_time()
+                        hello.agent,
+                        addrs,
+                        hello.torrent_port,
+                        "static",
+                        trio.current_time(),
+                        _host_name(host.strip("[]")),
                     )
                     self._heard(hello.agent)  # it answered: verified
             with trio.move_on_after(STATIC_EVERY if self._static else math.inf):

@@ -58,6 +58,7 @@ class MemoryNetwork:
         self.listeners: dict[tuple[str, int], _Listener] = {}
         self._ports = itertools.count(20000)
         self.connections = 0
+        self.names: dict[str, str] = {}  # host name -> address (the network's /etc/hosts)
 
     def transport(self, host: str = "memory") -> MemoryTransport:
         return MemoryTransport(self, host)
@@ -70,7 +71,7 @@ class MemoryTransport:
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
         await trio.lowlevel.checkpoint()
-        listener = self.net.listeners.get((host, port))
+        listener = self.net.listeners.get((self.net.names.get(host, host), port))
         if listener is None:
             raise ConnectionRefusedError(f"nothing listens on {host}:{port}")
         client, server = trio.testing.memory_stream_pair()

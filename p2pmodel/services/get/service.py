@@ -2,8 +2,9 @@
 
 Theory of operation. A front end (the CLI in its own process, the control socket of ``serve``,
 the Hugging Face endpoint; next the dashboard) hands a ``GetRequest`` and a ``Progress`` to
-``get`` and reads the progress while it runs. The service runs the get flow
-(``services.get``) with what the agent keeps across gets: one HTTP client (its connection
+``get`` and reads the progress while it runs (it renders it; the service never does). The
+service takes the get's one decision (``core.resolve``, unless the front end took it) and runs
+the flow (``flow.run_get``) with what the agent keeps across gets: one HTTP client (its connection
 pool), one ``MirrorBoard`` (mirror ranks, backoffs and bans for bad bytes survive from one get
 to the next; mirrors given up on get another chance when a get starts), one ``TokenBucket``
 for all mirror traffic (unlimited by default; ``[limits]`` set its rate through ``limits``,
@@ -26,119 +27,115 @@ raises, so the client's connection is cut short and no wrong file ever completes
 from __future__ import annotations
 
 import collections
-import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from ..adapters.http import Timeouts, make_client
-from ..adapters.store import Store
-from ..core.config import Config
-from ..core.errors import IntegrityError, NotFound, P2PModelError, SourceError, first_cause
-from ..core.limits import Rates
-from ..core.manifest import FileEntry, Manifest
-from ..core.mirrors import MirrorBoard
-from ..core.progress import Progress
-from ..core.refs import Ref
-from ..core.stats import GetStats
-from ..core.tokenbucket import TokenBucket
-from .download import Download, DownloadOptions
-from .get import (
-    GetRequest,
-    GetResult,
+from ...adapters.http import make_client
+from ...adapters.store import Store
+from ...core.config import Config
+from ...core.errors import NotFound, P2PModelError, SourceError, first_cause
+from ...core.limits import Rates
+from ...core.manifest import FileEntry, Manifest
+from ...core.mirrors import MirrorBoard
+from ...core.progress import Progress
+from ...core.refs import Ref
+from ...core.resolve import Decision
+from ...core.stats import GetStats
+from ...core.tokenbucket import TokenBucket
+from ..download import Download, DownloadOptions
+from ..limits import LimitsService
+from .flow import (
     LanSource,
     Names,
     Sharing,
+    Sources,
     blob_jobs,
+    decide,
     fetch_blobs,
     find_pinned,
-    get,
     list_upstream,
+    run_get,
 )
-from .limits import LimitsService
+from .reader import BlobReader, Fetch
+from .request import GetRequest, GetResult
 
 log = logging.getLogger(__name__)
 HttpFactory = Callable[[], httpx.AsyncClient]
-HOLD = 1024 * 1024  # the last bytes of a file a reader gets only once the blob is verified
 GRACE = 60.0  # seconds an unfinished fetch nobody reads any more is kept
-READ = 1024 * 1024
-
-
-class BlobGone(Exception):
-    """The bytes a reader already had were thrown away (they failed the digest): the client
-    must not get the rest of them as one file."""
-
-
-@dataclass
-class _Fetch:
-    """One fetch of one blob, started for readers."""
-
-    digest: str
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    error: BaseException | None = None
-    readers: int = 0
 
 
 class GetService:
     def __init__(
         self,
-        home: Path,
+        store: Store,
         config: Config,
         *,
         lan: LanSource | None = None,
         sharing: Sharing | None = None,
         http: HttpFactory | None = None,
         names: Names | None = None,
+        download: DownloadOptions | None = None,
     ) -> None:
-        self.home = home
+        """``download``: the download settings to start from (tests tune timeouts and the
+        mirror board's pace here); the service's own board, bucket and hooks go in."""
         self.config = config
-        self.store = Store(home)
+        self.store = store
         self.lan = lan
         self.sharing = sharing
         self.names = names
-        self.board = MirrorBoard()
+        self._download = download or DownloadOptions()
+        self._connections = download.connections if download is not None else None
+        self.board = self._download.board or MirrorBoard()
         self.bucket = TokenBucket()
         self.limits = LimitsService(config.limits)
         self.limits.watch(self._set_mirror_rate)
         self.stats = GetStats()
         self.running: dict[int, tuple[str, Progress]] = {}  # what runs now: (label, progress)
         self.downloads: dict[str, Download] = {}  # blob -> the download fetching it now
-        self.after_get: list[Callable[[str], None]] = []  # told the ref when a get ends
+        # Awaited with the ref when a get ended (the store's cap, trimming memory); a line
+        # one returns is a warning for the get's user.
+        self.after_get: list[Callable[[str], Awaitable[str | None]]] = []
         self._reading: collections.Counter[str] = collections.Counter()  # blob -> open readers
         self._make_http = http
         self._http: httpx.AsyncClient | None = None
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
-        self._fetches: dict[str, _Fetch] = {}
+        self._fetches: dict[str, Fetch] = {}
         self._accepted: dict[str, set[str]] = {}  # gated manifest -> sha256 of tokens taken
         self._downloads_changed = trio.Event()
         self._served: dict[str, int] = {}  # blob -> the attempt a reader last had bytes of
         self.tainted: set[str] = set()  # blobs a client may hold wrong bytes of (see read)
+        self.on_rotten: list[Callable[[str], object]] = []  # told first (the agent: unseed)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[GetService]:
-        """The service ready for gets (its HTTP client open) while inside."""
+        """The service ready for gets (its HTTP client open) while inside; an error in the
+        block leaves it as it was raised, never wrapped in an exception group."""
         connections = 2 * max(self.config.connections, 16)
-        client = self._make_http() if self._make_http else make_client(Timeouts(), connections)
+        timeouts = self._download.timeouts
+        client = self._make_http() if self._make_http else make_client(timeouts, connections)
+        failure: BaseException | None = None
         async with client, trio.open_nursery() as nursery:
             self._http = client
             self._nursery = nursery
             try:
                 yield self
+            except BaseException as e:  # re-raised as it is once the nursery closed
+                failure = e
             finally:
                 nursery.cancel_scope.cancel()
                 self._http = None
                 self._nursery = None
+        if failure is not None:
+            raise failure
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self.open():
@@ -146,8 +143,9 @@ class GetService:
             await trio.sleep_forever()
 
     def _options(self, connections: int | None = None) -> DownloadOptions:
-        return DownloadOptions(
-            connections=connections or self.config.connections,
+        return dataclasses.replace(
+            self._download,
+            connections=connections or self._connections or self.config.connections,
             board=self.board,
             bucket=self.bucket,
             on_mirror_bytes=self.stats.mirror_bytes,
@@ -165,9 +163,12 @@ class GetService:
         progress: Progress | None = None,
         *,
         connections: int | None = None,
+        decision: Decision | None = None,
     ) -> GetResult:
-        """Run one get. Raises the ``P2PModelError`` that says what went wrong (or an
-        interrupt), never an exception group."""
+        """Run one get: the front end's ``decision`` (``flow.decide``; taken here when it has
+        none), then the flow; then the store's cap (``after_get``, awaited: the cap holds when
+        the get returns, whoever ran it). Raises the ``P2PModelError`` that says what went
+        wrong (or an interrupt), never an exception group."""
         assert self._http is not None, "the get service is not open"
         progress = progress or Progress()
         key = next(self._ids)
@@ -177,36 +178,45 @@ class GetService:
         t0 = trio.current_time()
         self.limits.apply()  # an agent follows the schedule; a lone get starts with what holds now
         self.board.revive(t0)
+        config = self.config  # a reload meanwhile applies to the next get
+        sources = Sources(
+            self.store,
+            config,
+            self._http,
+            self._options(connections),
+            self.lan,
+            self.sharing,
+            self.names,
+        )
         try:
-            result = await get(
-                req,
-                self.home,
-                options=self._options(connections),
-                client=self._http,
-                lan=self.lan,
-                sharing=self.sharing,
-                progress=progress,
-                config=self.config,
-                names=self.names,
-            )
+            if decision is None:
+                decision = decide(req, self.store, config, keyed=self.names is not None)
+            result = await run_get(req, decision, sources, progress)
         except BaseException as e:
             cause = first_cause(e)
             if isinstance(cause, Exception):
                 self.stats.failed += 1
                 kind = type(cause).__name__ if isinstance(cause, P2PModelError) else "Bug"
                 self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+                await self._after(req)  # what a failed get left (partials) counts too
             if cause is e:
                 raise
             raise cause from None
         finally:
             self.stats.running -= 1
             del self.running[key]
-            for fn in self.after_get:
-                fn(req.ref.text)
         self.stats.completed += 1
         self.stats.durations.append(trio.current_time() - t0)
         self.stats.duration.observe(trio.current_time() - t0)
+        result.warnings += await self._after(req)
         return result
+
+    async def _after(self, req: GetRequest) -> list[str]:
+        warnings = []
+        for after in self.after_get:
+            if (warning := await after(req.ref.text)) is not None:
+                warnings.append(warning)
+        return warnings
 
     def _set_mirror_rate(self, rates: Rates) -> None:
         self.bucket.set_rate(rates.mirror_download, trio.current_time())
@@ -258,6 +268,16 @@ class GetService:
         if self._served.get(key) == attempt:
             # A reader had bytes of it: a client resuming with a Range may hold wrong bytes.
             self.tainted.add(key)
+
+    def rotten(self, digest: str) -> None:
+        """A stored blob failed its check (read for a client, or by the scrub): it is
+        dropped from seeding and from the store, and fetched again when next wanted."""
+        log.error("stored blob %s failed its check: removed (it is fetched again)", digest)
+        self.stats.digest_failure("store")
+        self.tainted.add(digest)  # a client resuming it may hold its bad bytes
+        for fn in self.on_rotten:
+            fn(digest)
+        self.store.remove_blob(digest)
 
     def _changed(self) -> None:
         self._downloads_changed.set()
@@ -346,14 +366,14 @@ class GetService:
                 if fetch.readers == 0 and not fetch.done.is_set() and self._nursery is not None:
                     self._nursery.start_soon(self._give_up_later, fetch)
 
-    def _start_fetch(self, manifest: Manifest, entry: FileEntry, token: str | None) -> _Fetch:
+    def _start_fetch(self, manifest: Manifest, entry: FileEntry, token: str | None) -> Fetch:
         assert self._nursery is not None, "the get service is not open"
-        fetch = self._fetches[entry.digest] = _Fetch(entry.digest)
+        fetch = self._fetches[entry.digest] = Fetch(entry.digest)
         self._nursery.start_soon(self._run_fetch, fetch, manifest, entry, token)
         return fetch
 
     async def _run_fetch(
-        self, fetch: _Fetch, manifest: Manifest, entry: FileEntry, token: str | None
+        self, fetch: Fetch, manifest: Manifest, entry: FileEntry, token: str | None
     ) -> None:
         assert self._http is not None
         progress = Progress()
@@ -367,9 +387,8 @@ class GetService:
                 # No whole-blob LAN fetch (its bytes cannot be read as they arrive): peers that
                 # hold the blob serve it unit by unit through sharing, like any unit.
                 await fetch_blobs(
-                    self.store, jobs, progress, self._options(), self._http, None, self.sharing,
-                    lambda: None,
-                )  # fmt: skip
+                    self.store, jobs, progress, self._options(), self._http, None, self.sharing
+                )
         except Exception as e:
             fetch.error = first_cause(e)
             log.warning("fetching %s for the HF endpoint failed: %s", entry.path, fetch.error)
@@ -379,80 +398,7 @@ class GetService:
             fetch.done.set()
             self._changed()
 
-    async def _give_up_later(self, fetch: _Fetch) -> None:
+    async def _give_up_later(self, fetch: Fetch) -> None:
         await trio.sleep(GRACE)
         if fetch.readers == 0:
             fetch.scope.cancel()
-
-
-class BlobReader:
-    """Bytes ``[start, stop)`` of one file, as they reach the disk (see the module docs)."""
-
-    def __init__(
-        self, gets: GetService, entry: FileEntry, start: int, stop: int, fetch: _Fetch | None
-    ) -> None:
-        self.gets = gets
-        self.entry = entry
-        self.pos = start
-        self.stop = stop
-        self.fetch = fetch
-        self._fd: int | None = None
-        self._verified = False
-        self._attempt: int | None = None
-
-    async def read(self, most: int = READ) -> bytes:
-        """The next bytes (``b""`` at the end). Raises ``BlobGone`` if bytes already read
-        turned out wrong, or the error that ended the fetch."""
-        store, digest, size = self.gets.store, self.entry.digest, self.entry.size
-        while self.pos < self.stop:
-            if not self._verified and store.has_blob(digest, size):
-                self._verified = True
-                self._reopen(store.blob_path(digest))
-            if self._verified:
-                return await self._pread(min(most, self.stop - self.pos))
-            download = self.gets.downloads.get(digest)
-            if download is not None and download.has(digest):
-                attempt = download.attempt(digest)
-                if self._attempt is not None and attempt != self._attempt:
-                    raise BlobGone(f"{self.entry.path}: the bytes sent failed the digest")
-                limit = download.frontier(digest, self.pos)
-                if self.stop == size:
-                    limit = min(limit, size - HOLD)  # the end waits for the digest
-                if limit > self.pos:
-                    if self._fd is None:
-                        self._reopen(store.partial_path(digest))
-                    self._attempt = attempt
-                    self.gets._served[digest] = attempt
-                    return await self._pread(min(most, limit - self.pos, self.stop - self.pos))
-                with trio.move_on_after(1.0):  # also wakes if the blob was stored meanwhile
-                    await download.landed.wait(None)
-                continue
-            fetch = self.fetch
-            if fetch is not None and fetch.done.is_set():
-                if fetch.error is not None:
-                    raise fetch.error
-                if not store.has_blob(digest, size):
-                    raise IntegrityError(f"{self.entry.path}: the fetch ended without it")
-                continue
-            with trio.move_on_after(1.0):
-                await self.gets._downloads_changed.wait()
-        return b""
-
-    def _reopen(self, path: Path) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(path, os.O_RDONLY)
-
-    async def _pread(self, n: int) -> bytes:
-        assert self._fd is not None
-        data = await trio.to_thread.run_sync(os.pread, self._fd, n, self.pos)
-        if not data:
-            raise IntegrityError(f"{self.entry.path} ends before byte {self.pos}")
-        self.pos += len(data)
-        return data
-
-    def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None

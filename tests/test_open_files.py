@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from p2pmodel.adapters.httpserver import CLOSE_GRACE, serve_asgi
+from p2pmodel.adapters.httpserver import CLOSE_GRACE
 from p2pmodel.core.config import parse_config
 from p2pmodel.core.openfiles import (
     HTTP_MOST,
@@ -27,6 +27,7 @@ from p2pmodel.core.openfiles import (
     budget,
 )
 from p2pmodel.services.agent import Agent, AgentOptions
+from p2pmodel.services.hfendpoint import serve_bounded
 from p2pmodel.testing.fakes import MemoryMirror, SimOffice
 
 PROBE = """
@@ -147,7 +148,7 @@ async def test_the_http_server_refuses_over_its_cap_and_frees_places_when_client
     cfg.bind = ["127.0.0.1:0"]
     cfg.accesslog = None
     cfg.keep_alive_timeout = 30
-    urls: list[str] = await nursery.start(serve_asgi, _ok, cfg, Caps(total=4, per_host=4))
+    urls: list[str] = await nursery.start(serve_bounded, _ok, cfg, Caps(total=4, per_host=4))
     host, port = urls[0].removeprefix("http://").rsplit(":", 1)
     held = [await trio.open_tcp_stream(host, int(port)) for _ in range(6)]
     await trio.sleep(0.2)

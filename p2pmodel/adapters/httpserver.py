@@ -1,15 +1,15 @@
-"""The agent's HTTP server: hypercorn's HTTP/1.1 connections for an ASGI app, accepted by our
-own loop so their number is bounded (trio).
+"""The agent's HTTP server: hypercorn's HTTP/1.1 connections for an ASGI app, on sockets whose
+accepting is left to the caller, so their number can be bounded (trio).
 
 Theory of operation. hypercorn's ``serve`` accepts every connection it can, and an idle one
 costs it a file until its keep-alive timeout: a local user with a loop of ``connect()`` ran
 the agent out of files (measured: 1,574 connections at a soft limit of 1024). hypercorn has
-no setting that bounds connections, so this module binds the sockets as hypercorn would
-(``Config.create_sockets``), accepts with ``transport.serve_listeners`` (out of files: wait,
-accept again) and admits each connection through ``core.openfiles.Admission``: over the cap
-(per address, in all) it is closed at once, unanswered. An admitted one is handed to
-hypercorn's own per-connection server (``TCPServer``: HTTP parsing, keep-alive, the ASGI
-calls), so nothing here speaks HTTP. No lifespan events are sent: the app needs none.
+no setting that bounds connections, so this module only binds the sockets as hypercorn would
+(``bind``: ``Config.create_sockets``) and serves one accepted connection with hypercorn's
+own per-connection server (``connection_server``: ``TCPServer``, HTTP parsing, keep-alive,
+the ASGI calls), so nothing here speaks HTTP. The caller accepts and admits
+(``transport.serve_admitted``: a cap per address and in all, out of files wait and accept
+again). No lifespan events are sent: the app needs none.
 
 A connection the client closed is given ``CLOSE_GRACE`` to finish and then ended: hypercorn
 itself keeps it (and its file, and here its place under the cap) until its keep-alive timer
@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-
-from ..core.openfiles import Admission, Caps
-from .transport import peer_host, serve_listeners
 
 CLOSE_GRACE = 1.0  # seconds hypercorn gets to wind down a connection the client closed
 
@@ -58,15 +56,19 @@ class _Watched(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
-async def serve_asgi(
-    app: Any,
-    config: Any,
-    caps: Caps,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``app`` on ``config.bind`` (a hypercorn ``Config``) with at most ``caps``
-    connections; started with the bound URLs. ``OSError`` if a bind fails."""
+def bind(config: Any) -> tuple[list[trio.SocketListener], list[str]]:
+    """Listening sockets for ``config.bind`` (a hypercorn ``Config``) and their URLs.
+    ``OSError`` if a bind fails."""
+    listeners, urls = [], []
+    for sock in config.create_sockets().insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        urls.append("http://" + _address(sock))
+    return listeners, urls
+
+
+def connection_server(app: Any, config: Any) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """What serves one accepted connection: hypercorn's HTTP/1.1 for the ASGI ``app``."""
     from hypercorn.trio.tcp_server import TCPServer
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
@@ -74,30 +76,14 @@ async def serve_asgi(
 
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
-    gate = Admission(caps)
-    sockets = config.create_sockets().insecure_sockets
-    listeners = []
-    urls = []
-    for sock in sockets:
-        sock.listen(config.backlog)
-        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        urls.append("http://" + _address(sock))
 
-    async def handle(stream: trio.abc.Stream) -> None:
-        host = peer_host(stream)
-        if not gate.admit(host):
-            return  # closed at once by serve_listeners
+    async def serve(stream: trio.abc.Stream) -> None:
         assert isinstance(stream, trio.SocketStream)
-        try:
-            with trio.CancelScope(deadline=math.inf) as scope:
-                watched = _Watched(stream, scope)
-                await TCPServer(wrapped, config, context, ConnectionState({}), watched)  # type: ignore[arg-type]
-        finally:
-            gate.leave(host)
+        with trio.CancelScope(deadline=math.inf) as scope:
+            watched = _Watched(stream, scope)
+            await TCPServer(wrapped, config, context, ConnectionState({}), watched)  # type: ignore[arg-type]
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_listeners, handle, listeners, "HTTP on " + ", ".join(urls))
-        task_status.started(urls)
+    return serve
 
 
 def _address(sock: socket.socket) -> str:

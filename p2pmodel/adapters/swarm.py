@@ -39,7 +39,6 @@ from ..core.openfiles import SWARM_MOST
 from ..core.rangeset import RangeSet
 from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, without_cert
 from .hashing import digest_file
-from .rlimit import current_budget
 from .store import PartialState, Store
 
 if TYPE_CHECKING:
@@ -136,14 +135,17 @@ class _Torrent:
 
 class Swarm:
     def __init__(
-        self, store: Store, listen: Sequence[str], port: int = 0, tls: OfficeTls | None = None
+        self,
+        store: Store,
+        listen: Sequence[str],
+        port: int = 0,
+        tls: OfficeTls | None = None,
+        connections: int = SWARM_MOST,  # libtorrent's connections_limit (core.openfiles)
     ) -> None:
         self.store = store
         self.listen = list(listen)
         self.tls = tls
         self.ca = tls.ca_pem if tls is not None else None
-        # The caps come from the open-files limit (the agent raised it at its start).
-        connections = current_budget().swarm
         settings = session_settings(self.listen, port, ssl=tls is not None, connections=connections)
         self.session = lt.session(settings)  # type: ignore[call-overload]
         _one_peer_class(self.session)

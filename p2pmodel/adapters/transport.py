@@ -7,7 +7,8 @@ memory), and one contract suite runs against both.
 ``serve_listeners`` is the accept loop of every TCP server of the agent (the link, the HTTP
 endpoint): when the process is out of files (``EMFILE``) or memory it says so once, waits and
 accepts again, so a flood of connections costs the agent a moment of deafness, never a
-service.
+service. ``serve_admitted`` adds a cap (``core.openfiles.Admission``): a connection over it
+is closed at once, unanswered.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
+
+from ..core.openfiles import Admission, Caps
 
 log = logging.getLogger(__name__)
 StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
@@ -71,6 +74,25 @@ async def serve_listeners(
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(_accept_forever, handler, listener, what, nursery)
+
+
+async def serve_admitted(
+    handler: StreamHandler, listeners: Sequence[trio.SocketListener], caps: Caps, what: str
+) -> None:
+    """``serve_listeners`` with at most ``caps`` connections served at once (per address,
+    in all); more are closed as soon as accepted."""
+    gate = Admission(caps)
+
+    async def admitted(stream: trio.abc.Stream) -> None:
+        host = peer_host(stream)
+        if not gate.admit(host):
+            return  # closed at once by _run
+        try:
+            await handler(stream)
+        finally:
+            gate.leave(host)
+
+    await serve_listeners(admitted, listeners, what)
 
 
 async def _accept_forever(

@@ -31,7 +31,7 @@ import trio
 
 from ..adapters.home import agent_id, load_config
 from ..adapters.netif import local_ipv4
-from ..adapters.rlimit import raise_open_files
+from ..adapters.rlimit import current_budget, raise_open_files
 from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
@@ -100,7 +100,7 @@ def _real_swarm(
 ) -> SwarmAdapter:
     from ..adapters.swarm import Swarm
 
-    return Swarm(store, interfaces, port, tls)
+    return Swarm(store, interfaces, port, tls, connections=current_budget().swarm)
 
 
 def _real_discovery(**kw: Any) -> Any:

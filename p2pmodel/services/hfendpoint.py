@@ -3,9 +3,10 @@ that uses ``huggingface_hub`` (``from_pretrained``, ``snapshot_download``, ``hf 
 takes its models through the agent, verified, with no code change (trio, ASGI).
 
 Theory of operation. hypercorn serves this ASGI app in the agent's root nursery (a real
-HTTP/1.1 server with keep-alive, so nothing here parses HTTP; ``adapters.httpserver`` accepts
-its connections and bounds their number). ``core.hfapi`` routes each request and shapes each
-answer; this module only looks things up and streams:
+HTTP/1.1 server with keep-alive, so nothing here parses HTTP; ``serve_bounded`` accepts its
+connections under a cap: ``adapters.httpserver``, ``transport.serve_admitted``).
+``core.hfapi`` routes each request and shapes each answer; this module only looks things up
+and streams:
 
 - repository info and the recursive tree come from the manifest ``GetService.resolve`` gives
   (the store first: a branch answers with the commit last pinned for it, so it works with no
@@ -31,8 +32,9 @@ from typing import Any
 
 import trio
 
-from ..adapters.httpserver import serve_asgi
+from ..adapters import httpserver
 from ..adapters.rlimit import current_budget
+from ..adapters.transport import serve_admitted
 from ..core import hfapi
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
@@ -93,7 +95,7 @@ class HfEndpoint:
             try:
                 # At most as many connections as the open-files limit leaves room for.
                 caps = self.caps or current_budget().http
-                binds: list[str] = await nursery.start(serve_asgi, self.app, cfg, caps)
+                binds: list[str] = await nursery.start(serve_bounded, self.app, cfg, caps)
             except OSError as e:
                 raise LocalError(
                     f"cannot serve the Hugging Face endpoint on {self.address}: {e.strerror}"
@@ -232,6 +234,23 @@ class HfEndpoint:
                 log.warning("%s: response cut short: %s", entry.path, e)
                 raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def serve_bounded(
+    app: Any,
+    config: Any,
+    caps: Caps,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn serving ``app`` on ``config.bind`` with at most ``caps`` connections;
+    started with the URLs. ``OSError`` if a bind fails."""
+    listeners, urls = httpserver.bind(config)
+    serve = httpserver.connection_server(app, config)
+    async with trio.open_nursery() as nursery:
+        what = "HTTP on " + ", ".join(urls)
+        nursery.start_soon(serve_admitted, serve, listeners, caps, what)
+        task_status.started(urls)
 
 
 def _quiet_aborts(record: logging.LogRecord) -> bool:

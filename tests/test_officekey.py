@@ -3,20 +3,25 @@ certificates, keyed torrents, and the peer link that gives outsiders a closed co
 
 from __future__ import annotations
 
+import _ssl
 import os
+import ssl
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pmodel.adapters.discovery import Discovery
-from p2pmodel.adapters.home import load_config
+from p2pmodel.adapters.home import load_config, write_private
 from p2pmodel.adapters.tls import OfficeTls, office_ca, peer_agent
 from p2pmodel.core.config import parse_config
 from p2pmodel.core.errors import UserError
-from p2pmodel.core.officekey import OfficeKey, format_key
+from p2pmodel.core.officekey import OfficeKey, exposed_key_warning, format_key
 from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.torrents import (
     expected_shape,
@@ -84,6 +89,70 @@ def test_config_takes_the_key_from_env_then_config_then_file(tmp_path: Path) -> 
     with pytest.raises(UserError, match="cannot read office_key_file"):
         load_config(tmp_path, {})
     assert TEXT not in repr(parse_config({"office_key": TEXT}, {}))
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [
+        (0o100600, None),
+        (0o100400, None),
+        (0o100700, None),
+        (0o100640, "its group"),
+        (0o100604, "other users"),
+        (0o100644, "its group and other users"),
+        (0o100622, None),  # writable, not readable: the key cannot be read from it
+    ],
+)
+def test_a_key_file_others_can_read_is_named_with_the_fix(mode: int, who: str | None) -> None:
+    """The warning says who besides the owner can read a file holding the key and how to fix
+    it; a file only its owner reads gets none."""
+    warning = exposed_key_warning("/h/config.toml", mode)
+    if who is None:
+        assert warning is None
+    else:
+        assert warning is not None and who in warning and "chmod 600 /h/config.toml" in warning
+        assert f"{mode & 0o777:o}" in warning
+
+
+def test_loading_a_key_others_can_read_warns_once_per_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """config.toml holding office_key, or the office_key_file, readable by others: one warning
+    line each when the config is loaded; none once they are 0600, none without a key."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'office_key = "{TEXT}"\n')
+    config.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        assert load_config(tmp_path, {}).office_key == KEY
+    assert [r.getMessage() for r in caplog.records] == [exposed_key_warning(str(config), 0o644)]
+    assert TEXT not in caplog.text
+    caplog.clear()
+    (tmp_path / "office.key").write_text(TEXT + "\n")
+    (tmp_path / "office.key").chmod(0o640)
+    config.write_text('office_key_file = "office.key"\n')  # no key in it now
+    with caplog.at_level("WARNING"):
+        load_config(tmp_path, {})
+    assert len(caplog.records) == 1 and str(tmp_path / "office.key") in caplog.text
+    caplog.clear()
+    (tmp_path / "office.key").chmod(0o600)
+    config.write_text("connections = 4\n")
+    with caplog.at_level("WARNING"):
+        load_config(tmp_path, {})
+        config.write_text('office_key_file = "office.key"\n')
+        load_config(tmp_path, {})
+    assert caplog.records == []
+
+
+def test_a_config_written_by_the_test_office_is_private(tmp_path: Path) -> None:
+    """``write_private`` (how the test office writes configs that may hold a key) makes a
+    file only its owner can read, also in place of an older one others could read."""
+    path = tmp_path / "config.toml"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    write_private(path, f'office_key = "{TEXT}"\n')
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == f'office_key = "{TEXT}"\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
 # -- certificates and torrents ---------------------------------------------------------------------
@@ -225,3 +294,46 @@ async def test_memory_pair_handshake_completes(nursery) -> None:
     assert peer_agent(client.getpeercert()) == "bbbbbbbb"
     assert peer_agent(server.getpeercert()) == "aaaaaaaa"
     assert client.version() == "TLSv1.3"
+
+
+def _chain(stream: trio.SSLStream[trio.testing.MemoryStream]) -> list[bytes]:
+    """The certificates the other side sent, verified or not, as PEM (``SSLObject``'s
+    ``get_unverified_chain``; before Python 3.13 only its C object has it)."""
+    obj: Any = stream._ssl_object
+    chain = getattr(obj, "get_unverified_chain", None) or obj._sslobj.get_unverified_chain
+    der = [c.public_bytes(_ssl.ENCODING_DER) for c in chain() or []]
+    return [x509.load_der_x509_certificate(d).public_bytes(Encoding.PEM) for d in der]
+
+
+async def test_the_office_ca_never_travels_in_a_handshake() -> None:
+    """An outsider that verifies nothing and shows no certificate receives the agent's own
+    certificate, not the office CA (whose PEM keys every info-hash); between two agents of the
+    office neither side sends it either."""
+    server_tls = OfficeTls(KEY, "aaaaaaaa")
+    outsider = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    outsider.check_hostname = False
+    outsider.verify_mode = ssl.CERT_NONE
+    cs, ss = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(cs, outsider, server_hostname="p2pmodel")
+    server = trio.SSLStream(ss, server_tls.server_context(), server_side=True)
+
+    async def refused() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await server.do_handshake()  # no certificate of the office
+
+    async with trio.open_nursery() as n:
+        n.start_soon(client.do_handshake)
+        n.start_soon(refused)
+    sent = _chain(client)
+    assert set(sent) == {server_tls.cert_pem}  # the chain repeats it (adapters.tls)
+    assert server_tls.ca_pem not in b"".join(sent)
+
+    a, b = OfficeTls(KEY, "aaaaaaaa"), OfficeTls(KEY, "bbbbbbbb")
+    cs, ss = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(cs, a.client_context(), server_hostname="p2pmodel")
+    server = trio.SSLStream(ss, b.server_context(), server_side=True)
+    async with trio.open_nursery() as n:
+        n.start_soon(client.do_handshake)
+        n.start_soon(server.do_handshake)
+    assert a.ca_pem not in b"".join(_chain(client) + _chain(server))
+    assert peer_agent(client.getpeercert()) == "bbbbbbbb"

@@ -6,8 +6,11 @@ loopback-only network namespace, and they skip anywhere else.
 
 from __future__ import annotations
 
+import _ssl
 import hashlib
 import os
+import socket
+import ssl
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +18,15 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pmodel.adapters.hashing import hash_blob
 from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.swarm import Swarm
-from p2pmodel.core.torrents import info_bytes, piece_size
+from p2pmodel.adapters.tls import OfficeTls
+from p2pmodel.core.officekey import OfficeKey
+from p2pmodel.core.torrents import info_bytes, info_hash, piece_size, with_cert
 
 pytestmark = pytest.mark.lan
 MiB = 1024 * 1024
@@ -268,3 +275,41 @@ async def test_ends_that_both_finished_a_unit_hang_up(tmp_path: Path, nursery, m
     with trio.fail_after(15):
         await alerts_until(monkeypatch, (sa, sb), lambda: not (peers(sa) or peers(sb)))
     assert (peers(sa), peers(sb)) == (0, 0)
+
+
+def _outsider_chain(port: int, sni: str | None) -> tuple[bool, list[bytes]]:
+    """An outsider's TLS handshake with libtorrent's SSL port (it verifies nothing, shows no
+    certificate): whether it completed, and the certificates libtorrent sent (PEM)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        tls = ctx.wrap_socket(sock, server_hostname=sni, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+            done = True
+        except (OSError, ssl.SSLError):
+            done = False
+        obj: Any = tls
+        chain = getattr(obj, "get_unverified_chain", None) or obj._sslobj.get_unverified_chain
+        der = [c.public_bytes(_ssl.ENCODING_DER) for c in chain() or []]
+        return done, [x509.load_der_x509_certificate(d).public_bytes(Encoding.PEM) for d in der]
+
+
+async def test_libtorrent_shows_no_certificate_to_a_client_that_names_no_torrent(
+    tmp_path: Path, nursery
+):
+    """With an office key, libtorrent picks a torrent's TLS context by the server name the
+    client asks for (the info-hash): without one, or with another, the handshake fails and
+    not a certificate is sent, so the office CA does not leak from there. (Named by its keyed
+    info-hash, which only the CA gives, it sends its certificate and the CA.)"""
+    store = Store(tmp_path / "a")
+    digest, info = put_verified(store, os.urandom(MiB))
+    tls = OfficeTls(OfficeKey(bytes(range(32))), "aaaaaaaa")
+    swarm = Swarm(store, ["127.0.0.1"], 0, tls)
+    await nursery.start(swarm.run)
+    assert swarm.seed(digest, MiB, info)
+    swarm.allow({"127.0.0.1"})  # past the IP filter, to reach the TLS layer
+    other = info_hash(with_cert(info, OfficeTls(OfficeKey(bytes(32)), "x").ca_pem))
+    for sni in (None, "p2pmodel", os.urandom(20).hex(), other):
+        assert await trio.to_thread.run_sync(_outsider_chain, swarm.port, sni) == (False, [])

@@ -2,13 +2,17 @@
 in the package, this home's agent id and the environment switches.
 
 Everything here reads files or the environment; ``core.config`` and ``core.catalog`` parse what
-it reads. Quick commands use it, so it imports nothing heavy.
+it reads. Quick commands use it, so it imports nothing heavy. A file holding the office key
+(``config.toml`` with ``office_key``, the ``office_key_file``) that others can read is named
+in a warning each time it is loaded (on stderr: ``serve``'s log, or the command's own);
+``write_private`` writes a file only its owner can read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import tomllib
@@ -21,7 +25,9 @@ from ..core.catalog import Catalog, parse_catalog
 from ..core.config import Config, parse_config
 from ..core.coordinator import SEGMENT
 from ..core.errors import UserError
-from ..core.officekey import OfficeKey
+from ..core.officekey import OfficeKey, exposed_key_warning
+
+log = logging.getLogger(__name__)
 
 
 def default_home() -> Path:
@@ -46,6 +52,8 @@ def load_config(home: Path, env: Mapping[str, str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"bad config {path}: {e}") from None
     config = parse_config(raw, env, str(path))
+    if isinstance(raw.get("office_key"), str):
+        _warn_if_exposed(path)
     if config.office_key is None and config.office_key_file is not None:
         config = dataclasses.replace(config, office_key=read_key_file(home, config.office_key_file))
     return config
@@ -59,7 +67,32 @@ def read_key_file(home: Path, name: str) -> OfficeKey:
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not text"
         raise UserError(f"cannot read office_key_file {path}: {reason}") from None
+    _warn_if_exposed(path)
     return OfficeKey.parse(text, f"office_key_file {path}")
+
+
+def _warn_if_exposed(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    warning = exposed_key_warning(str(path), mode)
+    if warning is not None:
+        log.warning("%s", warning)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600, whatever the umask), in
+    place of what was there: a file that may hold the office key."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_catalog() -> Catalog:

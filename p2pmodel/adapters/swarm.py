@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import libtorrent as lt
 import trio
 
 from ..core.digests import algorithm, hex_part
+from ..core.openfiles import SWARM_MOST
 from ..core.rangeset import RangeSet
 from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, without_cert
 from .hashing import digest_file
@@ -49,20 +49,9 @@ def _torrent_info(info: bytes) -> Any:
     return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
 
 
-CONNECTIONS = 1000  # libtorrent's connections_limit; the open-files limit is raised to fit
-
-
-def raise_open_files(want: int = CONNECTIONS + 500) -> None:
-    """Raise this process's soft limit of open files to fit libtorrent's connections and the
-    store's files (a systemd user service starts with 1024), never above the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dict[str, Any]:
+def session_settings(
+    listen: Sequence[str], port: int, ssl: bool = False, connections: int = SWARM_MOST
+) -> dict[str, Any]:
     # An office with a key listens for SSL connections only ("s"): nothing else is served.
     interfaces = ",".join(f"{ip}:{port}{'s' if ssl else ''}" for ip in listen)
     return {
@@ -86,7 +75,7 @@ def session_settings(listen: Sequence[str], port: int, ssl: bool = False) -> dic
         "send_buffer_watermark": 4 * 1024 * 1024,
         "send_buffer_low_watermark": 1024 * 1024,
         "tick_interval": 100,  # ms: a connect_peer'ed peer is dialled at the next tick
-        "connections_limit": CONNECTIONS,
+        "connections_limit": connections,  # what the open-files budget gives it
         "active_downloads": -1,
         "active_seeds": -1,
         "active_limit": -1,
@@ -146,14 +135,18 @@ class _Torrent:
 
 class Swarm:
     def __init__(
-        self, store: Store, listen: Sequence[str], port: int = 0, tls: OfficeTls | None = None
+        self,
+        store: Store,
+        listen: Sequence[str],
+        port: int = 0,
+        tls: OfficeTls | None = None,
+        connections: int = SWARM_MOST,  # libtorrent's connections_limit (core.openfiles)
     ) -> None:
         self.store = store
         self.listen = list(listen)
         self.tls = tls
         self.ca = tls.ca_pem if tls is not None else None
-        raise_open_files()
-        settings = session_settings(self.listen, port, ssl=tls is not None)
+        settings = session_settings(self.listen, port, ssl=tls is not None, connections=connections)
         self.session = lt.session(settings)  # type: ignore[call-overload]
         _one_peer_class(self.session)
         if tls is not None:

@@ -12,7 +12,9 @@ The same pair serves both places that need it:
 
 - the peer link (``services.link``): TLS 1.3 with certificates required on both sides, each
   verified against the office CA (``client_context``/``server_context``); the peer's agent id
-  is the common name of its verified certificate (``peer_agent``);
+  is the common name of its verified certificate (``peer_agent``). Each side sends its own
+  certificate only, never the CA: a server's goes out before the client proved anything, and
+  the CA's PEM is what makes keyed info-hashes unguessable;
 - libtorrent's SSL torrents (``adapters.swarm``): the CA's PEM goes into the torrent's info
   dict, and the agent's certificate and key are handed to each torrent. Its DNS names include
   ``*``, which libtorrent reads as "valid for every torrent this CA signs for".
@@ -170,7 +172,12 @@ class OfficeTls:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False  # peers are named by agent id, checked after the hello
         ctx.verify_mode = ssl.CERT_REQUIRED  # on the server side too: mutual authentication
-        with _secret_file(self.cert_pem + self.key_pem) as path:
+        # The chain sent is the agent's certificate alone: with no chain given, OpenSSL
+        # completes one from the trust store and sends the office CA too, before the other
+        # side proved anything, and the CA's PEM is what keys every torrent's info-hash.
+        # Python's ssl cannot set SSL_MODE_NO_AUTO_CHAIN, and a chain of no certificate is
+        # no chain: so the chain is the certificate once more (peers ignore the repeat).
+        with _secret_file(self.cert_pem + self.cert_pem + self.key_pem) as path:
             ctx.load_cert_chain(path)
         return ctx
 

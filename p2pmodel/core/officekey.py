@@ -14,7 +14,8 @@ or about the key:
   dict of every torrent (so info-hashes stay the same on every agent of the office).
 
 The key itself never leaves this object but through ``text`` (for ``p2pmodel key new`` only):
-its ``repr`` shows the fingerprint, and errors about a bad key never quote it.
+its ``repr`` shows the fingerprint, and errors about a bad key never quote it. A file that
+holds it and that others can read gets a warning (``exposed_key_warning``, from its mode).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import shlex
 
 from .errors import UserError
 
@@ -104,3 +106,16 @@ class OfficeKey:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("an office key is not pickled")
+
+
+def exposed_key_warning(path: str, mode: int) -> str | None:
+    """The warning for a file holding the key whose ``mode`` (``st_mode``) lets others than
+    its owner read it, or None. The text names the file, never the key."""
+    group, other = bool(mode & 0o040), bool(mode & 0o004)
+    if not (group or other):
+        return None
+    who = " and ".join(w for w, can in (("its group", group), ("other users", other)) if can)
+    return (
+        f"{path} holds the office key and {who} can read it (mode {mode & 0o777:o}): "
+        f"chmod 600 {shlex.quote(path)}"
+    )

@@ -31,6 +31,7 @@ import trio
 
 from ..adapters.home import agent_id, load_config
 from ..adapters.netif import local_ipv4
+from ..adapters.rlimit import current_budget, raise_open_files
 from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
@@ -99,7 +100,7 @@ def _real_swarm(
 ) -> SwarmAdapter:
     from ..adapters.swarm import Swarm
 
-    return Swarm(store, interfaces, port, tls)
+    return Swarm(store, interfaces, port, tls, connections=current_budget().swarm)
 
 
 def _real_discovery(**kw: Any) -> Any:
@@ -159,6 +160,7 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         tune_malloc()
+        raise_open_files()  # the connection caps are sized from what it gives
         opts = self.opts
         adapter = None
         if opts.lan:
@@ -288,9 +290,12 @@ class Agent:
         """Follow the machine's addresses while it runs: one that appears (a laptop docks,
         Wi-Fi joins) is served and announced at the next look, one that goes is dropped."""
         while True:
-            wanted = self._pinned() or self.outside.interfaces()
-            if wanted != self.interfaces:
-                await self._use_interfaces(wanted)
+            try:
+                wanted = self._pinned() or self.outside.interfaces()
+                if wanted != self.interfaces:
+                    await self._use_interfaces(wanted)
+            except OSError as e:  # out of files (a connection flood): look again later
+                log.warning("cannot follow the network now: %s", e)
             await trio.sleep(NETWORK_EVERY)
 
     async def _use_interfaces(self, wanted: list[str]) -> None:

@@ -2,9 +2,11 @@
 that uses ``huggingface_hub`` (``from_pretrained``, ``snapshot_download``, ``hf download``)
 takes its models through the agent, verified, with no code change (trio, ASGI).
 
-Theory of operation. hypercorn serves this ASGI app with its trio worker in the agent's root
-nursery (a real HTTP/1.1 server with keep-alive, so nothing here parses HTTP). ``core.hfapi``
-routes each request and shapes each answer; this module only looks things up and streams:
+Theory of operation. hypercorn serves this ASGI app in the agent's root nursery (a real
+HTTP/1.1 server with keep-alive, so nothing here parses HTTP; ``serve_bounded`` accepts its
+connections under a cap: ``adapters.httpserver``, ``transport.serve_admitted``).
+``core.hfapi`` routes each request and shapes each answer; this module only looks things up
+and streams:
 
 - repository info and the recursive tree come from the manifest ``GetService.resolve`` gives
   (the store first: a branch answers with the commit last pinned for it, so it works with no
@@ -39,9 +41,13 @@ from typing import Any
 
 import trio
 
+from ..adapters import httpserver
+from ..adapters.rlimit import current_budget
+from ..adapters.transport import serve_admitted
 from ..core import hfapi, httpguard
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
+from ..core.openfiles import Caps
 from ..core.refs import Ref
 from ..core.stats import EndpointStats
 from .get.reader import BlobGone
@@ -86,8 +92,10 @@ class HfEndpoint:
         *,
         page: int = hfapi.PAGE,
         pages: dict[str, Page] | None = None,
+        caps: Caps | None = None,
     ) -> None:
         self.gets = gets
+        self.caps = caps
         self.address = address
         self.page = page
         self.pages = pages or {}  # the agent's own pages on this server (dashboard, metrics)
@@ -100,7 +108,6 @@ class HfEndpoint:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as ServerConfig
-        from hypercorn.trio import serve
 
         cfg = ServerConfig()
         cfg.bind = [self.address]
@@ -112,7 +119,9 @@ class HfEndpoint:
         cfg.keep_alive_timeout = 30
         async with trio.open_nursery() as nursery:
             try:
-                binds: list[str] = await nursery.start(serve, self.app, cfg)
+                # At most as many connections as the open-files limit leaves room for.
+                caps = self.caps or current_budget().http
+                binds: list[str] = await nursery.start(serve_bounded, self.app, cfg, caps)
             except OSError as e:
                 raise LocalError(
                     f"cannot serve the Hugging Face endpoint on {self.address}: {e.strerror}"
@@ -297,6 +306,23 @@ class HfEndpoint:
                 log.warning("%s: response cut short: %s", entry.path, e)
                 raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def serve_bounded(
+    app: Any,
+    config: Any,
+    caps: Caps,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn serving ``app`` on ``config.bind`` with at most ``caps`` connections;
+    started with the URLs. ``OSError`` if a bind fails."""
+    listeners, urls = httpserver.bind(config)
+    serve = httpserver.connection_server(app, config)
+    async with trio.open_nursery() as nursery:
+        what = "HTTP on " + ", ".join(urls)
+        nursery.start_soon(serve_admitted, serve, listeners, caps, what)
+        task_status.started(urls)
 
 
 def _quiet_aborts(record: logging.LogRecord) -> bool:

@@ -10,11 +10,12 @@ same request id, one at a time. Frames are decoded with ``core.wire`` at the edg
 only ever see typed messages; a malformed frame, a wrong first message or a protocol version we
 do not speak closes the connection (the peer's fault), never the agent.
 
-What a peer can make us hold is bounded: ``MAX_PER_HOST`` connections from one address (more
-are closed at once) and ``MAX_INBOUND`` in all; one request at a time per connection, of at
-most ``MAX_REQUEST`` bytes; the handshake and hello within ``HELLO_TIMEOUT``; a frame, once
-begun, within ``FRAME_TIMEOUT`` (a slowloris peer is cut off), and a connection idle for
-``IDLE_TIMEOUT`` is closed (the dialler's pool redials).
+What a peer can make us hold is bounded: ``caps.per_host`` connections from one address (more
+are closed at once) and ``caps.total`` in all (at most ``MAX_PER_HOST`` and ``MAX_INBOUND``,
+fewer when the open-files limit is low: ``core.openfiles``); one request at a time per
+connection, of at most ``MAX_REQUEST`` bytes; the handshake and hello within
+``HELLO_TIMEOUT``; a frame, once begun, within ``FRAME_TIMEOUT`` (a slowloris peer is cut
+off), and a connection idle for ``IDLE_TIMEOUT`` is closed (the dialler's pool redials).
 
 Outgoing traffic takes one of two ways, both over the same dialling rules: a peer's proven
 addresses (``addresses``) are tried in order, the one that worked last first, and a peer that
@@ -49,8 +50,10 @@ from typing import Literal
 
 import trio
 
+from ..adapters.rlimit import current_budget
 from ..adapters.tls import OfficeTls, peer_agent
 from ..adapters.transport import Transport, peer_host
+from ..core.openfiles import LINK_MOST, LINK_PER_HOST, Admission, Caps
 from ..core.peers import PeerAddr
 from ..core.stats import LinkStats
 from ..core.wire import (
@@ -77,8 +80,8 @@ IDLE_TIMEOUT = 300.0  # a served connection with no request for this long is clo
 SEND_TIMEOUT = 3.0
 POOL = 2  # idle request connections kept per peer
 OUTBOX = 4096
-MAX_PER_HOST = 16  # connections served to one address at once
-MAX_INBOUND = 512  # connections served at once in all
+MAX_PER_HOST = LINK_PER_HOST  # connections served to one address at once, at most
+MAX_INBOUND = LINK_MOST  # connections served at once in all, at most
 MAX_REQUEST = 1024 * 1024  # a peer's request frame (answers may be up to wire.MAX_FRAME)
 TLS_NAME = "p2pmodel"  # the server name a client asks for (certificates name agents)
 
@@ -178,12 +181,14 @@ class PeerLink:
         request_timeout: float = REQUEST_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
         tls: OfficeTls | None = None,
+        caps: Caps | None = None,
     ) -> None:
         self.transport = transport
         self.tls = tls
         self._server_ctx = tls.server_context() if tls is not None else None
         self._client_ctx = tls.client_context() if tls is not None else None
-        self._inbound: dict[str, int] = {}  # served connections by remote address
+        # Served connections by remote address, under caps that fit the open-files limit.
+        self._inbound = Admission(caps or current_budget().link)
         self.hello = hello
         self.handler = handler
         self.addresses = addresses
@@ -239,17 +244,14 @@ class PeerLink:
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         host = peer_host(stream)
-        if self._inbound.get(host, 0) >= MAX_PER_HOST or sum(self._inbound.values()) >= MAX_INBOUND:
+        if not self._inbound.admit(host):
             self.stats.refused += 1
             await trio.aclose_forcefully(stream)
             return
-        self._inbound[host] = self._inbound.get(host, 0) + 1
         try:
             await self._serve_one(stream, host)
         finally:
-            self._inbound[host] -= 1
-            if not self._inbound[host]:
-                del self._inbound[host]
+            self._inbound.leave(host)
 
     async def _serve_one(self, stream: trio.abc.Stream, host: str) -> None:
         try:

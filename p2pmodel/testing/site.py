@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from p2pmodel.adapters.home import write_private
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo
 from p2pmodel.testing.office import Host, Office
@@ -328,8 +329,10 @@ class Site(Generic[P]):
             )
             # Every agent shares one loopback: their HF endpoints each take a free port.
             top = f'peers = [{peers}]\nhf_endpoint = "127.0.0.1:0"\n{top}'
-        (self.homes[ws.name] / "config.toml").write_text(
-            f'{top}\n[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{self.hub}/"]\n'
+        # 0600: the config may hold the office key (a subclass's ``top``).
+        write_private(
+            self.homes[ws.name] / "config.toml",
+            f'{top}\n[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{self.hub}/"]\n',
         )
 
     def env(self, ws: Host) -> dict[str, str]:

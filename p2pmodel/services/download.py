@@ -311,6 +311,7 @@ class Download:
             self.landed.fire()
 
     async def gate_follower(self) -> None:
+        """Follow the gate whenever sharing wrote into it (its wake-up fires ``gate_news``)."""
         while True:
             self.follow()
             await self.gate_news.wait(None)
@@ -529,6 +530,8 @@ class Download:
         if self.opts.watch is not None:
             self.opts.watch.discarded(blob.key, attempt)
         if gated and blob.allowed is None and self.gate is not None:
+            # Before the plan next follows the gate (which would gate the blob again): the
+            # mismatch let it go to the mirrors whole, and sharing must drop it.
             self.gate.digest_failed(blob.key)
         self.landed.fire()  # whoever streams these bytes must stop: they were wrong
         # The bytes on disk are worthless now: forget them so a crash does not resume them.

@@ -16,6 +16,11 @@ for that blob if some other candidate is left; if every candidate contributed, t
 refetched one mirror at a time (``single_source``), which isolates the culprit. A blob resumed
 from an earlier run is refetched once before anyone is blamed: resume state is not fsynced, so
 after a power cut it may name bytes the disk lost. Nothing here does IO or reads a clock.
+
+A blob the office shares out is gated (``allowed``: the only ranges mirrors may serve). The
+office's decisions reach the plan through a ``core.gate.Gate``: ``follow(gate)`` brings the
+gated blobs in line with it (ranges opened and closed, bytes that peers will write or wrote,
+a blob let go whole); the IO layer calls it whenever sharing wrote into the gate.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .gate import Gate
 from .mirrors import Failure, MirrorBoard, mirror_key
 from .rangeset import RangeSet
 
@@ -62,6 +68,16 @@ class Wait:
 @dataclass(frozen=True)
 class Finished:
     pass
+
+
+@dataclass
+class Followed:
+    """What ``FetchPlan.follow`` changed: the blobs it touched, the bytes that arrived from
+    peers per blob, and per blob the lowest offset peers will write again."""
+
+    touched: set[str] = field(default_factory=set)
+    arrived: dict[str, int] = field(default_factory=dict)
+    rewritten: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -299,6 +315,47 @@ class FetchPlan:
             blob.state = BlobState.VERIFYING
 
     # -- the office gate (coordinator leases) -----------------------------------------------
+
+    def follow(self, gate: Gate) -> Followed:
+        """Bring the blobs the gate shares out in line with it: gate them, open and close
+        what it opens and closes, and take the LAN's news (peers will write these bytes, then
+        these arrived). Blobs the plan does not hold are not its business."""
+        out = Followed()
+        for key in gate.blobs():
+            blob = self.blobs.get(key)
+            if blob is None:
+                continue
+            rewrite, arrived = gate.take_lan(key)
+            want = gate.open_ranges(key)
+            if rewrite:
+                for start, stop in rewrite:
+                    self.unmark(key, start, stop)
+                out.rewritten[key] = rewrite.to_list()[0][0]
+                out.touched.add(key)
+            if want is None:
+                if blob.allowed is not None:
+                    self.ungate(key)
+                    out.touched.add(key)
+            else:
+                if blob.allowed is None:
+                    self.gate(key)
+                    out.touched.add(key)
+                have = blob.allowed
+                assert have is not None
+                opened = [g for s, e in want for g in have.gaps(s, e)]
+                closed = [g for s, e in have for g in want.gaps(s, e)]
+                for start, stop in opened:
+                    self.allow(key, start, stop)
+                for start, stop in closed:
+                    self.disallow(key, start, stop)
+                if opened or closed:
+                    out.touched.add(key)
+            if arrived:
+                for start, stop in arrived:
+                    self.mark_done(key, start, stop)
+                out.arrived[key] = arrived.total()
+                out.touched.add(key)
+        return out
 
     def gate(self, key: str) -> None:
         """Mirrors may serve nothing of this blob until ranges are ``allow``ed (the office

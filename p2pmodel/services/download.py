@@ -13,13 +13,17 @@ a second of traffic. Every block from a mirror goes through the agent's token bu
 mirror rate limit) and is counted as it arrives. The plan is only touched from the trio
 thread; any change wakes waiting workers.
 
-A running download is a ``Download``; a ``Sharer`` (the office's sharing of a model's mirror
-work, ``services.sharing``) is attached to it before any worker starts and may gate blobs: a
-gated blob has no byte open to the mirrors until the sharer ``allow``s ranges, and bytes that
-arrive by the LAN are ``mark_done``. The plan is the one place that knows which blobs are gated.
-A gated blob is hashed for its digest only: its torrent's piece hashes are its units' (the
-sharer has them; the units it lacks are hashed from the file at the end), which saves the
-SHA-1 pass over every byte.
+A running download is a ``Download``. When the office shares a model's mirror work
+(``services.sharing``), the download gets that get's ``core.gate.Gate`` and never calls the
+sharing service: before any worker starts it gates the blobs the gate shares out and writes
+which blobs it holds (``Gate.started``); a gate follower task brings the plan in line with the
+gate whenever sharing wrote into it (``FetchPlan.follow``: ranges opened to the mirrors and
+closed again, bytes peers will write and bytes that arrived by the LAN, a blob let go whole).
+The download writes its own facts back: bytes a mirror wrote (``mirror_wrote``), a worker
+finished a range (``mirror_done``), a shared blob failed its digest (``digest_failed``).
+A gated blob is hashed for its digest only: its torrent's piece hashes are its units'
+(sharing writes them into the gate; the units it lacks are hashed from the file at the end),
+which saves the SHA-1 pass over every byte.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ..core.config import unreachable_hint
 from ..core.digests import BlobHasher, algorithm
 from ..core.errors import IntegrityError, SourceError
 from ..core.fetchplan import Assignment, BlobState, BlobTask, FetchPlan, Finished, Wait
+from ..core.gate import Gate
 from ..core.mirrors import Failure, MirrorBoard
 from ..core.progress import Progress
 from ..core.rangeset import RangeSet
@@ -104,27 +109,6 @@ class DownloadWatch(Protocol):
         ...
 
 
-class Sharer(Protocol):
-    """What a download tells the office's sharing of its blobs (``services.sharing``)."""
-
-    def attach(self, download: Download) -> None:
-        """The download is about to start: gate the blobs to share (``Download.gate``)."""
-        ...
-
-    def range_done(self) -> None:
-        """A worker finished a range: a leased unit may be complete."""
-        ...
-
-    def ungated(self, key: str) -> None:
-        """The shared copy of this blob failed its digest: mirrors now fetch all of it."""
-        ...
-
-    def piece_hashes(self, key: str, piece: int) -> list[tuple[int, int, bytes]]:
-        """(start, stop, SHA-1 of each ``piece``-byte piece) of the units of this blob the
-        agent holds: hashed as they came from mirrors, or checked as they came from peers."""
-        ...
-
-
 class _Changed:
     """A level-triggered 'something changed' signal for waiting workers."""
 
@@ -149,10 +133,10 @@ async def download(
     *,
     render: Callable[[], None] | None = None,
     client: httpx.AsyncClient | None = None,
-    sharer: Sharer | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, str]:
     """Fetch and verify every job; returns {job key: final digest}. Raises on what failed,
-    after every other blob was finished and kept. A ``sharer`` may gate blobs (see above)."""
+    after every other blob was finished and kept. A ``gate`` shares blobs out (see above)."""
     opts = options or DownloadOptions()
     locks: dict[str, int] = {}
     busy: list[BlobJob] = []
@@ -164,9 +148,7 @@ async def download(
             else:
                 locks[job.key] = lock
         free = [j for j in jobs if j.key in locks]
-        results = (
-            await _download(store, free, progress, opts, render, client, sharer) if free else {}
-        )
+        results = await _download(store, free, progress, opts, render, client, gate) if free else {}
     finally:
         for lock in locks.values():
             os.close(lock)
@@ -200,7 +182,7 @@ async def _download(
     opts: DownloadOptions,
     render: Callable[[], None] | None,
     client: httpx.AsyncClient | None,
-    sharer: Sharer | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, str]:
     board = opts.board or MirrorBoard()
     plan = FetchPlan(
@@ -224,9 +206,10 @@ async def _download(
         owns_client = client is None
         http = client or make_client(opts.timeouts, connections=opts.connections * 2)
         try:
-            run = Download(store, plan, progress, opts, http, fds, jobs_by_key, results, sharer)
-            if sharer is not None:
-                sharer.attach(run)
+            run = Download(store, plan, progress, opts, http, fds, jobs_by_key, results, gate)
+            if gate is not None:
+                run.follow()  # gated before any worker starts
+                gate.started({key: blob.done.copy() for key, blob in plan.blobs.items()})
             if opts.watch is not None:
                 opts.watch.started(run)
             try:
@@ -271,8 +254,9 @@ def _raise_failures(plan: FetchPlan, board: MirrorBoard, jobs: dict[str, BlobJob
 
 
 class Download:
-    """One running download. The sharer's handle on it is the gate (``gate`` .. ``covered``);
-    every gate call wakes the workers and marks resume state to be saved."""
+    """One running download. With a ``Gate`` (its blobs shared out with the office), every
+    change sharing writes there reaches the plan (``follow``), wakes the workers and marks
+    resume state to be saved; what the download tells sharing it writes into the gate."""
 
     def __init__(
         self,
@@ -284,11 +268,14 @@ class Download:
         fds: dict[str, int],
         jobs: dict[str, BlobJob],
         results: dict[str, str],
-        sharer: Sharer | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.store, self.plan, self.progress, self.opts = store, plan, progress, opts
         self.http, self.fds, self.jobs, self.results = http, fds, jobs, results
-        self.sharer = sharer
+        self.gate = gate
+        self.gate_news = _Changed()  # sharing wrote into the gate
+        if gate is not None:
+            gate.wake_download_with(self.gate_news.fire)
         self.changed = _Changed()
         self.dirty_signal = _Changed()
         self.landed = _Changed()  # bytes reached the disk, or a blob was verified or failed
@@ -298,58 +285,36 @@ class Download:
         self.unwritten: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
 
-    # -- the gate (the sharer's handle) --------------------------------------------------------
-
     def has(self, key: str) -> bool:
         """Is this blob part of the download (not waiting for another get that fetches it)?"""
         return key in self.plan.blobs
 
-    def _touch(self, key: str) -> bool:
-        if key not in self.plan.blobs:
-            return False
-        self._dirty(key)
-        self.changed.fire()
-        return True
+    # -- the gate ------------------------------------------------------------------------------
 
-    def gate(self, key: str) -> None:
-        """Open nothing of this blob to the mirrors until ``allow``ed (before workers start)."""
-        if self._touch(key):
-            self.plan.gate(key)
-
-    def allow(self, key: str, start: int, stop: int) -> None:
-        if self._touch(key):
-            self.plan.allow(key, start, stop)
-
-    def disallow(self, key: str, start: int, stop: int) -> None:
-        if self._touch(key):
-            self.plan.disallow(key, start, stop)
-
-    def mark_done(self, key: str, start: int, stop: int) -> None:
-        """These bytes arrived from peers (their pieces checked)."""
-        if self._touch(key):
-            self.plan.mark_done(key, start, stop)
-            self.unwritten[key] = self.unwritten.get(key, 0) + stop - start
-            self.landed.fire()
-
-    def unmark(self, key: str, start: int, stop: int) -> None:
-        """Peers will write these bytes (over what a mirror may have written before the
-        range went to them): they are not done, and not hashed, until they did."""
-        if self._touch(key):
-            self.plan.unmark(key, start, stop)
+    def follow(self) -> None:
+        """Bring the plan in line with what sharing wrote into the gate."""
+        assert self.gate is not None
+        got = self.plan.follow(self.gate)
+        for key, start in got.rewritten.items():
+            # Peers write these bytes over what a mirror may have written before the range
+            # went to them: they are not hashed until they did.
             hashed = self.prefix.get(key)
             if hashed is not None and hashed.pos > start:
                 del self.prefix[key]  # hash it again from the start
+        for key, n in got.arrived.items():
+            self.unwritten[key] = self.unwritten.get(key, 0) + n
+        for key in got.touched:
+            self._dirty(key)
+        if got.touched:
+            self.changed.fire()
+        if got.arrived:
+            self.landed.fire()
 
-    def ungate(self, key: str) -> None:
-        """Mirrors may serve all of it (sharing it out failed)."""
-        if self._touch(key):
-            self.plan.ungate(key)
-
-    def covered(self, key: str, start: int, stop: int) -> bool:
-        return key in self.plan.blobs and self.plan.covered(key, start, stop)
-
-    def gated(self, key: str) -> bool:
-        return key in self.plan.blobs and self.plan.blobs[key].allowed is not None
+    async def gate_follower(self) -> None:
+        """Follow the gate whenever sharing wrote into it (its wake-up fires ``gate_news``)."""
+        while True:
+            self.follow()
+            await self.gate_news.wait(None)
 
     # -- following a blob (what the HF endpoint streams) ---------------------------------------
 
@@ -379,6 +344,8 @@ class Download:
                 nursery.start_soon(self.verifier)
                 nursery.start_soon(self.prefix_hasher)
                 nursery.start_soon(self.saver)
+                if self.gate is not None:
+                    nursery.start_soon(self.gate_follower)
                 if render is not None:
                     nursery.start_soon(self.renderer, render)
                 await self.wait_finished()
@@ -422,8 +389,8 @@ class Download:
                             detail=failure.detail,
                         )
                     self.changed.fire()
-                    if self.sharer is not None:
-                        self.sharer.range_done()
+                    if self.gate is not None:
+                        self.gate.mirror_done(step.blob)
 
     async def fetch(self, w: int, a: Assignment) -> None:
         fd = self.fds[a.blob]
@@ -481,8 +448,11 @@ class Download:
             self.progress.advance(a.blob, n, a.mirror)
             if self.opts.on_mirror_bytes is not None:
                 self.opts.on_mirror_bytes(a.mirror, n)
+        pos = a.pos
         more = self.plan.progress(w, n)
         if n > 0:
+            if self.gate is not None:
+                self.gate.mirror_wrote(a.blob, pos, a.pos)
             self.landed.fire()
         buf.clear()
         return more
@@ -559,8 +529,10 @@ class Download:
         self.plan.mismatch(blob.key, f"digest mismatch (got {got[:20]}...)")
         if self.opts.watch is not None:
             self.opts.watch.discarded(blob.key, attempt)
-        if gated and blob.allowed is None and self.sharer is not None:
-            self.sharer.ungated(blob.key)
+        if gated and blob.allowed is None and self.gate is not None:
+            # Before the plan next follows the gate (which would gate the blob again): the
+            # mismatch let it go to the mirrors whole, and sharing must drop it.
+            self.gate.digest_failed(blob.key)
         self.landed.fire()  # whoever streams these bytes must stop: they were wrong
         # The bytes on disk are worthless now: forget them so a crash does not resume them.
         await trio.to_thread.run_sync(
@@ -573,17 +545,17 @@ class Download:
     def new_hasher(self, blob: BlobTask) -> BlobHasher:
         job = self.jobs[blob.key]
         algo = algorithm(job.digest) if job.digest else "sha256"
-        shared = blob.allowed is not None and self.sharer is not None
+        shared = blob.allowed is not None and self.gate is not None
         return BlobHasher(algo, blob.size, piece_size(blob.size), pieces=not shared)
 
     async def unit_pieces(self, blob: BlobTask, path: Path) -> tuple[bytes, int]:
-        """The torrent piece hashes of a shared blob: its units' from the sharer, and the
+        """The torrent piece hashes of a shared blob: its units' from the gate, and the
         SHA-1 of whatever no unit of ours covers (a unit still being seeded, a sharing that
         ended) read from the file."""
         piece = piece_size(blob.size)
         out = bytearray(20 * -(-blob.size // piece))
         known = RangeSet()
-        for start, stop, hashes in self.sharer.piece_hashes(blob.key, piece) if self.sharer else []:
+        for start, stop, hashes in self.gate.piece_hashes(blob.key, piece) if self.gate else []:
             if start % piece == 0 and len(hashes) == 20 * -(-(stop - start) // piece):
                 out[20 * (start // piece) : 20 * (start // piece) + len(hashes)] = hashes
                 known.add(start, stop)

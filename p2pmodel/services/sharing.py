@@ -2,28 +2,32 @@
 the peers, the unit torrents of the swarm, and the downloads of running gets.
 
 Theory of operation. ``SharingService.run`` lives in the agent's root nursery and sleeps until
-the coordinator's next deadline or a wake-up (a peer's message, a worker that finished a range,
-the set of live peers changed). Then it tells the coordinator who is alive, notices units a
-mirror finished, and carries out what ``poll`` returns:
+the coordinator's next deadline or a wake-up (a peer's message, a download that wrote into its
+gate, the set of live peers changed). Then it tells the coordinator who is alive, reads what
+the downloads wrote into their gates (a download that started, a shared blob that failed its
+digest, units a mirror finished), and carries out what ``poll`` returns:
 
 - ``SendClaim``/``SendRenew``/``SendRelease``/``AnnounceDone`` go to every live peer, in order,
   through the peer link's outboxes;
-- ``FetchFromMirror`` opens the unit's bytes to the mirror workers of the download that wants
-  the blob (once every peer answered the claim, at most ``CLAIM_WAIT``: a rival that claimed it
-  at the same moment has heard of us by then), and ``StopMirrorFetch`` closes them again;
+- ``FetchFromMirror`` opens the unit's bytes to the mirror workers in the gate of the get that
+  wants the blob (once every peer answered the claim, at most ``CLAIM_WAIT``: a rival that
+  claimed it at the same moment has heard of us by then), and ``StopMirrorFetch`` closes them;
 - ``FetchFromPeer`` adds the unit's torrent over the blob's partial file and fetches its pieces
-  from every agent that announced the unit, then marks the bytes done in the download.
+  from every agent that announced the unit, then writes into the gate that the bytes arrived.
 
 A unit fetched from a mirror is hashed into its unit torrent (``core.torrents.unit_info``) and
 seeded at once, then announced: peers start on it while this agent still fetches other units.
 The whole blob is still checked against its upstream digest by the download before it enters
 the store; then the unit torrents are re-pointed at the stored file.
 
-``share`` is what one get uses: the download attaches to it before any worker starts and the
-blobs nobody else of this agent is fetching are gated; the service learns what peers are doing
-(``office?``) and hands the blobs to the coordinator. On the way out (done, failed or cancelled)
-leases still held go back to the office at once. A shared blob that fails its digest leaves
-sharing (``ungated``) and is fetched whole from the mirrors.
+``share`` is what one get uses: it yields a ``core.gate.Gate`` in which the blobs nobody else
+of this agent is fetching are gated, and the get hands it to its download. The service never
+calls the download, nor the download the service: each writes facts into the gate and reads
+the other's, woken by the gate when the other side wrote. Once the download says which blobs
+it holds (``Gate.started``), the service learns what peers are doing (``office?``) and hands
+those blobs to the coordinator. On the way out (done, failed or cancelled) leases still held go
+back to the office at once. A shared blob that fails its digest (``Gate.failed``) leaves
+sharing and is fetched whole from the mirrors.
 """
 
 from __future__ import annotations
@@ -55,10 +59,11 @@ from ..core.coordinator import (
     units_of,
 )
 from ..core.digests import hex_part
+from ..core.gate import Gate
 from ..core.progress import Progress
 from ..core.stats import SharingStats
 from ..core.torrents import unit_hashes, unit_info, unit_piece_size, unit_pieces, unit_shape
-from .download import BlobJob, Download
+from .download import BlobJob
 from .link import Delivery, RpcError
 from .peers import PeerService
 from .swarm import SwarmService
@@ -72,35 +77,27 @@ MAX_TTL_MS = 60_000  # a peer's lease lasts at most this long without a renewal
 
 @dataclass
 class _Want:
-    """A blob a running get shares out: its download, progress and job."""
+    """A blob a running get shares out: its share (with the gate), progress and job."""
 
     share: _Share
-    download: Download
     progress: Progress
     job: BlobJob
 
+    @property
+    def gate(self) -> Gate:
+        return self.share.gate
+
 
 class _Share:
-    """One get's share of the office's work; what its download talks to (a ``Sharer``)."""
+    """One get's share of the office's work, and the gate its download reads."""
 
-    def __init__(self, service: SharingService, jobs: list[BlobJob], progress: Progress) -> None:
-        self.service = service
+    def __init__(self, jobs: list[BlobJob], progress: Progress) -> None:
         self.jobs = [j for j in jobs if j.digest is not None and j.size > 0]
         self.progress = progress
+        self.gate = Gate()
         self.blobs: set[str] = set()
+        self.joined = False  # the download said which blobs it holds, and we took them
         self.scope = trio.CancelScope()
-
-    def attach(self, download: Download) -> None:
-        self.service._attach(self, download)
-
-    def range_done(self) -> None:
-        self.service.wake()
-
-    def ungated(self, key: str) -> None:
-        self.service._ungated(key)
-
-    def piece_hashes(self, key: str, piece: int) -> list[tuple[int, int, bytes]]:
-        return self.service._piece_hashes(key, piece)
 
 
 class SharingService:
@@ -122,6 +119,7 @@ class SharingService:
         self.stats = SharingStats()
         self._wake = trio.Event()
         self._wants: dict[str, _Want] = {}  # blob -> the get that shares it out
+        self._shares: list[_Share] = []  # of running gets
         self._sizes: dict[str, int] = {}
         self._mirror_units: dict[tuple[str, int], Unit] = {}
         self._alive: frozenset[str] = frozenset()
@@ -177,11 +175,18 @@ class SharingService:
         self._alive = alive
         self.coord.set_peers(set(alive))
         self._claims_out = {k: d for k, d in self._claims_out.items() if self.coord.holds_key(k)}
+        for share in self._shares:
+            held = share.gate.held()
+            if not share.joined and held is not None:
+                share.joined = True
+                self._attach(share, held)
+        for blob in list(self._wants):
+            self._want(blob)  # drops a blob whose shared copy failed its digest
         for key, u in list(self._mirror_units.items()):
             want = self._wants.get(u.blob)
             if want is None:
                 del self._mirror_units[key]
-            elif want.download.covered(u.blob, u.start, u.stop):
+            elif want.gate.covered(u.blob, u.start, u.stop):
                 del self._mirror_units[key]
                 self.coord.landed(u)  # the next unit may start while this one is hashed
                 self._spawn(self._publish, u, False)
@@ -200,17 +205,17 @@ class SharingService:
         elif isinstance(action, AnnounceDone):
             self._broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
         elif isinstance(action, FetchFromMirror):
-            want = self._wants.get(u.blob)
-            if want is None or not want.download.gated(u.blob):
+            want = self._want(u.blob)
+            if want is None or not want.gate.gated(u.blob):
                 self.coord.failed(u)
                 return
             self._spawn(self._open_to_mirrors, u, self._claims_out.pop(u.key, None))
         elif isinstance(action, StopMirrorFetch):
             log.info("unit %s: mirror fetch stopped (a peer has it)", _name(u))
             self._mirror_units.pop(u.key, None)
-            want = self._wants.get(u.blob)
+            want = self._want(u.blob)
             if want is not None:
-                want.download.disallow(u.blob, u.start, u.stop)
+                want.gate.close(u.blob, u.start, u.stop)
         elif isinstance(action, FetchFromPeer):
             self._spawn(self._from_peers, u, action.agent)
 
@@ -222,12 +227,12 @@ class SharingService:
         if claim is not None:
             with trio.move_on_after(CLAIM_WAIT):
                 await claim.event.wait()
-        want = self._wants.get(u.blob)
+        want = self._want(u.blob)
         if want is None or not self.coord.holds(u):
             return  # stopped meanwhile (a rival's claim won, or a peer has it)
         log.info("unit %s: fetching from mirrors", _name(u))
         self._mirror_units[u.key] = u
-        want.download.allow(u.blob, u.start, u.stop)
+        want.gate.open(u.blob, u.start, u.stop)
         self.wake()
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
@@ -298,8 +303,9 @@ class SharingService:
         await self._add_held(units[index], size)
         return wire.UnitInfo(digest, index, self.swarm.unit_info(digest, index) or b"")
 
-    async def _add_held(self, u: Unit, size: int) -> None:
-        """Seed a unit whose bytes we hold, in the stored blob or else its partial file."""
+    async def _add_held(self, u: Unit, size: int) -> bytes:
+        """Seed a unit whose bytes we hold, in the stored blob or else its partial file;
+        returns its piece hashes."""
         store = self.store
 
         def where() -> Path:
@@ -312,17 +318,26 @@ class SharingService:
         span = unit_pieces(u.start, u.stop, piece)
         # where() again: committed while we hashed means same bytes, new place.
         self.swarm.add_unit(u.blob, size, u.index, span, info, where(), have=True)
+        return hashes
 
     # -- one get's share -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def share(self, jobs: list[BlobJob], progress: Progress) -> AsyncIterator[_Share]:
-        """While inside, the download attached to the yielded sharer splits its mirror work
-        for these blobs with the office."""
-        share = _Share(self, jobs, progress)
+    async def share(self, jobs: list[BlobJob], progress: Progress) -> AsyncIterator[Gate]:
+        """While inside, the download handed the yielded gate splits its mirror work for these
+        blobs with the office."""
+        share = _Share(jobs, progress)
+        # A blob another get of this agent shares out is not this one's (its download waits
+        # for that one): only the rest are gated.
+        for j in share.jobs:
+            if j.key not in self._wants:
+                share.gate.gate(j.key)
+        share.gate.wake_sharing_with(self.wake)
+        self._shares.append(share)
         try:
-            yield share
+            yield share.gate
         finally:
+            self._shares.remove(share)
             share.scope.cancel()
             ours = {b for b in share.blobs if b in self._wants and self._wants[b].share is share}
             for b in ours:
@@ -332,18 +347,19 @@ class SharingService:
             self.coord.drop(ours)
             self.wake()
 
-    def _attach(self, share: _Share, download: Download) -> None:
+    def _attach(self, share: _Share, held: set[str]) -> None:
         # A blob another get of this agent is fetching right now is not in this download
         # (it waits for that one): only the rest are this get's to share.
-        jobs = [j for j in share.jobs if download.has(j.key) and j.key not in self._wants]
+        jobs = [j for j in share.jobs if j.key in held and j.key not in self._wants]
+        for key in held - {j.key for j in jobs}:
+            share.gate.let_go(key)  # another get shares it out since ours began
         for j in jobs:
-            download.gate(j.key)
             self._sizes[j.key] = j.size
         share.blobs = {j.key for j in jobs}
         if jobs:
-            self._spawn(self._join, share, download, jobs)
+            self._spawn(self._join, share, jobs)
 
-    async def _join(self, share: _Share, download: Download, jobs: list[BlobJob]) -> None:
+    async def _join(self, share: _Share, jobs: list[BlobJob]) -> None:
         # In the service's nursery, not the get's: the download's own errors must leave the
         # get as they are, not wrapped in an exception group.
         with share.scope:
@@ -351,9 +367,9 @@ class SharingService:
                 await self._sync([j.key for j in jobs])
                 resumed: list[Unit] = []
                 for j in jobs:
-                    self._wants[j.key] = _Want(share, download, share.progress, j)
+                    self._wants[j.key] = _Want(share, share.progress, j)
                     for u in units_of(j.key, j.size, self.segment):
-                        if download.covered(j.key, u.start, u.stop):
+                        if share.gate.covered(j.key, u.start, u.stop):
                             self.coord.have(u)
                             resumed.append(u)
                 self.coord.want({j.key: j.size for j in jobs})
@@ -364,26 +380,19 @@ class SharingService:
                 log.exception("sharing out %d blobs failed", len(jobs))
                 for j in jobs:
                     self._wants.pop(j.key, None)
-                    download.ungate(j.key)
+                    share.gate.let_go(j.key)
 
-    def _piece_hashes(self, key: str, piece: int) -> list[tuple[int, int, bytes]]:
-        """The piece hashes of the units of ``key`` we hold, if they are the blob torrent's
-        pieces (``piece``: they are unless the office's segment is smaller than a piece)."""
-        size = self._sizes.get(key)
-        if size is None or unit_piece_size(size, self.segment) != piece:
-            return []
-        out = []
-        for u in units_of(key, size, self.segment):
-            info = self.swarm.unit_info(key, u.index)
-            if info is not None:
-                out.append((u.start, u.stop, unit_hashes(info, u.start, u.stop, piece)))
-        return out
-
-    def _ungated(self, key: str) -> None:
-        if self._wants.pop(key, None) is not None:
+    def _want(self, key: str) -> _Want | None:
+        """The get that shares this blob out, unless its copy failed the digest (what the
+        download wrote into the gate): then the blob leaves sharing, its units unseeded."""
+        want = self._wants.get(key)
+        if want is not None and want.gate.failed(key):
+            del self._wants[key]
             self.coord.drop({key})
             self.swarm.drop_units(key)
             self.wake()
+            return None
+        return want
 
     async def _sync(self, digests: list[str]) -> None:
         """Learn peers' leases and holdings of these blobs before claiming any."""
@@ -417,20 +426,21 @@ class SharingService:
     async def _publish(self, u: Unit, resumed: bool) -> None:
         """A unit is on our disk (from a mirror, or an earlier run): seed it, announce it."""
         size = self._sizes.get(u.blob)
-        want = self._wants.get(u.blob)
+        want = self._want(u.blob)
         if size is None or want is None:
             return
         try:
-            await self._add_held(u, size)
+            hashes = await self._add_held(u, size)
         except OSError as e:
             log.warning("cannot seed unit %s: %s", _name(u), e)
-            if u.blob in self._wants:
+            if self._want(u.blob) is not None:
                 self.coord.failed(u)
             return
-        if self._wants.get(u.blob) is not want:
+        if self._want(u.blob) is not want:
             # The get ended meanwhile, or its bytes failed the digest: do not offer them.
             self.swarm.drop_unit(u.blob, u.index)
             return
+        want.gate.hashed(u.blob, u.start, u.stop, unit_piece_size(size, self.segment), hashes)
         log.info("unit %s: seeding (%s)", _name(u), "resumed" if resumed else "mirror")
         if resumed:
             self.stats.units_resumed += 1
@@ -442,7 +452,7 @@ class SharingService:
 
     async def _from_peers(self, u: Unit, first: str) -> None:
         """Fetch a unit that peers announced, into the blob's partial file."""
-        want = self._wants.get(u.blob)
+        want = self._want(u.blob)
         if want is None:
             self.coord.failed(u)
             return
@@ -466,11 +476,11 @@ class SharingService:
                     why = "a unit torrent of the wrong shape" if reply.info else "no unit"
                     self.peers.distrust(agent, u.blob, f"announced unit {u.index}, sent {why}")
             self.coord.distrust(u, agent)  # no answer, or not that unit's torrent
-        if not info or u.blob not in self._wants:
+        if not info or self._want(u.blob) is None:
             self.coord.failed(u)
             self.wake()
             return
-        want.download.unmark(u.blob, u.start, u.stop)  # libtorrent writes all of it
+        want.gate.rewrite(u.blob, u.start, u.stop)  # libtorrent writes all of it
         path = self.store.partial_path(u.blob)
         self.swarm.add_unit(u.blob, size, u.index, span, info, path, have=False)
 
@@ -481,10 +491,13 @@ class SharingService:
             want.progress.advance(u.blob, n, "LAN", lan=True)
 
         got = await self.swarm.fetch_unit(u.blob, u.index, holders, advance)
-        if got.ok and self._wants.get(u.blob) is want:
+        if got.ok and self._want(u.blob) is want:
             log.info("unit %s: from peers (%d bytes)", _name(u), got.downloaded)
             self.stats.units_from_peers += 1
-            want.download.mark_done(u.blob, u.start, u.stop)
+            want.gate.hashed(
+                u.blob, u.start, u.stop, piece, unit_hashes(info, u.start, u.stop, piece)
+            )
+            want.gate.arrived(u.blob, u.start, u.stop)
             self.coord.fetched(u)
         elif not got.ok:
             log.info("unit %s from peers failed: %s", _name(u), got.why)

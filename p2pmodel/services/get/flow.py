@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from ...core.gate import Gate
     from ...core.progress import Progress
-    from ..download import BlobJob, DownloadOptions, Sharer
+    from ..download import BlobJob, DownloadOptions
 
 
 def decide(req: GetRequest, store: Store, config: Config, *, keyed: bool = False) -> Decision:
@@ -125,9 +126,9 @@ class Names(Protocol):
 class Sharing(Protocol):
     """The office's sharing of mirror work (``services.sharing.SharingService``)."""
 
-    def share(self, jobs: list[BlobJob], progress: Progress) -> AbstractAsyncContextManager[Sharer]:
+    def share(self, jobs: list[BlobJob], progress: Progress) -> AbstractAsyncContextManager[Gate]:
         """While inside: peers and this agent split the mirror work for these blobs; the
-        download attaches to the yielded sharer."""
+        download is handed the yielded gate."""
         ...
 
 
@@ -358,8 +359,8 @@ async def fetch_blobs(
         try:
             if shared and sharing is not None and batch:
                 # Nobody holds these whole: split the mirror work with the office.
-                async with sharing.share(batch, progress) as sharer:
-                    got = await download(store, batch, progress, opts, client=http, sharer=sharer)
+                async with sharing.share(batch, progress) as gate:
+                    got = await download(store, batch, progress, opts, client=http, gate=gate)
             else:
                 got = await download(store, batch, progress, opts, client=http)
             results.update(got)

@@ -197,15 +197,20 @@ def test_a_clone_takes_lfs_objects_once_from_the_mirror_then_from_the_store(
 ) -> None:
     """The first clone is exact with the weights from the mirror once; a second clone on the
     same workstation takes them from its store (no weight byte from the mirror); the objects
-    are kept in the store under the LFS endpoint, and the store's blobs stay read-only."""
+    are kept in the store under the LFS endpoint, and the store's blobs stay read-only. The
+    user's git credential for the origin host is never sent to the mirror."""
     mirror = LfsMirror(repo, tmp_path, bare_repository(tmp_path, repo))
     try:
         env = workstation(tmp_path, "ws1", origin, mirror.hub_url, "off")
+        creds = Path(env["HOME"]) / ".git-credentials"
+        creds.write_text(origin.replace("http://", "http://me:origin-secret@") + "\n")
+        _git("config", "--global", "credential.helper", f"store --file={creds}", env=env)
         assert clone(env, origin, tmp_path / "c1") == 0
         assert exact(repo, tmp_path / "c1")
         first = mirror.weight_bytes()
         print(f"clone 1: {first} weight bytes from the mirror of {weights(repo)}")
         assert first == weights(repo)
+        assert mirror.stats()["authorized"] == {}, "a credential reached the mirror"
         assert clone(env, origin, tmp_path / "c2") == 0
         assert exact(repo, tmp_path / "c2")
         print(f"clone 2 (same store): {mirror.weight_bytes() - first} weight bytes")

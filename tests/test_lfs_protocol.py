@@ -166,3 +166,69 @@ def test_no_endpoint_answering_is_a_source_error() -> None:
     with httpx.Client(transport=_server(seen, needs="never")) as c, pytest.raises(SourceError):
         hrefs(["https://m.example/lfs"], [(OID, 1)], lambda url: None, client=c)
     assert all("authorization" not in r.headers for r in seen)
+
+
+def _agent(lines: list[str], home: object, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list]:
+    """Run ``p2pmodel git lfs-agent``'s loop on these lines (no git repository, no agent)."""
+    import io
+
+    from p2pmodel.cli import git
+
+    monkeypatch.setenv("P2PMODEL_HOME", str(home))
+    monkeypatch.setenv("P2PMODEL_LAN", "off")
+    out = io.StringIO()
+    rc = git.lfs_agent(io.StringIO("".join(line + "\n" for line in lines)), out)
+    return rc, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_an_upload_is_refused_with_how_to_push(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``init`` for an upload answers an error saying pushes go through plain git-lfs."""
+    rc, answers = _agent(
+        ['{"event":"init","operation":"upload","remote":"origin"}'], tmp_path, monkeypatch
+    )
+    assert rc == 0
+    assert "lfs.standalonetransferagent= push" in answers[0]["error"]["message"]
+
+
+def test_an_object_in_the_store_is_handed_over_as_a_link(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object the store has completes with a path to a hard link of the verified blob,
+    no network; one it lacks, with no endpoint and no agent, completes with an error."""
+    import hashlib
+    from pathlib import Path
+
+    from p2pmodel.adapters.store import Store
+
+    home = Path(str(tmp_path)) / "home"
+    data = b"weights" * 1000
+    oid = hashlib.sha256(data).hexdigest()
+    store = Store(home)
+    blob = store.blob_path(f"sha256:{oid}")
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    monkeypatch.chdir(str(tmp_path))
+    rc, answers = _agent(
+        [
+            '{"event":"init","operation":"download","remote":"origin"}',
+            json.dumps({"event": "download", "oid": oid, "size": len(data)}),
+            json.dumps({"event": "download", "oid": OID, "size": 3}),
+            '{"event":"terminate"}',
+        ],
+        home,
+        monkeypatch,
+    )
+    assert rc == 0
+    assert answers[0] == {}
+    assert answers[1]["event"] == "complete" and answers[1]["oid"] == oid
+    assert answers[2]["oid"] == OID and "error" in answers[2]
+
+
+def test_garbage_from_git_lfs_ends_the_agent(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line that is not the protocol ends the agent with exit 2 and no answer."""
+    rc, answers = _agent(["hello"], tmp_path, monkeypatch)
+    assert rc == 2 and answers == []

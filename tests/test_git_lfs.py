@@ -232,46 +232,66 @@ def test_a_clone_takes_lfs_objects_once_from_the_mirror_then_from_the_store(
         mirror.stop()
 
 
+MODES = ["here", pytest.param("serve", marks=pytest.mark.lan)]
+
+
+def one_workstation(
+    tmp_path: Path, origin: str, mirror: LfsMirror, mode: str
+) -> tuple[dict[str, str], contextlib.AbstractContextManager[object]]:
+    """One workstation: the fetch in the transfer agent's process with the LAN off (host
+    namespace), or through its running ``serve`` (inside the test namespace)."""
+    if mode == "here":
+        return workstation(tmp_path, "ws1", origin, mirror.hub_url, "off"), contextlib.nullcontext()
+    port = free_port()
+    extra = f'hf_endpoint = "off"\npeers = ["127.0.0.1:{free_port()}"]\n'
+    env = workstation(tmp_path, "ws1", origin, mirror.hub_url, "on", extra)
+    return env, serve(env, "ws1", tmp_path, port)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_skip_smudge_then_lfs_pull_behaves_the_same(
-    tmp_path: Path, origin: str, repo: Repo
+    tmp_path: Path, origin: str, repo: Repo, mode: str
 ) -> None:
     """``GIT_LFS_SKIP_SMUDGE=1 git clone`` leaves pointers; ``git lfs pull`` then fetches the
     objects through the agent, exact, the weights from the mirror once."""
     mirror = LfsMirror(repo, tmp_path, bare_repository(tmp_path, repo))
     try:
-        env = workstation(tmp_path, "ws1", origin, mirror.hub_url, "off")
-        dest = tmp_path / "c1"
-        assert clone(env, origin, dest, skip_smudge=True) == 0
-        assert not exact(repo, dest)
-        assert mirror.weight_bytes() == 0
-        _git("lfs", "pull", cwd=dest, env=env)
-        assert exact(repo, dest)
-        assert mirror.weight_bytes() == weights(repo)
+        env, running = one_workstation(tmp_path, origin, mirror, mode)
+        with running:
+            dest = tmp_path / "c1"
+            assert clone(env, origin, dest, skip_smudge=True) == 0
+            assert not exact(repo, dest)
+            assert mirror.weight_bytes() == 0
+            _git("lfs", "pull", cwd=dest, env=env)
+            assert exact(repo, dest)
+            assert mirror.weight_bytes() == weights(repo)
     finally:
         mirror.stop()
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_tampering_mirror_ends_the_clone_with_no_wrong_file(
-    tmp_path: Path, origin: str, repo: Repo
+    tmp_path: Path, origin: str, repo: Repo, mode: str
 ) -> None:
     """The mirror corrupts the LFS objects: the checkout fails, no file with wrong bytes is
     checked out or stored, and git-lfs gets no object."""
     mirror = LfsMirror(repo, tmp_path, bare_repository(tmp_path, repo), "--corrupt")
     try:
-        env = workstation(tmp_path, "ws1", origin, mirror.hub_url, "off")
-        dest = tmp_path / "c1"
-        assert clone(env, origin, dest) != 0
-        for f in repo.files:
-            got = dest / f.path
-            if f.lfs and got.is_file():
-                data = got.read_bytes()
-                assert hashlib.sha256(data).hexdigest() == f.sha256 or data.startswith(
-                    b"version https://git-lfs"
-                ), f"{f.path}: wrong bytes checked out"
-        objects = list((dest / ".git" / "lfs" / "objects").rglob("*")) if dest.exists() else []
-        assert not [o for o in objects if o.is_file()], "git-lfs got an object"
-        store = Path(env["P2PMODEL_HOME"]) / "store" / "blobs"
-        assert not [b for b in store.rglob("*") if b.is_file()], "a wrong blob was stored"
+        env, running = one_workstation(tmp_path, origin, mirror, mode)
+        with running:
+            dest = tmp_path / "c1"
+            assert clone(env, origin, dest) != 0
+            for f in repo.files:
+                got = dest / f.path
+                if f.lfs and got.is_file():
+                    data = got.read_bytes()
+                    assert hashlib.sha256(data).hexdigest() == f.sha256 or data.startswith(
+                        b"version https://git-lfs"
+                    ), f"{f.path}: wrong bytes checked out"
+            objects = list((dest / ".git" / "lfs" / "objects").rglob("*")) if dest.exists() else []
+            assert not [o for o in objects if o.is_file()], "git-lfs got an object"
+            store = Path(env["P2PMODEL_HOME"]) / "store" / "blobs"
+            assert not [b for b in store.rglob("*") if b.is_file()], "a wrong blob was stored"
     finally:
         mirror.stop()
 

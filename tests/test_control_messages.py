@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from p2pmodel.core.control import (
+    BlobAsk,
     CollectAsk,
     ControlProtocolError,
     Done,
@@ -34,6 +35,8 @@ DIGEST = "sha256:" + "ab" * 32
         CollectAsk(),
         MirrorsAsk(),
         PublishAsk("team:v1", DIGEST, True),
+        BlobAsk(DIGEST, 5),
+        BlobAsk(DIGEST, 5, ("https://m/lfs/x",), ({"Authorization": "RemoteAuth t"},), "e"),
     ],
 )
 def test_every_request_survives_the_wire(req: object) -> None:
@@ -66,6 +69,13 @@ def test_every_answer_survives_the_wire(answer: object) -> None:
         {"op": "publish", "ref": "team:v1", "manifest": "nocolon"},
         {"op": "publish", "ref": "team:v1", "manifest": "sha256:" + "zz" * 32},
         {"op": "get", "ref": "x" * 5000},
+        {"op": "blob", "digest": "gitsha1:" + "a" * 40, "size": 1},
+        {"op": "blob", "digest": DIGEST, "size": -1},
+        {"op": "blob", "digest": DIGEST, "size": True},
+        {"op": "blob", "digest": DIGEST, "size": 1, "urls": ["file:///etc/passwd"]},
+        {"op": "blob", "digest": DIGEST, "size": 1, "urls": ["http://m/"] * 17},
+        {"op": "blob", "digest": DIGEST, "size": 1, "urls": ["http://m/"], "headers": [{}, {}]},
+        {"op": "blob", "digest": DIGEST, "size": 1, "urls": ["http://m/"], "headers": [{"a": 1}]},
     ],
 )
 def test_bad_requests_are_refused_as_the_clients_fault(wire: dict[str, object]) -> None:

@@ -220,10 +220,12 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
         ["mirrors", "--git-config"],
         ["service", "status"],
         ["key", "new"],
+        ["git", "setup", "--print"],
     ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
-    """``ls``, the store and service commands and ``mirrors`` without an agent answer without
+    """``ls``, the store and service commands, ``mirrors`` without an agent and ``git setup``
+    answer without
     importing trio, httpx, libtorrent, zeroconf or rich."""
     code = QUICK.replace("{heavy}", repr(set(HEAVY)))
     r = subprocess.run(

@@ -553,3 +553,49 @@ def test_the_real_client_downloads_straight_from_the_test_mirror(tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_lfs_batch_api_answers_hrefs_and_counts_bytes(
+    nursery: trio.Nursery, repo: Repo, client: httpx.AsyncClient
+) -> None:
+    """The batch API gives each LFS file of the repository an href on the cdn whose bytes are
+    the object; an unknown oid gets a 404 error; the batch's and the object's bytes are
+    counted per path."""
+    mirror = await start(nursery, repo)
+    shard = file_of(repo, SHARD)
+    batch = f"{mirror.hub_url}/{REPO_ID}.git/info/lfs/objects/batch"
+    body = {
+        "operation": "download",
+        "transfers": ["basic"],
+        "objects": [{"oid": shard.sha256, "size": shard.size}, {"oid": "0" * 64, "size": 1}],
+    }
+    response = await client.post(batch, json=body)
+    assert response.status_code == 200
+    found, missing = response.json()["objects"]
+    assert missing["error"]["code"] == 404
+    href = found["actions"]["download"]["href"]
+    data = (await client.get(href)).content
+    assert hashlib.sha256(data).hexdigest() == shard.sha256
+    by_path = mirror.stats.by_path
+    assert by_path[f"/lfs/{shard.sha256}"] == shard.size
+    assert by_path[f"/{REPO_ID}.git/info/lfs/objects/batch"] == len(response.content)
+    nope = await client.post(f"{mirror.hub_url}/acme/nope.git/info/lfs/objects/batch", json=body)
+    assert nope.status_code == 404
+
+
+async def test_bare_repositories_are_served_as_static_files(
+    nursery: trio.Nursery, repo: Repo, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """With a git root, files of its bare repositories are served (git's dumb HTTP); a path
+    out of the root is not."""
+    root = tmp_path / "git"
+    (root / "acme" / "r.git" / "info").mkdir(parents=True)
+    (root / "acme" / "r.git" / "info" / "refs").write_text("abc\trefs/heads/main\n")
+    (tmp_path / "secret.git").mkdir()
+    (tmp_path / "secret.git" / "x").write_text("no")
+    mirror = Mirror([repo], git_root=root)
+    await nursery.start(mirror.run)
+    got = await client.get(f"{mirror.hub_url}/acme/r.git/info/refs")
+    assert got.status_code == 200 and got.text.startswith("abc")
+    out = await client.get(f"{mirror.hub_url}/%2E%2E/secret.git/x")
+    assert out.status_code == 404

@@ -1,6 +1,6 @@
 """The ``p2pmodel`` command: a module per command group (``get``, ``serve`` and ``status``,
-``store``: ls/rm/pin/gc/verify, ``mirrors``, ``service``, ``publish``, ``key``), each importing
-only what it uses (``common`` is what they share).
+``store``: ls/rm/pin/gc/verify, ``mirrors``, ``service``, ``publish``, ``key``, ``git``), each
+importing only what it uses (``common`` is what they share).
 
 Every error a user can cause or meet prints one line on stderr and exits non-zero with a code
 that says whose fault it was (``core.errors``); a bug of ours prints one line too and leaves the
@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..core.errors import P2PModelError, UserError
-from . import get, key, mirrors, publish, serve, service, store
+from . import get, git, key, mirrors, publish, serve, service, store
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "service": service.cmd_service,
     "publish": publish.cmd_publish,
     "key": key.cmd_key,
+    "git": git.cmd_git,
 }
 
 
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     kys = ky.add_subparsers(dest="key_command", metavar="KEY_COMMAND", parser_class=_Parser)
     kys.add_parser("new", help="print a fresh office key (put it in every workstation's config)")
     kys.add_parser("fingerprint", help="print the configured key's fingerprint (it is public)")
+
+    gt = sub.add_parser("git", help="git clone / git lfs pull take LFS objects from the office")
+    gts = gt.add_subparsers(dest="git_command", metavar="GIT_COMMAND", parser_class=_Parser)
+    gsu = gts.add_parser(
+        "setup", help="make git use the mirror rules and p2pmodel as git-lfs's transfer agent"
+    )
+    gsu.add_argument("--print", action="store_true", help="show what it would write, write nothing")
+    gsu.add_argument("--undo", action="store_true", help="remove only what setup wrote")
+    gts.add_parser("lfs-agent", help="the git-lfs custom transfer agent (git-lfs starts it)")
 
     ls = sub.add_parser("ls", help="list the models in the store")
     ls.add_argument("--json", action="store_true", help="print JSON")

@@ -86,6 +86,64 @@ class PublishAsk(Request):
     force: bool = False
 
 
+@dataclass(frozen=True)
+class BlobAsk(Request):
+    """One blob by digest (a git-lfs object): answered like ``get``, by progress frames and a
+    ``Done`` with the stored blob's ``path``. ``urls`` are where it may be fetched (the LFS
+    batch API's hrefs), each with the ``headers`` that go to that URL alone; ``keep_as`` is
+    the reference the store keeps it under (the LFS endpoint)."""
+
+    op: ClassVar[str] = "blob"
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+    headers: tuple[dict[str, str], ...] = field(default=(), repr=False)
+    keep_as: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "digest": self.digest,
+            "size": self.size,
+            "urls": list(self.urls),
+            "headers": [dict(h) for h in self.headers],
+            "keep_as": self.keep_as,
+        }
+
+
+MAX_URLS = 16
+
+
+def _blob_ask(d: dict[str, Any]) -> BlobAsk:
+    digest = _text(d, "digest")
+    if not _DIGEST.match(digest):
+        raise ControlProtocolError("a blob request's digest must be sha256:<64 hex>")
+    size = d.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ControlProtocolError("a blob request's size must be a count")
+    urls, headers = d.get("urls") or [], d.get("headers") or []
+    if not isinstance(urls, list) or len(urls) > MAX_URLS:
+        raise ControlProtocolError("a blob request's urls must be a short list")
+    if not isinstance(headers, list) or len(headers) not in (0, len(urls)):
+        raise ControlProtocolError("a blob request has one header map per url")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ControlProtocolError("a blob request's urls must be http(s) URLs")
+        if len(url) > MAX_TEXT:
+            raise ControlProtocolError("a blob request's url is too long")
+    checked = []
+    for h in headers:
+        if not isinstance(h, dict) or len(h) > 32:
+            raise ControlProtocolError("a blob request's headers must be small maps")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in h.items()):
+            raise ControlProtocolError("a blob request's headers must be strings")
+        checked.append(dict(h))
+    keep_as = d.get("keep_as") or ""
+    if not isinstance(keep_as, str) or len(keep_as) > MAX_TEXT:
+        raise ControlProtocolError("a blob request's keep_as must be a string")
+    return BlobAsk(digest, size, tuple(urls), tuple(checked), keep_as)
+
+
 def request_from_wire(d: dict[str, Any]) -> Request:
     """A client's request map as a typed request; ``ControlProtocolError`` otherwise."""
     op = d.get("op")
@@ -110,6 +168,8 @@ def request_from_wire(d: dict[str, Any]) -> Request:
         if not _DIGEST.match(digest):
             raise ControlProtocolError("a publish request's manifest must be sha256:<64 hex>")
         return PublishAsk(_text(d, "ref"), digest, bool(d.get("force")))
+    if op == "blob":
+        return _blob_ask(d)
     raise ControlProtocolError(f"bad op {op!r}")
 
 

@@ -23,6 +23,7 @@ import trio
 from ..adapters.control import MAX_FRAME, PROGRESS_EVERY, pack, socket_path, unpack
 from ..core.control import (
     Answer,
+    BlobAsk,
     Done,
     Failed,
     GetAsk,
@@ -87,6 +88,8 @@ class ControlServer:
                 await self._send(stream, StatusAnswer(self.status()))
             elif isinstance(req, GetAsk):
                 await self._get(stream, req)
+            elif isinstance(req, BlobAsk):
+                await self._blob(stream, req)
             elif req.op in self.ops:
                 await self._send(stream, await self._op(req))
             else:
@@ -126,19 +129,44 @@ class ControlServer:
                 return unpack(frames[0])
 
     async def _get(self, stream: trio.SocketStream, ask: GetAsk) -> None:
+        async def run(progress: Progress) -> Done:
+            req = get_request(ask)
+            result = await self.gets.get(req, progress)
+            return Done(result.describe(req.ref.text), tuple(result.warnings))
+
+        await self._streamed(stream, run, f"get {ask.ref!r}")
+
+    async def _blob(self, stream: trio.SocketStream, ask: BlobAsk) -> None:
+        """One blob by digest (``p2pmodel git lfs-agent``): peers, the office's shared
+        fetch, then the given URLs; answered with the stored blob's path."""
+
+        async def run(progress: Progress) -> Done:
+            headers = dict(zip(ask.urls, ask.headers, strict=False))
+            path = await self.gets.fetch_blob(
+                ask.digest, ask.size, list(ask.urls), headers, progress, keep_as=ask.keep_as
+            )
+            return Done({"path": str(path), "digest": ask.digest, "size": ask.size})
+
+        await self._streamed(stream, run, f"blob {ask.digest}")
+
+    async def _streamed(
+        self,
+        stream: trio.SocketStream,
+        work: Callable[[Progress], Awaitable[Done]],
+        what: str,
+    ) -> None:
+        """Run ``work``, sending its progress four times a second, then its one answer."""
         progress = Progress()
         outcome: list[Answer] = []
         done = trio.Event()
 
         async def run() -> None:
             try:
-                req = get_request(ask)
-                result = await self.gets.get(req, progress)
-                outcome.append(Done(result.describe(req.ref.text), tuple(result.warnings)))
+                outcome.append(await work(progress))
             except P2PModelError as e:
                 outcome.append(failed(e))
             except Exception as e:  # a bug of ours: the client still gets one line
-                log.exception("get %r failed", ask.ref)
+                log.exception("%s failed", what)
                 outcome.append(Failed(f"internal error in the agent: {e!r}", 70))
             finally:
                 done.set()

@@ -234,7 +234,11 @@ class Mirror:
         hub_port: int = 0,
         cdn_port: int = 0,
         faults: Faults | None = None,
+        git_root: Path | None = None,
     ) -> None:
+        """``git_root``: a directory of bare git repositories (``org/name.git``, after
+        ``git update-server-info``) served on the hub port as git's "dumb" HTTP protocol."""
+        self.git_root = git_root.resolve() if git_root is not None else None
         self.host = host
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
@@ -312,6 +316,8 @@ class Mirror:
         if authorization is not None:
             self.stats.authorized[port] = self.stats.authorized.get(port, 0) + 1
         self._auth = authorization
+        if port == "hub" and method == "POST" and path.endswith(".git/info/lfs/objects/batch"):
+            return self._lfs_batch(path, body)
         if method not in ("GET", "HEAD"):
             return _json_reply(405, {"error": "Method not allowed"}, [("Allow", "GET, HEAD")])
         is_file = port == "cdn" or not path.startswith("/api/")
@@ -334,7 +340,47 @@ class Mirror:
         # Draw only when the fault is on, so turning on one fault does not reshuffle another.
         return probability > 0 and self._rng.random() < probability
 
+    def _lfs_batch(self, path: str, body: bytes) -> Reply:
+        """Git LFS's batch API for a served repository: an href on the cdn port for each LFS
+        file it has, a 404 error for any other object."""
+        key = unquote(path).removeprefix("/").removesuffix(".git/info/lfs/objects/batch")
+        files = self._files.get(key)
+        if files is None:
+            return _json_reply(404, {"message": "Repository not found"})
+        try:
+            request = json.loads(body)
+            objects = request["objects"]
+            assert request.get("operation") == "download" and isinstance(objects, list)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return _json_reply(422, {"message": "bad batch request"})
+        by_oid = {f.sha256: f for f in files.values() if f.lfs}
+        answered = []
+        for obj in objects:
+            oid = obj.get("oid") if isinstance(obj, dict) else None
+            f = by_oid.get(oid) if isinstance(oid, str) else None
+            if f is None or f.path in self.faults.missing:
+                answered.append({"oid": oid, "error": {"code": 404, "message": "Not found"}})
+                continue
+            href = {"href": f"{self.cdn_url}/lfs/{f.sha256}", "expires_in": 3600}
+            answered.append(
+                {"oid": oid, "size": f.size, "authenticated": True, "actions": {"download": href}}
+            )
+        reply = _json_reply(200, {"transfer": "basic", "objects": answered})
+        reply.headers[0] = ("Content-Type", "application/vnd.git-lfs+json")
+        return reply
+
+    def _git_file(self, path: str) -> Reply | None:
+        """A file of a served bare repository (git's dumb HTTP protocol), if it is one."""
+        if self.git_root is None or ".git/" not in path:
+            return None
+        target = (self.git_root / unquote(path).lstrip("/")).resolve()
+        if not target.is_relative_to(self.git_root) or not target.is_file():
+            return Reply(404, [])
+        return Reply(200, [("Content-Type", "application/octet-stream")], body=target.read_bytes())
+
     def _route(self, port: Port, path: str, query: str, range_header: str | None) -> Reply:
+        if port == "hub" and (git := self._git_file(path)) is not None:
+            return git
         parts = [unquote(part) for part in path.split("/")[1:]]
         if port == "cdn":
             blob = self._blobs.get(parts[1]) if len(parts) == 2 and parts[0] == "lfs" else None
@@ -685,6 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first-byte-delay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ready-file", type=Path, help="JSON {hub_url, cdn_url} once listening")
+    parser.add_argument("--git-root", type=Path, help="serve bare git repositories from here")
     args = parser.parse_args(argv)
 
     repos = [Repo.from_json(path.read_text()) for path in args.repo_json]
@@ -705,7 +752,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     mirror = Mirror(
-        repos, singles, host=args.host, hub_port=args.port, cdn_port=args.cdn_port, faults=faults
+        repos,
+        singles,
+        host=args.host,
+        hub_port=args.port,
+        cdn_port=args.cdn_port,
+        faults=faults,
+        git_root=args.git_root,
     )
     trio.run(_serve_until_signalled, mirror, args.ready_file)
     return 0

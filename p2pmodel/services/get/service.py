@@ -33,6 +33,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,7 +51,7 @@ from ...core.refs import Ref
 from ...core.resolve import Decision
 from ...core.stats import GetStats
 from ...core.tokenbucket import TokenBucket
-from ..download import Download, DownloadOptions
+from ..download import BlobJob, Download, DownloadOptions
 from ..limits import LimitsService
 from .flow import (
     LanSource,
@@ -283,6 +284,67 @@ class GetService:
         self._downloads_changed.set()
         self._downloads_changed = trio.Event()
 
+    # -- one blob by digest (git-lfs objects) -------------------------------------------------
+
+    async def fetch_blob(
+        self,
+        digest: str,
+        size: int,
+        urls: list[str],
+        headers: dict[str, dict[str, str]] | None = None,
+        progress: Progress | None = None,
+        *,
+        keep_as: str = "",
+    ) -> Path:
+        """The stored path of one blob, fetched if missing like a get's (peers that hold it,
+        the office's shared fetch, then ``urls`` through the mirror rules, verified). Each URL's
+        ``headers`` go to that URL alone, never to a mirror it is rewritten to, nor to peers.
+        ``keep_as``: the reference the store keeps it under (else a collection would delete
+        a blob no model names)."""
+        assert self._http is not None, "the get service is not open"
+        progress = progress or Progress()
+        if not self.store.has_blob(digest, size):
+            job = _blob_job(digest, size, urls, headers or {}, self.config)
+            if not job.urls:
+                held = await self.lan.locate([digest]) if self.lan is not None else set()
+                if digest not in held:
+                    raise SourceError(
+                        f"no source for {digest}: no download URL was given and no peer holds it"
+                    )
+            key = next(self._ids)
+            self.running[key] = (keep_as or digest, progress)
+            self.stats.blob_fetches += 1
+            self.board.revive(trio.current_time())
+            try:
+                await fetch_blobs(
+                    self.store, [job], progress, self._options(), self._http, self.lan, self.sharing
+                )
+            except BaseException as e:
+                cause = first_cause(e)
+                if cause is e:
+                    raise
+                raise cause from None
+            finally:
+                del self.running[key]
+        else:
+            progress.add(digest, digest, size, have=size, state="present")
+        if keep_as:
+            self._keep(keep_as, digest, size)
+        return self.store.blob_path(digest)
+
+    def _keep(self, ref: str, digest: str, size: int) -> None:
+        """Name the blob in the manifest ``ref`` holds (one per LFS endpoint, growing), so the
+        store keeps it like a model's. Sync: no other task of the agent interleaves."""
+        old = self.store.lookup(ref)
+        files = list(old.files) if old is not None else []
+        if any(f.digest == digest for f in files):
+            self.store.touch(ref)  # used now: the last to be evicted
+            return
+        files.append(FileEntry(f"lfs/{digest.split(':', 1)[1]}", size, digest))
+        manifest = Manifest(ref, ref, "", tuple(files))
+        self.store.save_manifest(manifest)
+        self.store.set_ref(ref, manifest.digest)
+
     # -- repositories for the HF endpoint ------------------------------------------------------
 
     async def resolve(self, ref: Ref, token: str | None) -> Manifest:
@@ -402,3 +464,29 @@ class GetService:
         await trio.sleep(GRACE)
         if fetch.readers == 0:
             fetch.scope.cancel()
+
+
+class _HrefJob(BlobJob):
+    """A blob job whose candidates carry their own headers (an LFS href's), to that URL only."""
+
+    def __init__(self, *args: Any, href_headers: dict[str, dict[str, str]], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.href_headers = href_headers
+
+    def headers(self, url: str) -> dict[str, str] | None:
+        return self.href_headers.get(url) or None
+
+
+def _blob_job(
+    digest: str, size: int, urls: list[str], headers: dict[str, dict[str, str]], config: Config
+) -> BlobJob:
+    """The job for one blob: each URL and what the mirror rules rewrite it to; the URL's own
+    headers go with the URL itself only."""
+    candidates: list[str] = []
+    for url in urls:
+        for c in config.candidates(url):
+            if c not in candidates:
+                candidates.append(c)
+    kept = {u: dict(h) for u, h in headers.items() if u in candidates and h}
+    label = digest.split(":", 1)[1][:12]
+    return _HrefJob(digest, digest, size, candidates, label, href_headers=kept)

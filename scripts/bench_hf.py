@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
+from p2pmodel.testing.netns import Host, Network, cleanup_stale, netns_available
 from p2pmodel.testing.site import Site, drop_environ
 
 MiB = 1 << 20
@@ -56,7 +56,7 @@ def log(msg: str) -> None:
     print(f"bench-hf: {msg}", file=sys.stderr, flush=True)
 
 
-def hf_env(site: Site[Office], ws: Host, cache: Path) -> dict[str, str]:
+def hf_env(site: Site[Network], ws: Host, cache: Path) -> dict[str, str]:
     return {
         **site.env(ws),
         "HF_HOME": str(cache.parent / "hf-home"),
@@ -65,14 +65,14 @@ def hf_env(site: Site[Office], ws: Host, cache: Path) -> dict[str, str]:
     }
 
 
-def snapshot(site: Site[Office], ws: Host, endpoint: str, cache: Path) -> subprocess.Popen[bytes]:
+def snapshot(site: Site[Network], ws: Host, endpoint: str, cache: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-c", SNAPSHOT, endpoint, site.repo.repo_id, str(cache)]
     return site.office.popen(
         ws, argv, env=hf_env(site, ws, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
 
 
-def finish(proc: subprocess.Popen[bytes], site: Site[Office], timeout: float) -> float:
+def finish(proc: subprocess.Popen[bytes], site: Site[Network], timeout: float) -> float:
     """Wait for a snapshot_download started by `snapshot`; its seconds (files checked)."""
     out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
@@ -83,13 +83,13 @@ def finish(proc: subprocess.Popen[bytes], site: Site[Office], timeout: float) ->
     return float(seconds)
 
 
-def endpoint(site: Site[Office], ws: Host) -> str:
+def endpoint(site: Site[Network], ws: Host) -> str:
     url = site.status(ws)["hf_endpoint"]
     assert isinstance(url, str), "the agent serves no HF endpoint"
     return url
 
 
-def warm(site: Site[Office], work: Path, timeout: float) -> dict[str, Any]:
+def warm(site: Site[Network], work: Path, timeout: float) -> dict[str, Any]:
     ws1, ws2 = site.office.workstations[:2]
     site.serve(ws1)
     site.get(ws1)
@@ -119,7 +119,7 @@ def warm(site: Site[Office], work: Path, timeout: float) -> dict[str, Any]:
     return rows
 
 
-def cold(site: Site[Office], work: Path, timeout: float) -> dict[str, Any]:
+def cold(site: Site[Network], work: Path, timeout: float) -> dict[str, Any]:
     hosts = site.office.workstations
     for ws in hosts:
         site.new_home(ws)
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout = 120 + 3 * args.hosts * ideal
         rates = f"mirror {args.mirror_rate / MB:.0f} MB/s, LAN {lan_rate / MB:.0f} MB/s"
         log(f"model {size / MiB:.0f} MiB in {len(repo.files)} files; {rates}; ideal {ideal:.1f} s")
-        with Office(
+        with Network(
             max(2, args.hosts), mirror_rate=args.mirror_rate, lan_rate=lan_rate, prefix="p2pm-bhf"
         ) as office:
             site = Site(office, repo, work)

@@ -1,6 +1,6 @@
 """Benchmark: agent-to-agent LAN rate vs curl from nginx, discovery latency, idle agent cost.
 
-Everything runs in a virtual office (`p2pmodel.testing.office`): network namespaces on one
+Everything runs in a virtual office (`p2pmodel.testing.netns`): network namespaces on one
 bridge, nothing in the host namespace but this process, which only starts commands inside the
 namespaces and reads /proc. One run measures:
 
@@ -28,7 +28,7 @@ same office key: mutual TLS on the peer link, SSL torrents, the IP filter), the 
 between modes; the last table compares the modes in the same run.
 
 Targets (BRIEF section 6): LAN rate p2pmodel/curl >= 0.9; idle agent RSS < 100 MB; idle CPU < 1%.
-Office key (issue 10): the LAN ratio to curl with the key within 5% of the one without, and
+Network key (issue 10): the LAN ratio to curl with the key within 5% of the one without, and
 discovery within 0.3 s. MB here is 10^6 bytes; sizes of blobs are in MiB.
 """
 
@@ -55,7 +55,7 @@ from typing import Any
 from p2pmodel.adapters.store import Store
 from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
+from p2pmodel.testing.netns import Host, Network, cleanup_stale, netns_available
 from p2pmodel.testing.site import (
     Site,
     SiteError,
@@ -177,7 +177,7 @@ class Window:
 
 
 class RxSampler:
-    def __init__(self, office: Office, host: Host) -> None:
+    def __init__(self, office: Network, host: Host) -> None:
         self.proc = office.popen(
             host,
             [sys.executable, "-c", RX_SAMPLER, str(RX_PERIOD)],
@@ -215,11 +215,11 @@ def window(samples: list[tuple[float, int]], t0: float) -> Window:
 # --- the office --------------------------------------------------------------------------------
 
 
-class LanSite(Site[Office]):
+class LanSite(Site[Network]):
     """The office site, plus what this benchmark reads of its agents: their pids and memory,
     and the office key every config gets while ``key`` is set."""
 
-    def __init__(self, office: Office, repo: Repo, work: Path, others: Sequence[Repo]) -> None:
+    def __init__(self, office: Network, repo: Repo, work: Path, others: Sequence[Repo]) -> None:
         self.key: str | None = None
         super().__init__(office, repo, work, others)
         self.pids: dict[str, int] = {}
@@ -288,7 +288,7 @@ class LanResult:
 
 
 class Nginx:
-    def __init__(self, office: Office, host: Host, root: Path, tmp: Path) -> None:
+    def __init__(self, office: Network, host: Host, root: Path, tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, ip=host.ip, port=NGINX_PORT, root=root))
@@ -327,7 +327,7 @@ def sync_disk() -> None:
 
 
 def run_curl(
-    office: Office, ws2: Host, url: str, out: str, rate: int, sender: Callable[[], float]
+    office: Network, ws2: Host, url: str, out: str, rate: int, sender: Callable[[], float]
 ) -> Run:
     sync_disk()
     sampler = RxSampler(office, ws2)
@@ -465,7 +465,7 @@ class Discovery:
 
 
 class Watcher:
-    def __init__(self, office: Office, host: Host, home: Path, want: str, timeout: float) -> None:
+    def __init__(self, office: Network, host: Host, home: Path, want: str, timeout: float) -> None:
         self.proc = office.popen(
             host,
             [sys.executable, "-c", STATUS_WATCHER, str(home), want, str(STATUS_POLL), str(timeout)],
@@ -936,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             up, IDLE_REPO, shards=args.idle_shards, shard_size=args.idle_shard_mib * MiB, seed=2
         )
         n_ws = 3 if ({"discovery", "idle"} - args.skip) else 2
-        with Office(n_ws, mirror=True) as office:
+        with Network(n_ws, mirror=True) as office:
             log(f"office {office.prefix}: {', '.join(h.name + ' ' + h.ip for h in office.hosts)}")
             site = LanSite(office, big, work, [small])
             memory = site.memory

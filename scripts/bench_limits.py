@@ -1,6 +1,6 @@
 """Benchmark: an agent's [limits], achieved against configured, and a schedule boundary.
 
-Everything runs in a virtual office (`p2pmodel.testing.office`: network namespaces on one
+Everything runs in a virtual office (`p2pmodel.testing.netns`: network namespaces on one
 bridge, an unshaped link to the test mirror); this process only starts commands inside the
 namespaces and reads the agents' `status` over their control sockets every 0.1 s.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 from p2pmodel.adapters import control
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Host, Office, cleanup_stale, netns_available
+from p2pmodel.testing.netns import Host, Network, cleanup_stale, netns_available
 from p2pmodel.testing.site import Site, SiteError, drop_environ, stop_group, wait_for
 
 MiB = 1 << 20
@@ -83,7 +83,7 @@ class Side:
         return self.rate_after / self.after
 
 
-def status(site: Site[Office], ws: Host) -> dict[str, Any]:
+def status(site: Site[Network], ws: Host) -> dict[str, Any]:
     """ws's agent's status over its control socket (no process start: polled 10 times a
     second); {} while it does not answer."""
     try:
@@ -92,7 +92,7 @@ def status(site: Site[Office], ws: Host) -> dict[str, Any]:
         return {}
 
 
-def fetch(site: Site[Office], ws: Host, repo: Repo) -> subprocess.Popen[bytes]:
+def fetch(site: Site[Network], ws: Host, repo: Repo) -> subprocess.Popen[bytes]:
     """``p2pmodel get`` of ``repo`` on ws (handed to ws's agent), in the background."""
     argv = site.get_cmd(repo=repo)
     return site.popen(ws, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,7 +111,7 @@ def schedule(key: str, base: float, after: float, lead: float) -> tuple[float, s
     return boundary, toml
 
 
-def record(site: Site[Office], ws: Host, key: str, until: float) -> list[tuple[float, int]]:
+def record(site: Site[Network], ws: Host, key: str, until: float) -> list[tuple[float, int]]:
     """(epoch seconds, bytes) of ws's ``status[key]`` every POLL seconds until ``until``."""
     out: list[tuple[float, int]] = []
     while (now := time.time()) < until:
@@ -159,7 +159,7 @@ def analyse(side: Side, samples: list[tuple[float, int]], boundary: float, windo
 
 
 def measure(
-    site: Site[Office], side: Side, limit: str, ws: Host, getter: Host, repo: Repo,
+    site: Site[Network], side: Side, limit: str, ws: Host, getter: Host, repo: Repo,
     args: argparse.Namespace,
 ) -> None:  # fmt: skip
     """Put ws's agent under a schedule for ``limit`` (SIGHUP), run a get of ``repo`` by
@@ -182,7 +182,7 @@ def measure(
     analyse(side, samples, boundary, args.window)
 
 
-def mirror_side(site: Site[Office], repo: Repo, args: argparse.Namespace) -> Side:
+def mirror_side(site: Site[Network], repo: Repo, args: argparse.Namespace) -> Side:
     side = Side("mirror download (token bucket)", "from_mirrors", args.mirror * MB,
                 args.mirror_after * MB)  # fmt: skip
     ws1 = site.office.workstations[0]
@@ -195,7 +195,7 @@ def mirror_side(site: Site[Office], repo: Repo, args: argparse.Namespace) -> Sid
     return side
 
 
-def lan_side(site: Site[Office], repo: Repo, args: argparse.Namespace) -> Side:
+def lan_side(site: Site[Network], repo: Repo, args: argparse.Namespace) -> Side:
     side = Side("LAN upload (libtorrent)", "uploaded", args.lan * MB, args.lan_after * MB)
     ws1, ws2 = site.office.workstations
     site.new_home(ws1)
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, (k, v) in enumerate(need.items())
         }  # fmt: skip
         log(f"models: {', '.join(f'{k} {r.files[0].size / MB:.0f} MB' for k, r in repos.items())}")
-        with Office(2, mirror=True, prefix=args.prefix) as office:
+        with Network(2, mirror=True, prefix=args.prefix) as office:
             site = Site(office, repos["mirror"], work, [repos["lan"]])
             if "mirror" not in args.skip:
                 sides.append(mirror_side(site, repos["mirror"], args))

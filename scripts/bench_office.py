@@ -1,6 +1,6 @@
 """Benchmark: one internet download per office. N workstations want the same model at once.
 
-Everything runs in a virtual office (`p2pmodel.testing.office`): a namespace per workstation and
+Everything runs in a virtual office (`p2pmodel.testing.netns`): a namespace per workstation and
 one for the "internet" (the test mirror, `python -m p2pmodel.testing.mirror`), on one bridge.
 The mirror's link is shaped to R bytes/s (`--mirror-rate`), every workstation's link to ~4R
 (`--lan-rate`). This process only starts commands inside the namespaces, reads their output and
@@ -62,10 +62,10 @@ from typing import Any
 
 from p2pmodel.core.torrents import bencode, piece_size
 from p2pmodel.testing.models import Repo, RepoFile, make_model
-from p2pmodel.testing.office import (
+from p2pmodel.testing.netns import (
     TBF_LATENCY,
     Host,
-    Office,
+    Network,
     cleanup_stale,
     netns_available,
     tbf_burst,
@@ -186,7 +186,7 @@ class RxCounters:
     which only matters when a port is full. Reading all counters is two runs of `tc` (a few
     ms). Counts are wire bytes (Ethernet + IP + TCP headers included)."""
 
-    def __init__(self, office: Office, lan_rate: int | None) -> None:
+    def __init__(self, office: Network, lan_rate: int | None) -> None:
         assert office.mirror_host is not None
         self.sw = office.switch_netns
         self.mirror_ns = office.mirror_host.netns
@@ -387,7 +387,7 @@ class CaseResult:
 
 
 class Bench:
-    def __init__(self, office: Office, work: Path, repos: dict[str, Repo], args: Any) -> None:
+    def __init__(self, office: Network, work: Path, repos: dict[str, Repo], args: Any) -> None:
         self.office = office
         self.work = work
         self.repos = repos
@@ -415,7 +415,7 @@ class Bench:
     def popen_logged(
         self, host: Host, argv: Sequence[str], out: Path, err: Path, **kw: Any
     ) -> subprocess.Popen[bytes]:
-        """`Office.popen` with stdout written to `out` and stderr appended to `err`."""
+        """`Network.popen` with stdout written to `out` and stderr appended to `err`."""
         with contextlib.ExitStack() as stack:
             stdout = stack.enter_context(out.open("wb"))
             stderr = stack.enter_context(err.open("ab"))
@@ -930,7 +930,7 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
 
 
 DOC_INTRO = """\
-What it measures, all inside a virtual office (`p2pmodel.testing.office`; nothing but the script
+What it measures, all inside a virtual office (`p2pmodel.testing.netns`; nothing but the script
 runs in the host namespace, and it only starts commands in the namespaces and reads tc counters):
 N workstations (default 6) want the same model at the same moment, and the office has one
 internet link. The test mirror (`p2pmodel.testing.mirror`, Hugging Face shapes: hub answers 302
@@ -1190,7 +1190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         log(f"wrote the models ({models_text(vars(args))}) in {work}, {time.monotonic() - t:.0f} s")
         prefix = f"p2pm-bo{os.getpid() % 10000}"
-        with Office(
+        with Network(
             args.hosts, mirror=True, mirror_rate=args.mirror_rate, lan_rate=lan_rate, prefix=prefix
         ) as office:
             log(f"office {office.prefix}: {', '.join(h.name + ' ' + h.ip for h in office.hosts)}")

@@ -19,7 +19,7 @@ from p2pmodel.core.config import parse_config
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import Repo, make_model
 
@@ -41,10 +41,10 @@ QUIET = [
 
 
 async def two_agents(
-    nursery: trio.Nursery, tmp: Path, repo: Repo, rate: int, office: SimOffice | None = None
+    nursery: trio.Nursery, tmp: Path, repo: Repo, rate: int, office: SimLan | None = None
 ) -> list[Agent]:
     """Agents A (serving the dashboard) and B on one fake LAN, one mirror at ``rate``."""
-    office = office or SimOffice(MemoryMirror([repo], Faults(total_rate=rate)), lan_rate=None)
+    office = office or SimLan(MemoryMirror([repo], Faults(total_rate=rate)), lan_rate=None)
     use = [office.mirror.hub_url + "/"]
     config = parse_config({"mirror": [{"for": "https://huggingface.co/", "use": use}]}, {})
     agents = []
@@ -94,7 +94,7 @@ async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tm
     alive), the file in flight with its source, and the plot's axes: time in minutes ago with
     clock times, rate in MB/s; a screenshot is saved (``P2PMODEL_DASHBOARD_PNG``: also there)."""
     repo = make_model(tmp_path / "r", "acme/dash", shards=1, shard_size=8 * MiB)
-    office = SimOffice(MemoryMirror([repo], Faults(total_rate=MiB)), lan_rate=None)
+    office = SimLan(MemoryMirror([repo], Faults(total_rate=MiB)), lan_rate=None)
     a, b = await two_agents(nursery, tmp_path, repo, rate=MiB, office=office)
     await wait_alive(a, b)
     # B is also a static peer of A's config, by the name the office's DNS gives it.

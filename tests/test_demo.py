@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pmodel.testing.office import netns_available
+from p2pmodel.testing.netns import netns_available
 
-DEMO = Path(__file__).resolve().parent.parent / "scripts" / "demo_office.py"
+DEMO = Path(__file__).resolve().parent.parent / "scripts" / "demo_lan.py"
 ARGS = ["--workstations", "3", "--size-mib", "24", "--rate-mib", "8", "--segment-mib", "2"]
 
 

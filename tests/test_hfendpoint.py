@@ -16,7 +16,7 @@ import trio
 
 from p2pmodel.core.config import parse_config
 from p2pmodel.services.agent import Agent, AgentOptions
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import Repo, make_model
 
@@ -70,7 +70,7 @@ def start_endpoint(
     async def start(page: int | None = None) -> Endpoint:
         mirror = MemoryMirror(list(repos.values()), faults)
         other = MemoryMirror(list(other_repos), name="other")
-        office = SimOffice(mirror, lan_rate=None)
+        office = SimLan(mirror, lan_rate=None)
         outside = office.outside()
 
         def client() -> httpx.AsyncClient:
@@ -361,7 +361,7 @@ async def test_offline_the_endpoint_takes_names_from_keyed_peers(nursery, tmp_pa
     from .test_sim_names import offline
 
     repo = repos["model"]
-    office = SimOffice(MemoryMirror([repo]), lan_rate=None)
+    office = SimLan(MemoryMirror([repo]), lan_rate=None)
     use = [office.mirror.hub_url + "/"]
     raw = {"mirror": [{"for": "https://huggingface.co/", "use": use}]}
     raw["office_key"] = format_key(bytes(range(32)))

@@ -45,7 +45,7 @@ from p2pmodel.core.wire import (
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
 from p2pmodel.services.link import FRAME_TIMEOUT, MAX_PER_HOST
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.hostile import HostilePeer
 from p2pmodel.testing.models import Repo, make_model
 
@@ -59,7 +59,7 @@ H = struct.Struct(">I")
 @dataclass
 class Scene:
     repo: Repo
-    office: SimOffice
+    office: SimLan
     victim: Agent
     good: Agent
     bad: HostilePeer
@@ -86,7 +86,7 @@ def intact(agent: Agent) -> None:
 @pytest.fixture
 async def scene(tmp_path: Path, clock: Any) -> AsyncIterator[Scene]:
     repo = make_model(tmp_path / "up", "acme/victim", shards=2, shard_size=MiB)
-    office = SimOffice(MemoryMirror([repo]), lan_rate=64 * MiB)
+    office = SimLan(MemoryMirror([repo]), lan_rate=64 * MiB)
     raw = {
         "mirror": [{"for": "https://huggingface.co/", "use": [office.mirror.hub_url + "/"]}],
         "office_key": TEXT,

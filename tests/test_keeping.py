@@ -21,7 +21,7 @@ from p2pmodel.core.manifest import FileEntry, Manifest
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.models import Repo, make_model
 
 MiB = 1024 * 1024
@@ -211,14 +211,12 @@ def repos(tmp_path: Path) -> dict[str, Repo]:
     }
 
 
-def office_config(office: SimOffice, extra: dict[str, object]) -> Config:
+def office_config(office: SimLan, extra: dict[str, object]) -> Config:
     hub = office.mirror.hub_url + "/"
     return parse_config({"mirror": [{"for": "https://huggingface.co/", "use": [hub]}], **extra}, {})
 
 
-async def start_agent(
-    nursery: trio.Nursery, office: SimOffice, home: Path, config: Config
-) -> Agent:
+async def start_agent(nursery: trio.Nursery, office: SimLan, home: Path, config: Config) -> Agent:
     home.mkdir(parents=True, exist_ok=True)
     opts = AgentOptions(rpc_port=0, segment=256 * 1024)
     return await nursery.start(Agent(home, config, opts, office.outside()).run)  # type: ignore[no-any-return]
@@ -245,7 +243,7 @@ async def test_the_cap_evicts_the_older_model_and_keeps_pinned_running_and_fresh
     """With a cap smaller than two models, the agent evicts the older unpinned model after a
     get; a pinned model stays; a model a running get fetches is not evicted and its get ends
     exact; the model a get just fetched is kept even over the cap."""
-    office = SimOffice(MemoryMirror(list(repos.values())), lan_rate=None)
+    office = SimLan(MemoryMirror(list(repos.values())), lan_rate=None)
     size = sum(f.size for f in repos["a"].files)
     config = office_config(office, {"store_max": int(1.5 * size)})
     agent = await start_agent(nursery, office, tmp_path / "ws", config)
@@ -284,7 +282,7 @@ async def test_a_blob_a_peer_is_fetching_stays_until_the_fetch_ends(
 ):
     """``rm`` on an agent that is serving the model to a peer deletes what no peer is
     fetching, keeps the blob in flight (the peer's get ends exact), and a later gc deletes it."""
-    office = SimOffice(MemoryMirror([repos["a"]]), lan_rate=256 * 1024)
+    office = SimLan(MemoryMirror([repos["a"]]), lan_rate=256 * 1024)
     config = office_config(office, {})
     holder = await start_agent(nursery, office, tmp_path / "ws0", config)
     await get(holder, repos["a"])

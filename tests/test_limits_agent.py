@@ -17,7 +17,7 @@ from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
 from p2pmodel.services.limits import LimitsService
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import make_model
 
@@ -63,7 +63,7 @@ async def test_the_schedule_changes_the_rates_at_the_boundary(clock, nursery):
 async def test_a_limit_of_the_config_reaches_bucket_swarm_and_sharing(tmp_path, clock, nursery):
     """An agent applies mirror_download to its token bucket and its sharing coordinator and
     lan_upload to its swarm; a reloaded config changes all three while it runs."""
-    office = SimOffice(MemoryMirror([]))
+    office = SimLan(MemoryMirror([]))
     agent = await start(nursery, office, tmp_path / "ws", {"limits": OFFICE_HOURS})
     agent.gets.limits.clock = fake_local(NINE - 1)
     agent.gets.limits.set_limits(agent.config.limits)
@@ -79,13 +79,13 @@ async def test_a_limit_of_the_config_reaches_bucket_swarm_and_sharing(tmp_path, 
     assert agent.status()["limits"]["mirror_download"] == 1e6
 
 
-def config_for(office: SimOffice, extra: dict[str, object]) -> Config:
+def config_for(office: SimLan, extra: dict[str, object]) -> Config:
     hub = office.mirror.hub_url + "/"
     return parse_config({"mirror": [{"for": "https://huggingface.co/", "use": [hub]}], **extra}, {})
 
 
 async def start(
-    nursery: trio.Nursery, office: SimOffice, home: Path, extra: dict[str, object]
+    nursery: trio.Nursery, office: SimLan, home: Path, extra: dict[str, object]
 ) -> Agent:
     home.mkdir(parents=True, exist_ok=True)
     opts = AgentOptions(rpc_port=0, segment=SEGMENT, wait_for_peers=0.5)
@@ -99,7 +99,7 @@ async def test_a_limited_agent_alone_leaves_units_for_a_peer_that_joins(tmp_path
     of waiting for the slow one, and the office still pulls the model about once."""
     repo = make_model(tmp_path / "up", "acme/sized", shards=2, shard_size=4 * MiB)
     size = sum(f.size for f in repo.files)
-    office = SimOffice(MemoryMirror([repo], Faults(total_rate=16 * MiB)), lan_rate=64 * MiB)
+    office = SimLan(MemoryMirror([repo], Faults(total_rate=16 * MiB)), lan_rate=64 * MiB)
     slow = await start(nursery, office, tmp_path / "slow", {"limits": {"mirror_download": 262144}})
     results: dict[str, GetResult] = {}
 

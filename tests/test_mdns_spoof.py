@@ -35,7 +35,7 @@ from p2pmodel.core.wire import PROTOCOL_VERSION, Hello, Ping, Pong, encode
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
 from p2pmodel.services.peers import PeerService
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.hostile import HostilePeer
 from p2pmodel.testing.models import Repo, make_model
 
@@ -44,12 +44,12 @@ KEY = format_key(bytes(range(32)))
 PHANTOM = "feedfacefeed"  # an agent id nobody runs
 
 
-class Office:
+class Network:
     def __init__(self, tmp: Path, repo: Repo, key: str | None) -> None:
         self.tmp = tmp
         self.repo = repo
         self.key = key
-        self.sim = SimOffice(MemoryMirror([repo]), lan_rate=64 * MiB)
+        self.sim = SimLan(MemoryMirror([repo]), lan_rate=64 * MiB)
 
     async def agent(self, nursery: trio.Nursery, name: str, **options: Any) -> Agent:
         home = self.tmp / name
@@ -108,7 +108,7 @@ async def test_an_outsider_announcing_an_agent_at_its_own_address_costs_nothing(
     outsider's address for A, the phantom is never a live peer, with a key the swarm's IP
     filter never lets the outsider in, and 80 s after the spoof stopped B still has A at its
     real address."""
-    office = Office(tmp_path, repo, KEY if keyed else None)
+    office = Network(tmp_path, repo, KEY if keyed else None)
     async with trio.open_nursery() as n:
         a = await office.agent(n, "a")
         b = await office.agent(n, "b")
@@ -162,7 +162,7 @@ async def test_a_spoofed_goodbye_costs_a_ping(
     """Goodbyes for agent A sent by someone else every 0.1 s while B fetches what A holds: A
     never leaves B's live peers, B takes everything from A; a real goodbye (A stops) still
     ends A at B within a second."""
-    office = Office(tmp_path, repo, KEY if keyed else None)
+    office = Network(tmp_path, repo, KEY if keyed else None)
 
     async def host_a(task_status: trio.TaskStatus[tuple[Agent, trio.CancelScope]]) -> None:
         async with trio.open_nursery() as own:
@@ -204,7 +204,7 @@ async def test_a_peer_never_announced_is_tried_where_it_connected_from(
     """An agent B never saw announced (no mDNS; it has B as a static peer) says hello to B:
     B tries the address it came from with the RPC port its hello names, and lists it alive
     and verified there, so one missed announcement or one failed try does not hide a peer."""
-    office = Office(tmp_path, repo, KEY if keyed else None)
+    office = Network(tmp_path, repo, KEY if keyed else None)
     async with trio.open_nursery() as n:
         b = await office.agent(n, "b")
         a = await office.agent(n, "a", discovery=False)

@@ -16,7 +16,7 @@ from p2pmodel.core.mirrors import MirrorBoard
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.models import make_model
 
 MiB = 1024 * 1024
@@ -101,7 +101,7 @@ async def test_a_running_agent_shows_live_mirrors_and_runs_rm_and_gc(
     served and the errors and backoff of a dead one; ``rm`` and ``gc`` run in the agent, and
     its errors come back as the same one line and exit code."""
     repo = make_model(tmp_path / "up", "acme/live", shards=1, shard_size=2 * MiB)
-    office = SimOffice(MemoryMirror([repo]))
+    office = SimLan(MemoryMirror([repo]))
     outside = office.outside()
 
     async def route(request: httpx.Request) -> httpx.Response:

@@ -19,9 +19,9 @@ import pytest
 
 from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import make_model
-from p2pmodel.testing.office import Host, Office, netns_available
+from p2pmodel.testing.netns import Host, Network, netns_available
 
-from .office_site import MiB, Site, assert_exact, wait_for
+from .netns_site import MiB, Site, assert_exact, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -118,7 +118,7 @@ def test_outsiders_get_nothing_and_the_office_shares(tmp_path: Path) -> None:
         make_model(tmp_path / "up", "Qwen/Qwen-Image", shards=1, shard_size=2 * MiB, seed=5),
         commit=QWEN,
     )
-    with Office(5, mirror_rate=8 * MiB) as office:
+    with Network(5, mirror_rate=8 * MiB) as office:
         site = Site(office, repo, tmp_path, [qwen])
         site.extra_env = {"P2PMODEL_SEGMENT_MIB": "4", "P2PMODEL_LOG": "debug"}
         ws1, ws2, ws3, ws4, ws5 = office.workstations

@@ -28,7 +28,7 @@ from p2pmodel.core.openfiles import (
 )
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.hfendpoint import serve_bounded
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 
 PROBE = """
 import resource
@@ -105,7 +105,7 @@ async def test_a_look_at_the_network_that_runs_out_of_files_is_tried_again(
 ) -> None:
     """An agent whose look at its addresses fails with EMFILE (a connection flood elsewhere in
     the process) keeps running and follows a new address once looking works again."""
-    office = SimOffice(MemoryMirror([]))
+    office = SimLan(MemoryMirror([]))
     outside = office.outside()
     looks = {"n": 0}
 

@@ -22,7 +22,7 @@ from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
 from p2pmodel.services.publish import prepare
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.models import Repo, make_model
 
 MiB = 1024 * 1024
@@ -44,7 +44,7 @@ class Sim:
     def __init__(self, tmp: Path, repos: list[Repo]) -> None:
         self.tmp = tmp
         self.mirror = MemoryMirror(repos)
-        self.office = SimOffice(self.mirror, lan_rate=64 * MiB)
+        self.office = SimLan(self.mirror, lan_rate=64 * MiB)
         self.agents: list[Agent] = []
 
     async def start(

@@ -18,7 +18,7 @@ from p2pmodel.core.config import parse_config
 from p2pmodel.core.refs import parse_ref
 from p2pmodel.services.agent import Agent, AgentOptions
 from p2pmodel.services.get import GetRequest, GetResult
-from p2pmodel.testing.fakes import MemoryMirror, SimOffice
+from p2pmodel.testing.fakes import MemoryMirror, SimLan
 from p2pmodel.testing.mirror import Faults
 from p2pmodel.testing.models import Repo, make_model
 
@@ -28,7 +28,7 @@ SEGMENT = 256 * 1024
 
 @dataclass
 class Sim:
-    office: SimOffice
+    office: SimLan
     repo: Repo
     tmp: Path
     agents: dict[int, Agent] = field(default_factory=dict)
@@ -97,7 +97,7 @@ class Sim:
 def make_sim(tmp: Path, shards: int, shard_size: int, rate: int) -> Sim:
     repo = make_model(tmp / "up", "acme/sim", shards=shards, shard_size=shard_size)
     mirror = MemoryMirror([repo], Faults(total_rate=rate))
-    return Sim(SimOffice(mirror, lan_rate=64 * MiB), repo, tmp)
+    return Sim(SimLan(mirror, lan_rate=64 * MiB), repo, tmp)
 
 
 async def run_office(sim: Sim, starts: Sequence[float], *, crash: dict[int, float] | None = None):

@@ -604,7 +604,7 @@ class MemoryMirror:
 
 
 @dataclass
-class SimOffice:
+class SimLan:
     """Real agents on the fakes above: one network, one mDNS bus, one swarm net, one mirror."""
 
     mirror: MemoryMirror

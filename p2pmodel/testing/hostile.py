@@ -1,6 +1,6 @@
 """A misbehaving peer of our own, for the hostile-peer tests: it speaks the real protocol (the
 office's TLS when it has the key, the real frames, the in-memory network, mDNS bus and swarm of
-a ``SimOffice``) and breaks it on purpose.
+a ``SimLan``) and breaks it on purpose.
 
 ``HostilePeer`` announces itself like an agent and answers requests with whatever the test puts
 in ``answers`` (by message type: lies, wrong shapes), and can ``raw``-send any bytes on a fresh
@@ -26,14 +26,14 @@ from p2pmodel.core.officekey import OfficeKey
 from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.wire import PROTOCOL_VERSION, Error, Hello, Message, Ping, Pong, encode
 from p2pmodel.services.link import TLS_NAME, PeerLink
-from p2pmodel.testing.fakes import FakeAnnouncer, FakeSwarm, SimOffice
+from p2pmodel.testing.fakes import FakeAnnouncer, FakeSwarm, SimLan
 
 Answer = Callable[[Any], Message]
 
 
 class HostilePeer:
     def __init__(
-        self, office: SimOffice, home: Path, key: OfficeKey | None, agent: str = "bad0bad0bad0"
+        self, office: SimLan, home: Path, key: OfficeKey | None, agent: str = "bad0bad0bad0"
     ) -> None:
         outside = office.outside()
         self.office = office

@@ -1,7 +1,7 @@
 """An office site: the test mirror and real `p2pmodel serve` agents in a virtual office, for the
 multi-host tests, the office demo and the LAN and office benchmarks.
 
-Theory of operation: a `Site` is handed an open place (an `Office` of network namespaces, or a
+Theory of operation: a `Site` is handed an open place (an `Network` of network namespaces, or a
 `Loopback` stand-in where no namespace can be made) and the generated repositories to serve.
 It starts the test mirror (`p2pmodel.testing.mirror.spawn`) in the mirror host, then gives every
 workstation a home of its own whose `config.toml` sends `https://huggingface.co/` to that mirror
@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 from p2pmodel.adapters.home import write_private
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo
-from p2pmodel.testing.office import Host, Office
+from p2pmodel.testing.netns import Host, Network
 
 MiB = 1024 * 1024
 CLI = (sys.executable, "-m", "p2pmodel")
@@ -84,7 +84,7 @@ def dropped_env(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def blanked_env() -> dict[str, str]:
     """The dropped variables of this process's environment, each set empty: for a child
-    started through `Office.popen` or `Host.run`, which lay ``env`` over ``os.environ`` and so
+    started through `Network.popen` or `Host.run`, which lay ``env`` over ``os.environ`` and so
     cannot remove a variable. Empty reads as unset to p2pmodel and to urllib/httpx, curl and
     aria2c."""
     return dict.fromkeys(dropped_env(), "")
@@ -195,7 +195,7 @@ class LocalHost(Host):
 
 
 class Loopback:
-    """Stands in for an `Office` where no namespace can be made: every workstation and the
+    """Stands in for an `Network` where no namespace can be made: every workstation and the
     mirror are processes of this namespace on 127.0.0.1. No shaping (the mirror throttles
     itself, e.g. ``--total-rate``) and no mDNS. Processes started through `popen` get their own
     session and are stopped on close."""
@@ -234,8 +234,8 @@ class Loopback:
         self.close()
 
 
-Place = Office | Loopback
-P = TypeVar("P", bound=Office | Loopback)
+Place = Network | Loopback
+P = TypeVar("P", bound=Network | Loopback)
 
 
 # --- the site -----------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 
 from p2pmodel.core.torrents import piece_size
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 
-from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
+from .netns_site import MiB, Site, assert_exact, peers_alive, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -107,7 +107,7 @@ def blobs(repo: Repo) -> int:
 def test_discovery_both_ways_and_kill9_detected(tmp_path: Path, repo: Repo) -> None:
     """Three agents find each other both ways; a SIGKILLed one is marked not alive by the
     others within 10 s, long before its mDNS records would expire."""
-    with Office(3) as office:
+    with Network(3) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2, ws3 = office.workstations
         t0 = time.monotonic()
@@ -142,7 +142,7 @@ def test_discovery_both_ways_and_kill9_detected(tmp_path: Path, repo: Repo) -> N
 
 def test_late_joiner_takes_the_model_from_the_lan(tmp_path: Path, repo: Repo) -> None:
     """An agent started after ws1 already holds the model gets it from the LAN at once."""
-    with Office(3) as office:
+    with Network(3) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2, ws3 = office.workstations
         site.serve_all([ws1, ws2])
@@ -162,7 +162,7 @@ def test_late_joiner_takes_the_model_from_the_lan(tmp_path: Path, repo: Repo) ->
 def test_seeder_killed_mid_transfer(tmp_path: Path, repo: Repo) -> None:
     """ws2's get survives a kill -9 of the only seeder halfway: exact files, exit 0, the rest
     from the mirror."""
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.serve_all([ws1, ws2])
@@ -210,7 +210,7 @@ def test_seeder_killed_mid_transfer(tmp_path: Path, repo: Repo) -> None:
 def test_agent_restart_is_fast_and_seeds_without_rehash(tmp_path: Path, repo: Repo) -> None:
     """A SIGTERMed agent exits 0 at once, peers see it leave (mDNS goodbye), and restarted
     it seeds its store at once so ws2 takes the model from it over the LAN."""
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.serve_all([ws1, ws2])
@@ -253,7 +253,7 @@ def test_agent_restart_is_fast_and_seeds_without_rehash(tmp_path: Path, repo: Re
 
 def test_static_peers_without_discovery(tmp_path: Path, repo: Repo) -> None:
     """With mDNS off everywhere, a static ``peers`` entry is enough to take the model from ws1."""
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.configure(ws2, f'peers = ["{ws1.ip}:7420"]')
@@ -275,7 +275,7 @@ def test_static_peers_without_discovery(tmp_path: Path, repo: Repo) -> None:
 
 def test_garbage_on_the_rpc_port(tmp_path: Path, repo: Repo) -> None:
     """Garbage, oversized frames and protocol abuse on an agent's RPC port leave it serving."""
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.serve_all([ws1, ws2])
@@ -298,7 +298,7 @@ def test_garbage_on_the_rpc_port(tmp_path: Path, repo: Repo) -> None:
 
 def test_two_simultaneous_gets_after_one_holds_it(tmp_path: Path, repo: Repo) -> None:
     """ws2 and ws3 fetching at the same moment both get exact files, < 2% from the mirror."""
-    with Office(3) as office:
+    with Network(3) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2, ws3 = office.workstations
         site.serve_all([ws1, ws2, ws3])
@@ -329,7 +329,7 @@ def test_two_models_at_once_on_one_agent(tmp_path: Path, repo: Repo) -> None:
     """Two different models fetched at the same time through ws2's agent both come entirely
     from ws1 over the LAN (one get's peer inventory must not erase the other's)."""
     other = make_model(tmp_path / "up2", "acme/other", shards=6, shard_size=1 * MiB, seed=1)
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path, others=[other])
         ws1, ws2 = office.workstations
         site.serve_all([ws1, ws2])
@@ -377,7 +377,7 @@ print(json.dumps([closed, waited]))
 
 def test_slow_hello_does_not_crash_the_agent(tmp_path: Path, repo: Repo) -> None:
     """A client silent past the RPC hello timeout, then sending a frame, is only dropped."""
-    with Office(2) as office:
+    with Network(2) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.serve(ws1)
@@ -393,7 +393,7 @@ def test_slow_hello_does_not_crash_the_agent(tmp_path: Path, repo: Repo) -> None
 def test_get_client_killed_mid_transfer(tmp_path: Path, repo: Repo) -> None:
     """Killing a ``get`` client mid-transfer (Ctrl-C) leaves its agent serving; a new get
     completes with exact files."""
-    with Office(1, mirror_rate=8 * MiB) as office:  # ~3 s for the model from the mirror
+    with Network(1, mirror_rate=8 * MiB) as office:  # ~3 s for the model from the mirror
         site = Site(office, repo, tmp_path)
         (ws1,) = office.workstations
         site.serve(ws1)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.testing.models import Repo
-from p2pmodel.testing.office import Host
+from p2pmodel.testing.netns import Host
 from p2pmodel.testing.site import MiB, Site, wait_for
 
 __all__ = ["MiB", "Site", "assert_exact", "peers_alive", "wait_for"]

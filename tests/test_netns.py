@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from p2pmodel.testing.office import (
+from p2pmodel.testing.netns import (
     MARKER_DIR,
     Host,
-    Office,
-    OfficeError,
+    Network,
+    NetworkError,
     cleanup_stale,
     netns_available,
 )
@@ -116,8 +116,8 @@ time.sleep(60)
 
 DYING_CREATOR = """
 import sys, time
-from p2pmodel.testing.office import Office
-office = Office(1, mirror=True, prefix=sys.argv[1]).__enter__()
+from p2pmodel.testing.netns import Network
+office = Network(1, mirror=True, prefix=sys.argv[1]).__enter__()
 office.popen(office.workstations[0], ["sleep", "60"])
 print("ready", flush=True)
 time.sleep(60)
@@ -157,12 +157,12 @@ def _unique_prefix() -> str:
 
 
 @pytest.fixture
-def office() -> Iterator[Office]:
-    with Office(2) as o:
+def office() -> Iterator[Network]:
+    with Network(2) as o:
         yield o
 
 
-def _echo(office: Office, server_host: Host, client_host: Host) -> str:
+def _echo(office: Network, server_host: Host, client_host: Host) -> str:
     server = office.popen(
         server_host, [sys.executable, "-c", ECHO_SERVER, server_host.ip], stdout=subprocess.PIPE
     )
@@ -174,13 +174,13 @@ def _echo(office: Office, server_host: Host, client_host: Host) -> str:
     return done.stdout.strip()
 
 
-def test_workstations_reach_each_other_over_tcp(office: Office) -> None:
+def test_workstations_reach_each_other_over_tcp(office: Network) -> None:
     """A TCP echo server on ws1 answers a client on ws2 across the bridge."""
     ws1, ws2 = office.workstations
     assert _echo(office, ws1, ws2) == "ping"
 
 
-def test_workstation_reaches_mirror(office: Office) -> None:
+def test_workstation_reaches_mirror(office: Network) -> None:
     """A workstation talks TCP to a server on the mirror host at its fixed .2 address."""
     assert office.mirror_host is not None
     assert office.mirror_host.ip.endswith(".2")
@@ -191,7 +191,7 @@ def test_workstation_reaches_mirror(office: Office) -> None:
 def test_root_namespace_gains_no_links_or_addresses() -> None:
     """Building and using a shaped office adds no link or address to the root namespace."""
     before = _root_links_and_addrs()
-    with Office(2, mirror_rate=8_000_000, lan_rate=50_000_000) as o:
+    with Network(2, mirror_rate=8_000_000, lan_rate=50_000_000) as o:
         during = _root_links_and_addrs()
         assert set(o.namespaces) <= _netns_list()
     after = _root_links_and_addrs()
@@ -200,7 +200,7 @@ def test_root_namespace_gains_no_links_or_addresses() -> None:
 
 def test_namespaces_gone_after_exit_even_when_body_raises() -> None:
     """All namespaces and the marker file are removed on exit, normal or by exception."""
-    with Office(1) as o:
+    with Network(1) as o:
         names = set(o.namespaces)
         marker = MARKER_DIR / f"{o.prefix}.pid"
         assert names <= _netns_list()
@@ -208,7 +208,7 @@ def test_namespaces_gone_after_exit_even_when_body_raises() -> None:
     assert not names & _netns_list()
     assert not marker.exists()
 
-    with pytest.raises(RuntimeError, match="boom"), Office(2) as o2:
+    with pytest.raises(RuntimeError, match="boom"), Network(2) as o2:
         names = set(o2.namespaces)
         assert names <= _netns_list()
         raise RuntimeError("boom")
@@ -218,7 +218,7 @@ def test_namespaces_gone_after_exit_even_when_body_raises() -> None:
 
 def test_processes_dead_after_exit() -> None:
     """Tracked processes (even ones ignoring SIGTERM) and their escaped children are killed."""
-    with Office(1, mirror=False, kill_timeout=0.5) as o:
+    with Network(1, mirror=False, kill_timeout=0.5) as o:
         ws1 = o.workstations[0]
         polite = o.popen(ws1, ["sleep", "60"])
         stubborn = o.popen(
@@ -239,7 +239,7 @@ def test_processes_dead_after_exit() -> None:
 def test_mirror_rate_shapes_what_the_mirror_sends() -> None:
     """~4 MB from a mirror shaped to 8 MB/s takes >= 0.35 s and is much faster once unshaped."""
     size = 4_000_000
-    with Office(1, mirror_rate=8_000_000) as o:
+    with Network(1, mirror_rate=8_000_000) as o:
         mirror, ws1 = o.mirror_host, o.workstations[0]
         assert mirror is not None
         server = o.popen(
@@ -264,7 +264,7 @@ def test_mirror_rate_shapes_what_the_mirror_sends() -> None:
     assert unshaped * 3 < shaped, (unshaped, shaped)
 
 
-def test_multicast_crosses_the_bridge(office: Office) -> None:
+def test_multicast_crosses_the_bridge(office: Network) -> None:
     """An mDNS datagram sent from ws1 to 224.0.0.251:5353 is received on ws2."""
     ws1, ws2 = office.workstations
     receiver = office.popen(
@@ -292,7 +292,7 @@ def test_cleanup_stale_removes_namespaces_of_dead_creator() -> None:
         creator.wait()
         expected = {f"{dead_prefix}-{suffix}" for suffix in ("sw", "mirror", "ws1")}
         assert expected <= _netns_list()
-        with Office(1, mirror=False, prefix=f"{dead_prefix}x") as live:
+        with Network(1, mirror=False, prefix=f"{dead_prefix}x") as live:
             assert cleanup_stale(live.prefix) == []
             assert set(live.namespaces) <= _netns_list()
             assert set(cleanup_stale(dead_prefix)) == expected
@@ -310,25 +310,25 @@ def test_cleanup_stale_removes_namespaces_of_dead_creator() -> None:
 
 
 def test_errors_name_the_failing_command() -> None:
-    """A failing namespace operation raises OfficeError naming the command and its stderr."""
+    """A failing namespace operation raises NetworkError naming the command and its stderr."""
     prefix = _unique_prefix()
     squatter = f"{prefix}-ws1"
     subprocess.run(["ip", "netns", "add", squatter], check=True)
     try:
-        with pytest.raises(OfficeError, match=squatter), Office(1, prefix=prefix):
+        with pytest.raises(NetworkError, match=squatter), Network(1, prefix=prefix):
             pass
         assert squatter in _netns_list()  # not ours: left in place
         assert not {f"{prefix}-sw", f"{prefix}-mirror"} & _netns_list()
     finally:
         subprocess.run(["ip", "netns", "del", squatter], check=True)
 
-    with Office(1, mirror=False) as o:
+    with Network(1, mirror=False) as o:
         ws1 = o.workstations[0]
-    with pytest.raises(OfficeError, match=rf"`tc -n {ws1.netns} qdisc replace .*failed.*: \S"):
+    with pytest.raises(NetworkError, match=rf"`tc -n {ws1.netns} qdisc replace .*failed.*: \S"):
         o.shape(ws1, 1_000_000)
 
 
-def test_env_reaches_processes(office: Office) -> None:
+def test_env_reaches_processes(office: Network) -> None:
     """`env` passed to popen/run is added on top of the caller's environment."""
     ws1 = office.workstations[0]
     done = ws1.run("sh", "-c", "echo $P2PM_TEST_VAR:$PATH", env={"P2PM_TEST_VAR": "yes"})

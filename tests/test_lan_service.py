@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 
-from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
+from .netns_site import MiB, Site, assert_exact, peers_alive, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -35,7 +35,7 @@ def test_sighup_reloads_limits_and_peers_while_a_get_runs(tmp_path: Path, repo: 
     limit (applied at once) and ends exact; the static peer added to the config is dialled; a
     broken config on the next SIGHUP is logged at error level and the agent keeps its config;
     log lines carry syslog priorities; ``status`` shows the limits in force."""
-    with Office(2, prefix=f"p2pm-h11-{secrets.token_hex(2)}") as office:
+    with Network(2, prefix=f"p2pm-h11-{secrets.token_hex(2)}") as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         log = site.homes[ws1.name] / "serve.log"

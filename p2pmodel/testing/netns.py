@@ -1,6 +1,6 @@
-"""A virtual office in Linux network namespaces, for tests, the demo and benchmarks.
+"""A virtual LAN in Linux network namespaces, for tests, the demo and benchmarks.
 
-Theory of operation: an `Office` builds one namespace per host (the "mirror" standing for the
+Theory of operation: a `Network` builds one namespace per host (the "mirror" standing for the
 internet, and N workstations) plus a switch namespace `<prefix>-sw` holding a bridge `br0`. Each
 host gets a veth pair created from inside its own namespace: `eth0` stays in the host with an
 address on one flat /24, the peer (named after the host) moves into the switch namespace and
@@ -8,11 +8,11 @@ joins `br0`. Nothing but the `ip netns` names themselves is created in the root 
 multicast snooping is off on the bridge so mDNS floods like on a dumb office switch.
 
 Rates are shaped with `tc tbf` (the kernel has no netem): `mirror_rate` on what the mirror sends
-(the egress of its `eth0`), `lan_rate` on both ends of every workstation's veth. `Office.shape`
+(the egress of its `eth0`), `lan_rate` on both ends of every workstation's veth. `Network.shape`
 changes or removes a shaper at runtime. tbf counts Ethernet frames, so TCP goodput comes out ~4%
 under the nominal rate (measured 0.96-0.97x from 1 MB/s to 1 GB/s with `tbf_burst`).
 
-Cleanup is the point of this module. Processes started through `Office.popen` are tracked and
+Cleanup is the point of this module. Processes started through `Network.popen` are tracked and
 run in their own session; on exit they (and anything else still running inside the office's
 namespaces) get SIGTERM, then SIGKILL after `kill_timeout` seconds, and the namespaces are
 deleted. `__exit__` is idempotent and also registered with `atexit`. For runs that died harder
@@ -21,7 +21,7 @@ time and the namespace names, and `cleanup_stale` deletes the namespaces of dead
 
 Usage::
 
-    with Office(4, mirror_rate=8_000_000) as office:
+    with Network(4, mirror_rate=8_000_000) as office:
         server = office.popen(office.mirror_host, ["python3", "-m", "http.server"])
         office.workstations[0].run("curl", f"http://{office.mirror_host.ip}:8000/")
 """
@@ -62,24 +62,24 @@ Direction = Literal["egress", "ingress", "both"]
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}")
 
 
-class OfficeError(RuntimeError):
+class NetworkError(RuntimeError):
     """A namespace, link or qdisc operation failed; the message names the command and stderr."""
 
 
 def _run_checked(argv: Sequence[str], *, stdin: str | None = None) -> str:
-    """Run an iproute2 command; raise `OfficeError` with the command and its stderr on failure."""
+    """Run an iproute2 command; raise `NetworkError` with the command and its stderr on failure."""
     try:
         done = subprocess.run(
             list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise OfficeError(f"`{' '.join(argv)}` could not run: {exc}") from exc
+        raise NetworkError(f"`{' '.join(argv)}` could not run: {exc}") from exc
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().replace("\n", " | ")
         what = " ".join(argv)
         if stdin is not None:
             what += " <<< " + "; ".join(line for line in stdin.splitlines() if line)
-        raise OfficeError(f"`{what}` failed (exit {done.returncode}): {detail}")
+        raise NetworkError(f"`{what}` failed (exit {done.returncode}): {detail}")
     return done.stdout
 
 
@@ -130,7 +130,7 @@ class Host:
         self, argv: Sequence[str], env: Mapping[str, str] | None = None, **kw: Any
     ) -> subprocess.Popen[bytes]:
         """Start a command in this host. `env` is added on top of `os.environ`. Not tracked:
-        prefer `Office.popen`, which kills what it started when the office closes."""
+        prefer `Network.popen`, which kills what it started when the office closes."""
         full_env = {**os.environ, **env} if env is not None else None
         proc: subprocess.Popen[bytes] = subprocess.Popen(self.cmd(*argv), env=full_env, **kw)
         return proc
@@ -209,11 +209,11 @@ def _kill_namespace_processes(namespaces: Sequence[str], timeout: float) -> None
 def _delete_namespaces(namespaces: Iterable[str]) -> list[str]:
     present = [name for name in namespaces if _netns_exists(name)]
     if present:
-        with contextlib.suppress(OfficeError):  # -force: go on past errors; checked below
+        with contextlib.suppress(NetworkError):  # -force: go on past errors; checked below
             _ip_batch(None, (f"netns del {name}" for name in present), force=True)
     left = [name for name in present if _netns_exists(name)]
     if left:
-        raise OfficeError(f"could not delete network namespaces: {', '.join(left)}")
+        raise NetworkError(f"could not delete network namespaces: {', '.join(left)}")
     return present
 
 
@@ -273,7 +273,7 @@ def netns_available() -> str | None:
     probe = f"p2pm-probe-{secrets.token_hex(3)}"
     try:
         _run_checked(["ip", "netns", "add", probe])
-    except OfficeError as exc:
+    except NetworkError as exc:
         return str(exc)
     try:
         _ip_batch(
@@ -285,15 +285,15 @@ def netns_available() -> str | None:
             ],
         )
         _run_checked(_tbf_argv(probe, "va", 1_000_000))
-    except OfficeError as exc:
+    except NetworkError as exc:
         return str(exc)
     finally:
-        with contextlib.suppress(OfficeError):
+        with contextlib.suppress(NetworkError):
             _delete_namespaces([probe])
     return None
 
 
-class Office:
+class Network:
     """N workstations and an optional mirror on one bridge, each in its own network namespace."""
 
     def __init__(
@@ -353,9 +353,9 @@ class Office:
                 return h
         raise KeyError(name)
 
-    def __enter__(self) -> Office:
+    def __enter__(self) -> Network:
         if self._entered:
-            raise RuntimeError("an Office can be entered only once")
+            raise RuntimeError("an Network can be entered only once")
         self._entered = True
         atexit.register(self.close)
         try:
@@ -368,7 +368,7 @@ class Office:
     def _build(self) -> None:
         clash = [name for name in self.namespaces if _netns_exists(name)]
         if clash:
-            raise OfficeError(f"network namespaces already exist: {', '.join(clash)}")
+            raise NetworkError(f"network namespaces already exist: {', '.join(clash)}")
         self._marker = _write_marker(self.prefix, self.namespaces)
         for name in self.namespaces:
             _run_checked(["ip", "netns", "add", name])
@@ -411,7 +411,7 @@ class Office:
         it and its process group are killed when the office closes. `env` is added on top of
         `os.environ`; other keywords go to `subprocess.Popen`."""
         if self._closed or not self._entered:
-            raise RuntimeError("Office.popen needs an open office (use `with Office(...)`)")
+            raise RuntimeError("Network.popen needs an open network (use `with Network(...)`)")
         kw.setdefault("start_new_session", True)
         proc = host.popen(argv, env=env, **kw)
         self._procs.append((proc, bool(kw["start_new_session"])))
@@ -466,7 +466,7 @@ class Office:
     def _unshape(netns: str, dev: str) -> None:
         try:
             _run_checked(["tc", "-n", netns, "qdisc", "del", "dev", dev, "root"])
-        except OfficeError as exc:
+        except NetworkError as exc:
             # No root qdisc to delete (already unshaped) is fine; anything else is not.
             text = str(exc)
             if "handle of zero" not in text and "No such file" not in text:
@@ -502,8 +502,8 @@ class Office:
 
 __all__ = [
     "Host",
-    "Office",
-    "OfficeError",
+    "Network",
+    "NetworkError",
     "cleanup_stale",
     "netns_available",
     "tbf_burst",

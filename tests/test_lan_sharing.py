@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 
-from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
+from .netns_site import MiB, Site, assert_exact, peers_alive, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -24,7 +24,7 @@ pytestmark = [
 SEGMENT_MIB = 4
 
 
-def office_site(office: Office, repo: Repo, tmp: Path) -> Site:
+def netns_site(office: Network, repo: Repo, tmp: Path) -> Site:
     site = Site(office, repo, tmp)
     site.extra_env = {"P2PMODEL_SEGMENT_MIB": str(SEGMENT_MIB)}
     site.serve_all(office.workstations)
@@ -56,8 +56,8 @@ def test_workstations_starting_together_pull_the_model_from_the_mirror_once(tmp_
     (a single 24 MiB file cut into six 4 MiB units, plus a sharded model's small files), and
     every workstation ends with exact bytes, most of them from the LAN."""
     repo = make_model(tmp_path / "up", "acme/big", shards=2, shard_size=12 * MiB)
-    with Office(4, mirror_rate=6 * MiB) as office:
-        site = office_site(office, repo, tmp_path)
+    with Network(4, mirror_rate=6 * MiB) as office:
+        site = netns_site(office, repo, tmp_path)
         before = site.served()
         t0 = time.monotonic()
         procs = start_gets(site, tmp_path)
@@ -81,8 +81,8 @@ def test_killing_an_agent_mid_run_lets_the_others_finish(tmp_path: Path):
     """An agent dies (kill -9) while it holds leases: its units are taken over and the other
     workstations complete with exact bytes."""
     repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=32 * MiB)
-    with Office(3, mirror_rate=4 * MiB) as office:
-        site = office_site(office, repo, tmp_path)
+    with Network(3, mirror_rate=4 * MiB) as office:
+        site = netns_site(office, repo, tmp_path)
         before = site.served()
         procs = start_gets(site, tmp_path)
         victim = office.workstations[1]
@@ -103,8 +103,8 @@ def test_a_late_starter_takes_what_is_fetched_or_in_flight_from_the_peer(tmp_pat
     through: they take the units ws1 fetched or is fetching from the LAN and the mirror still
     serves the model about once."""
     repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=24 * MiB)
-    with Office(3, mirror_rate=6 * MiB) as office:
-        site = office_site(office, repo, tmp_path)
+    with Network(3, mirror_rate=6 * MiB) as office:
+        site = netns_site(office, repo, tmp_path)
         before = site.served()
         first, *late = office.workstations
         out = tmp_path / f"out-{first.name}"
@@ -141,8 +141,8 @@ def test_a_shared_blob_that_fails_its_digest_ends_in_a_clear_error_not_a_hang(tm
     """The only mirror flips bytes: the shared copy fails its digest, each agent then tries
     the mirror for the whole blob, fails again and says so (exit 4) in bounded time."""
     repo = make_model(tmp_path / "up", "acme/big", shards=1, shard_size=8 * MiB)
-    with Office(2, mirror_rate=16 * MiB) as office:
-        site = office_site(office, repo, tmp_path)
+    with Network(2, mirror_rate=16 * MiB) as office:
+        site = netns_site(office, repo, tmp_path)
         ws1 = office.workstations[0]
         ws1.run(
             sys.executable, "-c", FAULTS, f"{site.hub}/_faults", '{"corrupt": true}', check=True

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 from p2pmodel.testing.site import Loopback, Place, Site, SiteError
 
 MiB = 1024 * 1024
@@ -120,7 +120,7 @@ def main() -> int:
                 f"virtual office: {args.workstations} workstations in network namespaces on a "
                 f"bridge, LAN links {4 * args.rate_mib:g} MiB/s, mDNS discovery"
             )
-            place: Place = Office(args.workstations, mirror_rate=rate, lan_rate=4 * rate)
+            place: Place = Network(args.workstations, mirror_rate=rate, lan_rate=4 * rate)
         else:
             say(
                 f"no network namespaces ({why_not}): the same agents on loopback only, "

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 
-from .office_site import MiB, Site, assert_exact, peers_alive, wait_for
+from .netns_site import MiB, Site, assert_exact, peers_alive, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -30,7 +30,7 @@ def test_three_workstations_share_one_download(tmp_path: Path, repo: Repo) -> No
     """Agents find each other unaided; the 2nd and 3rd workstations take the model from the
     LAN with exact bytes and < 2% of it from the mirror; status --json lists the peers."""
     total = sum(f.size for f in repo.files)
-    with Office(3, mirror_rate=40 * MiB) as office:
+    with Network(3, mirror_rate=40 * MiB) as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2, ws3 = office.workstations
         for ws in (ws1, ws2, ws3):

@@ -12,9 +12,9 @@ import pytest
 
 from p2pmodel.core.officekey import format_key
 from p2pmodel.testing.models import Repo, make_model
-from p2pmodel.testing.office import Office, netns_available
+from p2pmodel.testing.netns import Network, netns_available
 
-from .office_site import MiB, Site, peers_alive, wait_for
+from .netns_site import MiB, Site, peers_alive, wait_for
 
 _UNAVAILABLE = netns_available()
 pytestmark = [
@@ -33,7 +33,7 @@ def test_an_address_that_appears_is_announced_without_a_restart(
     again ws2's agent keeps running and logs no error; when it returns, so does the peer (also
     with an office key: the SSL-only swarm listener follows the address too)."""
     repo: Repo = make_model(tmp_path / "up", "acme/net", shards=1, shard_size=MiB)
-    with Office(2, prefix=f"p2pm-net{secrets.token_hex(2)}") as office:
+    with Network(2, prefix=f"p2pm-net{secrets.token_hex(2)}") as office:
         site = Site(office, repo, tmp_path)
         ws1, ws2 = office.workstations
         site.extra_env = {"P2PMODEL_LOG": "info"}

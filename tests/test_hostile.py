@@ -19,11 +19,11 @@ import trio.testing
 
 from p2pmodel.adapters.hashing import digest_file, hash_blob
 from p2pmodel.core.config import parse_config
-from p2pmodel.core.coordinator import units_of
 from p2pmodel.core.digests import algorithm
 from p2pmodel.core.errors import UserError
 from p2pmodel.core.officekey import OfficeKey, format_key
 from p2pmodel.core.refs import parse_ref
+from p2pmodel.core.sharing import units_of
 from p2pmodel.core.torrents import info_bytes, piece_size, with_cert
 from p2pmodel.core.wire import (
     Claim,
@@ -161,7 +161,7 @@ async def test_a_flood_of_claims_and_requests_changes_nothing(scene: Scene, cloc
         got = await s.get(s.good)
     s.exact(got)
     assert got.from_peers == got.manifest.total_size
-    assert s.victim.sharing is not None and not s.victim.sharing.coord._leases
+    assert s.victim.sharing is not None and not s.victim.sharing.state._leases
     assert s.victim.peers.stats.served >= 16_000
     intact(s.victim)
 

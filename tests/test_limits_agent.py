@@ -61,7 +61,7 @@ async def test_the_schedule_changes_the_rates_at_the_boundary(clock, nursery):
 
 
 async def test_a_limit_of_the_config_reaches_bucket_swarm_and_sharing(tmp_path, clock, nursery):
-    """An agent applies mirror_download to its token bucket and its sharing coordinator and
+    """An agent applies mirror_download to its token bucket and its sharing state and
     lan_upload to its swarm; a reloaded config changes all three while it runs."""
     office = SimLan(MemoryMirror([]))
     agent = await start(nursery, office, tmp_path / "ws", {"limits": OFFICE_HOURS})
@@ -69,10 +69,10 @@ async def test_a_limit_of_the_config_reaches_bucket_swarm_and_sharing(tmp_path, 
     agent.gets.limits.set_limits(agent.config.limits)
     swarm = agent.swarm.swarm
     assert agent.gets.bucket.rate == 20e6 and swarm.upload_limit == 100e6  # type: ignore[attr-defined]
-    assert agent.sharing is not None and agent.sharing.coord.rate == 20e6
+    assert agent.sharing is not None and agent.sharing.state.rate == 20e6
     await trio.sleep(1.5)
     assert agent.gets.bucket.rate == 5e6 and swarm.upload_limit == 1e6  # type: ignore[attr-defined]
-    assert agent.sharing.coord.rate == 5e6
+    assert agent.sharing.state.rate == 5e6
     notes = agent.reload(config_for(office, {"limits": {"mirror_download": "1MB/s"}}))
     assert notes == []
     assert agent.gets.bucket.rate == 1e6 and swarm.upload_limit is None  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import libtorrent as lt
 import pytest
 
 from p2pmodel.adapters.hashing import piece_hashes
-from p2pmodel.core.coordinator import SEGMENT
+from p2pmodel.core.sharing import SEGMENT
 from p2pmodel.core.torrents import (
     NO_HASH,
     info_hash,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..core.catalog import Catalog, parse_catalog
 from ..core.config import Config, parse_config
-from ..core.coordinator import SEGMENT
 from ..core.errors import UserError
 from ..core.officekey import OfficeKey, exposed_key_warning
+from ..core.sharing import SEGMENT
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ class BlobTask:
     error: str = ""
     restored: bool = False  # holds bytes from an earlier run (maybe lost by a power cut)
     attempt: int = 0  # how many times its bytes failed the digest and were thrown away
-    # The ranges mirrors may serve (None: all). Set when the office coordinator shares the
+    # The ranges mirrors may serve (None: all). Set when the office's sharing shares the
     # blob out: only the units this agent leases are fetched here, the rest come from peers.
     allowed: RangeSet | None = None
 
@@ -314,7 +314,7 @@ class FetchPlan:
         if blob.state is BlobState.FETCHING and blob.complete:
             blob.state = BlobState.VERIFYING
 
-    # -- the office gate (coordinator leases) -----------------------------------------------
+    # -- the office gate (sharing leases) -----------------------------------------------
 
     def follow(self, gate: Gate) -> Followed:
         """Bring the blobs the gate shares out in line with it: gate them, open and close

@@ -65,7 +65,7 @@ def info_dict(digest: str, size: int, pieces: bytes) -> dict[bytes, Any]:
 
 # -- unit torrents ------------------------------------------------------------------------------
 #
-# While an office shares a blob out (``coordinator``), each unit (a byte range) that one agent
+# While an office shares a blob out (``sharing``), each unit (a byte range) that one agent
 # fetched from a mirror spreads as a torrent of its own, before anyone has the whole blob. Its
 # info dictionary describes the whole file (so libtorrent writes every unit at its place in
 # the one partial file: no second copy), with the real SHA-1 of the unit's pieces and twenty

@@ -37,9 +37,9 @@ from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
 from ..core.config import Config
 from ..core.control import CollectAsk, MirrorsAsk, PublishAsk, RemoveAsk
-from ..core.coordinator import SEGMENT
 from ..core.errors import UserError
 from ..core.limits import Rates
+from ..core.sharing import SEGMENT
 from ..core.timeline import Timeline
 from . import dashboard, metrics
 from .get.service import GetService, HttpFactory

@@ -6,7 +6,7 @@ rates and sleeps until that edge (or a minute at most, so a clock that jumps, a 
 a suspended laptop is followed soon), or until ``set_limits`` brings a reloaded config.
 Applying means telling every watcher: ``GetService`` sets its token bucket (all mirror
 traffic), the agent sets the swarm's upload limit (what peers take from us) and the sharing
-coordinator's rate (how much of the office's mirror work this agent leases alone). All three
+sharing state's rate (how much of the office's mirror work this agent leases alone). All three
 act on running transfers at once, so nothing is dropped. A get run without an agent applies the
 rates in force when it starts (``apply``); only a running agent follows the schedule.
 """

@@ -1,9 +1,9 @@
-"""Sharing a model's mirror work with the office (trio): the agent's ``Coordinator`` wired to
+"""Sharing a model's mirror work with the office (trio): the agent's ``Sharing`` wired to
 the peers, the unit torrents of the swarm, and the downloads of running gets.
 
 Theory of operation. ``SharingService.run`` lives in the agent's root nursery and sleeps until
-the coordinator's next deadline or a wake-up (a peer's message, a download that wrote into its
-gate, the set of live peers changed). Then it tells the coordinator who is alive, reads what
+the sharing state's next deadline or a wake-up (a peer's message, a download that wrote into its
+gate, the set of live peers changed). Then it tells the sharing state who is alive, reads what
 the downloads wrote into their gates (a download that started, a shared blob that failed its
 digest, units a mirror finished), and carries out what ``poll`` returns:
 
@@ -25,7 +25,7 @@ of this agent is fetching are gated, and the get hands it to its download. The s
 calls the download, nor the download the service: each writes facts into the gate and reads
 the other's, woken by the gate when the other side wrote. Once the download says which blobs
 it holds (``Gate.started``), the service learns what peers are doing (``office?``) and hands
-those blobs to the coordinator. On the way out (done, failed or cancelled) leases still held go
+those blobs to the sharing state. On the way out (done, failed or cancelled) leases still held go
 back to the office at once. A shared blob that fails its digest (``Gate.failed``) leaves
 sharing and is fetched whole from the mirrors.
 """
@@ -44,23 +44,23 @@ import trio
 from ..adapters.hashing import piece_hashes
 from ..adapters.store import Store
 from ..core import wire
-from ..core.coordinator import (
+from ..core.digests import hex_part
+from ..core.gate import Gate
+from ..core.progress import Progress
+from ..core.sharing import (
     SEGMENT,
     Action,
     AnnounceDone,
-    Coordinator,
     FetchFromMirror,
     FetchFromPeer,
     SendClaim,
     SendRelease,
     SendRenew,
+    Sharing,
     StopMirrorFetch,
     Unit,
     units_of,
 )
-from ..core.digests import hex_part
-from ..core.gate import Gate
-from ..core.progress import Progress
 from ..core.stats import SharingStats
 from ..core.torrents import unit_hashes, unit_info, unit_piece_size, unit_pieces, unit_shape
 from .download import BlobJob
@@ -115,7 +115,7 @@ class SharingService:
         self.swarm = swarm
         self.store = store
         self.segment = segment
-        self.coord = Coordinator(agent, segment=segment)
+        self.state = Sharing(agent, segment=segment)
         self.stats = SharingStats()
         self._wake = trio.Event()
         self._wants: dict[str, _Want] = {}  # blob -> the get that shares it out
@@ -140,14 +140,14 @@ class SharingService:
 
     def set_rate(self, rate: float | None) -> None:
         """This agent's mirror rate limit now: the units it leases alone are sized to it."""
-        self.coord.set_rate(rate)
+        self.state.set_rate(rate)
         self.wake()
 
     def status(self, now: float) -> dict[str, object]:
         return {
             "leases": [
                 {"blob": u.blob, "index": u.index, "start": u.start, "stop": u.stop}
-                for u, _ in self.coord.claims(now)
+                for u, _ in self.state.claims(now)
             ],
             "sharing_blobs": len(self._wants),
             "messages_sent": self.stats.messages,
@@ -163,7 +163,7 @@ class SharingService:
             task_status.started()
             while True:
                 self.step(trio.current_time())
-                deadline = self.coord.next_deadline()
+                deadline = self.state.next_deadline()
                 with trio.move_on_at(deadline if deadline is not None else math.inf):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -171,10 +171,10 @@ class SharingService:
     def step(self, now: float) -> None:
         alive = self.peers.alive_ids()
         for gone in self._alive - alive:
-            self.coord.peer_gone(gone)
+            self.state.peer_gone(gone)
         self._alive = alive
-        self.coord.set_peers(set(alive))
-        self._claims_out = {k: d for k, d in self._claims_out.items() if self.coord.holds_key(k)}
+        self.state.set_peers(set(alive))
+        self._claims_out = {k: d for k, d in self._claims_out.items() if self.state.holds_key(k)}
         for share in self._shares:
             held = share.gate.held()
             if not share.joined and held is not None:
@@ -188,9 +188,9 @@ class SharingService:
                 del self._mirror_units[key]
             elif want.gate.covered(u.blob, u.start, u.stop):
                 del self._mirror_units[key]
-                self.coord.landed(u)  # the next unit may start while this one is hashed
+                self.state.landed(u)  # the next unit may start while this one is hashed
                 self._spawn(self._publish, u, False)
-        for action in self.coord.poll(now):
+        for action in self.state.poll(now):
             self._dispatch(action, now)
 
     def _dispatch(self, action: Action, now: float) -> None:
@@ -207,7 +207,7 @@ class SharingService:
         elif isinstance(action, FetchFromMirror):
             want = self._want(u.blob)
             if want is None or not want.gate.gated(u.blob):
-                self.coord.failed(u)
+                self.state.failed(u)
                 return
             self._spawn(self._open_to_mirrors, u, self._claims_out.pop(u.key, None))
         elif isinstance(action, StopMirrorFetch):
@@ -228,7 +228,7 @@ class SharingService:
             with trio.move_on_after(CLAIM_WAIT):
                 await claim.event.wait()
         want = self._want(u.blob)
-        if want is None or not self.coord.holds(u):
+        if want is None or not self.state.holds(u):
             return  # stopped meanwhile (a rival's claim won, or a peer has it)
         log.info("unit %s: fetching from mirrors", _name(u))
         self._mirror_units[u.key] = u
@@ -258,13 +258,13 @@ class SharingService:
         now = trio.current_time()
         if isinstance(msg, wire.Claim):
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
-                self.coord.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
+                self.state.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
         elif isinstance(msg, wire.UnitDone):
             u = self._unit(msg.digest, msg.index, msg.start, msg.stop)
             if u is not None and self.peers.trusted(agent, u.blob):
-                self.coord.peer_done(agent, u)
+                self.state.peer_done(agent, u)
         else:
-            self.coord.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
+            self.state.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
         self.wake()
         return wire.Ack()
 
@@ -273,7 +273,7 @@ class SharingService:
         asked = set(msg.digests)
         claims = tuple(
             (u.blob, u.index, u.start, u.stop, int((exp - now) * 1000))
-            for u, exp in self.coord.claims(now)
+            for u, exp in self.state.claims(now)
             if u.blob in asked
         )
         done: list[tuple[str, int, int, int, int]] = []
@@ -344,7 +344,7 @@ class SharingService:
                 del self._wants[b]
             for key in [k for k in self._mirror_units if k[0] in ours]:
                 del self._mirror_units[key]
-            self.coord.drop(ours)
+            self.state.drop(ours)
             self.wake()
 
     def _attach(self, share: _Share, held: set[str]) -> None:
@@ -370,9 +370,9 @@ class SharingService:
                     self._wants[j.key] = _Want(share, share.progress, j)
                     for u in units_of(j.key, j.size, self.segment):
                         if share.gate.covered(j.key, u.start, u.stop):
-                            self.coord.have(u)
+                            self.state.have(u)
                             resumed.append(u)
-                self.coord.want({j.key: j.size for j in jobs})
+                self.state.want({j.key: j.size for j in jobs})
                 for u in resumed:
                     self._spawn(self._publish, u, True)
                 self.wake()
@@ -388,7 +388,7 @@ class SharingService:
         want = self._wants.get(key)
         if want is not None and want.gate.failed(key):
             del self._wants[key]
-            self.coord.drop({key})
+            self.state.drop({key})
             self.swarm.drop_units(key)
             self.wake()
             return None
@@ -407,14 +407,14 @@ class SharingService:
             now = trio.current_time()
             for d, i, start, stop, ttl in reply.claims:
                 if u := self._unit(d, i, start, stop):
-                    self.coord.peer_claim(agent, u, now + min(ttl, MAX_TTL_MS) / 1000)
+                    self.state.peer_claim(agent, u, now + min(ttl, MAX_TTL_MS) / 1000)
             for d, i, start, stop, _ in reply.done:
                 u = self._unit(d, i, start, stop)
                 if u is not None and self.peers.trusted(agent, d):
-                    self.coord.peer_done(agent, u)
+                    self.state.peer_done(agent, u)
             for d in reply.complete:
                 for u in units_of(d, self._sizes.get(d, 0), self.segment):
-                    self.coord.peer_done(agent, u)
+                    self.state.peer_done(agent, u)
 
         with trio.move_on_after(SYNC_TIMEOUT):
             async with trio.open_nursery() as nursery:
@@ -434,7 +434,7 @@ class SharingService:
         except OSError as e:
             log.warning("cannot seed unit %s: %s", _name(u), e)
             if self._want(u.blob) is not None:
-                self.coord.failed(u)
+                self.state.failed(u)
             return
         if self._want(u.blob) is not want:
             # The get ended meanwhile, or its bytes failed the digest: do not offer them.
@@ -447,21 +447,21 @@ class SharingService:
             self._broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
         else:
             self.stats.units_from_mirrors += 1
-            self.coord.fetched(u)
+            self.state.fetched(u)
         self.wake()
 
     async def _from_peers(self, u: Unit, first: str) -> None:
         """Fetch a unit that peers announced, into the blob's partial file."""
         want = self._want(u.blob)
         if want is None:
-            self.coord.failed(u)
+            self.state.failed(u)
             return
         size = want.job.size
         log.info("unit %s: fetching from peers (%s first)", _name(u), first)
         piece = unit_piece_size(size, self.segment)
         span = unit_pieces(u.start, u.stop, piece)
         info = b""
-        for agent in [first, *sorted(self.coord.holders(u) - {first})]:
+        for agent in [first, *sorted(self.state.holders(u) - {first})]:
             with (
                 trio.move_on_after(ASK_TIMEOUT),
                 contextlib.suppress(RpcError, wire.PeerProtocolError),
@@ -475,9 +475,9 @@ class SharingService:
                 if isinstance(reply, wire.UnitInfo):  # announced, then not served: a lie
                     why = "a unit torrent of the wrong shape" if reply.info else "no unit"
                     self.peers.distrust(agent, u.blob, f"announced unit {u.index}, sent {why}")
-            self.coord.distrust(u, agent)  # no answer, or not that unit's torrent
+            self.state.distrust(u, agent)  # no answer, or not that unit's torrent
         if not info or self._want(u.blob) is None:
-            self.coord.failed(u)
+            self.state.failed(u)
             self.wake()
             return
         want.gate.rewrite(u.blob, u.start, u.stop)  # libtorrent writes all of it
@@ -485,7 +485,7 @@ class SharingService:
         self.swarm.add_unit(u.blob, size, u.index, span, info, path, have=False)
 
         def holders() -> list[str]:
-            return sorted(a for a in self.coord.holders(u) if self.peers.is_alive(a))
+            return sorted(a for a in self.state.holders(u) if self.peers.is_alive(a))
 
         def advance(n: int) -> None:
             want.progress.advance(u.blob, n, "LAN", lan=True)
@@ -498,13 +498,13 @@ class SharingService:
                 u.blob, u.start, u.stop, piece, unit_hashes(info, u.start, u.stop, piece)
             )
             want.gate.arrived(u.blob, u.start, u.stop)
-            self.coord.fetched(u)
+            self.state.fetched(u)
         elif not got.ok:
             log.info("unit %s from peers failed: %s", _name(u), got.why)
             if got.bad_pieces:
                 for agent in holders() or [first]:
                     self.peers.distrust(agent, u.blob, "sent pieces that failed their hash")
-            self.coord.failed(u, first)
+            self.state.failed(u, first)
         self.wake()
 
 

@@ -1,5 +1,5 @@
-"""The WAN coordinator, driven by an in-memory office: seeded random starts, message delays,
-joins and crashes. No sockets, no sleeps: a simulated clock and an event queue."""
+"""The sharing state (core.sharing), driven by an in-memory office: seeded random starts,
+message delays, joins and crashes. No sockets, no sleeps: a simulated clock and an event queue."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from p2pmodel.core.coordinator import (
+from p2pmodel.core.sharing import (
     LEASE,
     SHARE_HORIZON,
     AnnounceDone,
-    Coordinator,
     FetchFromMirror,
     FetchFromPeer,
     SendClaim,
     SendRelease,
     SendRenew,
+    Sharing,
     StopMirrorFetch,
     Unit,
     units_of,
@@ -55,7 +55,7 @@ def test_tail_units_are_never_smaller_than_a_piece():
 
 def test_a_unit_leased_by_a_peer_is_not_fetched_from_a_mirror():
     """While a peer's lease runs, we wait for it; when it is done we take it from the peer."""
-    c = Coordinator("bb", segment=SEG)
+    c = Sharing("bb", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.peer_claim("aa", u, expires=10.0)
@@ -66,7 +66,7 @@ def test_a_unit_leased_by_a_peer_is_not_fetched_from_a_mirror():
 
 def test_a_lapsed_lease_is_taken_over():
     """A claim not renewed before it expires is taken over (its agent died quietly)."""
-    c = Coordinator("bb", segment=SEG)
+    c = Sharing("bb", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.peer_claim("aa", u, expires=10.0)
@@ -76,7 +76,7 @@ def test_a_lapsed_lease_is_taken_over():
 
 def test_a_gone_peer_loses_its_leases_at_once():
     """A goodbye (or failed pings) frees the peer's units without waiting for expiry."""
-    c = Coordinator("bb", segment=SEG)
+    c = Sharing("bb", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.peer_claim("aa", u, expires=100.0)
@@ -86,7 +86,7 @@ def test_a_gone_peer_loses_its_leases_at_once():
 
 def test_simultaneous_claims_resolve_to_the_lower_agent_id():
     """Two agents claiming one unit at once: the lower id keeps it, the other aborts."""
-    a, b = Coordinator("aa", segment=SEG), Coordinator("bb", segment=SEG)
+    a, b = Sharing("aa", segment=SEG), Sharing("bb", segment=SEG)
     for c in (a, b):
         c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
@@ -99,7 +99,7 @@ def test_simultaneous_claims_resolve_to_the_lower_agent_id():
 
 def test_leases_are_renewed_while_fetching():
     """Our own lease is renewed before peers would consider it lapsed."""
-    c = Coordinator("aa", segment=SEG, lease=10.0)
+    c = Sharing("aa", segment=SEG, lease=10.0)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.poll(0.0)
@@ -109,7 +109,7 @@ def test_leases_are_renewed_while_fetching():
 
 def test_a_failed_fetch_is_released_and_tried_again():
     """A failed mirror fetch gives the unit back (SendRelease) and it is claimed anew."""
-    c = Coordinator("aa", segment=SEG)
+    c = Sharing("aa", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.poll(0.0)
@@ -133,7 +133,7 @@ class Sim:
     max_delay: float = 0.05
     detect_dead: float = 3.0  # pings notice a crashed agent after this
     now: float = 0.0
-    agents: dict[str, Coordinator] = field(default_factory=dict)
+    agents: dict[str, Sharing] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)
     queue: list[tuple[float, int, str, tuple[object, ...]]] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -199,7 +199,7 @@ class Sim:
             self.now, _, kind, args = heapq.heappop(self.queue)
             name = str(args[0])
             if kind == "start":
-                c = Coordinator(name, segment=SEG)
+                c = Sharing(name, segment=SEG)
                 c.want(self.blobs)
                 self.agents[name] = c
                 self.alive.add(name)
@@ -301,7 +301,7 @@ def test_with_crashes_and_late_joins_everyone_left_completes(seed):
 
 
 def test_drop_releases_our_leases_and_forgets_the_units():
-    c = Coordinator("a", max_active=2, segment=SEG)
+    c = Sharing("a", max_active=2, segment=SEG)
     c.set_peers({"b"})
     c.want({"x": 3 * SEG, "y": SEG})
     acts = c.poll(0.0)
@@ -314,7 +314,7 @@ def test_drop_releases_our_leases_and_forgets_the_units():
 
 
 def test_a_peer_that_failed_to_serve_a_unit_is_not_asked_again():
-    c = Coordinator("b")
+    c = Sharing("b")
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     c.peer_done("a", u)
@@ -328,7 +328,7 @@ def test_a_peer_that_failed_to_serve_a_unit_is_not_asked_again():
 
 
 def test_claims_lists_our_live_leases():
-    c = Coordinator("a", max_active=1, segment=SEG)
+    c = Sharing("a", max_active=1, segment=SEG)
     c.want({"x": SEG})
     c.poll(0.0)
     ((unit, expires),) = c.claims(0.0)
@@ -336,12 +336,12 @@ def test_claims_lists_our_live_leases():
 
 
 def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
-    c = Coordinator("a", max_active=1, segment=SEG)
+    c = Sharing("a", max_active=1, segment=SEG)
     c.want({"x": 4 * SEG})
     assert sum(isinstance(a, FetchFromMirror) for a in c.poll(0.0)) == len(
         units_of("x", 4 * SEG, SEG)
     )
-    d = Coordinator("a", max_active=1, segment=SEG)
+    d = Sharing("a", max_active=1, segment=SEG)
     d.set_peers({"b"})
     d.want({"x": 4 * SEG})
     assert sum(isinstance(a, FetchFromMirror) for a in d.poll(0.0)) == 1
@@ -350,7 +350,7 @@ def test_alone_an_agent_claims_every_unit_and_with_peers_only_max_active():
 def test_alone_a_rate_limited_agent_leases_what_it_fetches_in_the_horizon():
     """A limited agent alone leases only SHARE_HORIZON seconds of units at its rate (at least
     one), takes the next as one lands, and a raised rate lets it lease more at once."""
-    c = Coordinator("a", segment=SEG)
+    c = Sharing("a", segment=SEG)
     c.set_rate(2 * SEG / SHARE_HORIZON)  # two units' worth
     c.want({"x": 8 * SEG})
     first = [a.unit for a in c.poll(0.0) if isinstance(a, FetchFromMirror)]
@@ -367,7 +367,7 @@ def test_alone_a_rate_limited_agent_leases_what_it_fetches_in_the_horizon():
 def test_a_slow_agent_leaves_the_rest_to_a_peer_that_joins():
     """Units a rate-limited agent has not leased are free for a peer that joins later: it
     fetches them from the mirror instead of waiting for the slow agent."""
-    slow, fast = Coordinator("aa", segment=SEG), Coordinator("bb", segment=SEG)
+    slow, fast = Sharing("aa", segment=SEG), Sharing("bb", segment=SEG)
     slow.set_rate(SEG / SHARE_HORIZON)
     slow.want({"x": 8 * SEG})  # whole segments first (the tail is cut finer)
     (held,) = [a for a in slow.poll(0.0) if isinstance(a, SendClaim)]
@@ -379,7 +379,7 @@ def test_a_slow_agent_leaves_the_rest_to_a_peer_that_joins():
 
 
 def test_a_landed_unit_lets_the_next_one_start_but_keeps_its_lease():
-    c = Coordinator("a", max_active=1, segment=SEG)
+    c = Sharing("a", max_active=1, segment=SEG)
     c.set_peers({"b"})
     c.want({"x": 2 * SEG})
     (first,) = [a.unit for a in c.poll(0.0) if isinstance(a, FetchFromMirror)]
@@ -392,9 +392,9 @@ def test_a_landed_unit_lets_the_next_one_start_but_keeps_its_lease():
 
 
 def test_next_deadline_is_the_next_renewal_or_lapse():
-    """The coordinator says when to poll next: a peer's lease lapsing, or one of ours to renew;
+    """The sharing state says when to poll next: a peer's lease lapsing, or one of ours to renew;
     polling then does exactly that."""
-    c = Coordinator("bb", segment=SEG)
+    c = Sharing("bb", segment=SEG)
     assert c.next_deadline() is None
     c.want({"x": 2 * SEG})
     *theirs, u1 = units_of("x", 2 * SEG, SEG)
@@ -414,7 +414,7 @@ def test_next_deadline_is_the_next_renewal_or_lapse():
 def test_a_blob_wanted_again_after_a_drop_is_fetched_again():
     """A get that failed (its bytes thrown away) and is run again claims the units anew: what
     the first one had fetched no longer counts as held."""
-    c = Coordinator("aa", segment=SEG)
+    c = Sharing("aa", segment=SEG)
     c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
     assert c.poll(0.0) == [SendClaim(u, c.lease), FetchFromMirror(u)]
@@ -430,7 +430,7 @@ def test_the_office_works_front_to_back():
     """Agents that start together claim the first free units in file order (one per agent),
     and each next claim is the next free unit, so the blob lands front to back."""
     agents = ["aa", "bb", "cc"]
-    coords = {a: Coordinator(a, segment=SEG) for a in agents}
+    coords = {a: Sharing(a, segment=SEG) for a in agents}
     units = units_of("x", 16 * SEG, SEG)
     for c in coords.values():
         c.set_peers(set(agents))

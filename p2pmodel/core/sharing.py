@@ -2,7 +2,7 @@
 
 Theory of operation. Work is cut into units: a small blob is one unit, a large one is cut
 into fixed-size segments (``SEGMENT``), so a single 20 GB file is shared out like a sharded
-model. Each agent runs one ``Coordinator``. It claims a unit nobody holds or leases (``SendClaim``,
+model. Each agent runs one ``Sharing``. It claims a unit nobody holds or leases (``SendClaim``,
 with an expiry, to its peers), fetches it from a mirror, renews the lease while it works
 (``SendRenew``), and announces the unit when it is verified (``AnnounceDone``); peers then take
 that unit from it over the LAN instead of the mirror. A lease not renewed in time (the agent
@@ -143,7 +143,7 @@ class _Lease:
 
 
 @dataclass
-class Coordinator:
+class Sharing:
     agent: str
     max_active: int = 1  # units fetched from mirrors at once by this agent (with peers)
     lease: float = LEASE

@@ -20,8 +20,8 @@ import msgpack
 from .errors import ProtocolError
 
 # 2: sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
-# with their units' pieces (other info-hashes)
-PROTOCOL_VERSION = 3
+# with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed)
+PROTOCOL_VERSION = 4
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")
@@ -187,6 +187,15 @@ class OfficeState(Message):
 
 
 @dataclass(frozen=True)
+class Suspect(Message):
+    """Pieces of this blob that you served me failed their hash: check your copy. The receiver
+    believes nothing: it re-hashes its own copy (at most now and then per blob)."""
+
+    kind: ClassVar[str] = "suspect"
+    digest: str
+
+
+@dataclass(frozen=True)
 class Error(Message):
     kind: ClassVar[str] = "error"
     message: str = ""
@@ -212,6 +221,7 @@ MESSAGES: dict[str, type[Message]] = {
         UnitInfo,
         OfficeQuery,
         OfficeState,
+        Suspect,
         Error,
     )
 }

@@ -35,6 +35,7 @@ from ..adapters.rlimit import current_budget, raise_open_files
 from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import TcpTransport, Transport
+from ..core import wire
 from ..core.config import Config
 from ..core.control import CollectAsk, MirrorsAsk, PublishAsk, RemoveAsk
 from ..core.errors import UserError
@@ -92,7 +93,8 @@ class AgentOptions:
     hf_endpoint: str | None = None  # host:port to serve the Hugging Face API on (serve)
     lan: bool = True  # peers, the swarm and sharing (off: mirrors only, no socket, no mDNS)
     control: bool = False  # serve the control socket (serve; an embedded agent does not)
-    scrub_every: float | None = None  # seconds between re-checks of the store (serve: a day)
+    scrub_every: float | None = None  # seconds between re-checks of the store (serve: a day;
+    # None: only blobs a peer reports are checked)
 
 
 def _real_swarm(
@@ -135,7 +137,7 @@ class Agent:
     gets: GetService
     hf: HfEndpoint | None = None
     keeper: StoreKeeper
-    scrub: Scrubber | None = None
+    scrub: Scrubber
 
     def __init__(
         self,
@@ -196,9 +198,10 @@ class Agent:
                 await nursery.start(self.gets.run)
                 await nursery.start(self.gets.limits.run)
                 await nursery.start(self.keeper.run)
-                if opts.scrub_every is not None:
-                    self.scrub = Scrubber(self.store, self.gets.rotten, every=opts.scrub_every)
-                    await nursery.start(self.scrub.run)
+                self.scrub = Scrubber(self.store, self.gets.rotten, every=opts.scrub_every)
+                await nursery.start(self.scrub.run)
+                if lan is not None:
+                    lan.peers.route([wire.Suspect], self._suspect)
                 if opts.hf_endpoint is not None:
                     self.hf = HfEndpoint(self.gets, opts.hf_endpoint, pages=self._pages())
                     await nursery.start(self.hf.run)
@@ -274,6 +277,12 @@ class Agent:
         if manifest is None:
             raise UserError(f"no manifest {manifest_digest[:19]} in the store to publish")
         await self.names.publish(name, manifest, force, self.swarm.stored)
+
+    async def _suspect(self, msg: wire.Suspect, agent: str) -> wire.Message:
+        """A peer says pieces we served failed: our copy is checked, nothing else believed."""
+        if self.scrub.suspect(msg.digest, trio.current_time()):
+            log.info("agent %s reports bad pieces of %s: checking our copy", agent, msg.digest)
+        return wire.Ack()
 
     def _apply_rates(self, rates: Rates) -> None:
         if self.lan is None:
@@ -414,11 +423,7 @@ class Agent:
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),
             "store": self.keeper.last.describe() if self.keeper.last else None,
-            "scrub": (
-                {"checked": self.scrub.checked, "bad": self.scrub.bad}
-                if self.scrub is not None
-                else None
-            ),
+            "scrub": {"checked": self.scrub.checked, "bad": self.scrub.bad},
         }
 
 

@@ -167,6 +167,10 @@ class PeerService:
     async def request(self, agent: str, msg: Message) -> Message:
         return await self.link.request(agent, msg)
 
+    def tell(self, agents: Iterable[str], msg: Message) -> Delivery:
+        """``msg`` to these peers, in order per peer (see ``PeerLink.send``)."""
+        return self.link.broadcast(agents, msg)
+
     def broadcast(self, msg: Message) -> Delivery:
         """``msg`` to every live peer, in order per peer (see ``PeerLink.send``)."""
         return self.link.broadcast(self._alive, msg)

@@ -504,6 +504,7 @@ class SharingService:
             if got.bad_pieces:
                 for agent in holders() or [first]:
                     self.peers.distrust(agent, u.blob, "sent pieces that failed their hash")
+                self.peers.tell(holders() or [first], wire.Suspect(u.blob))
             self.state.failed(u, first)
         self.wake()
 

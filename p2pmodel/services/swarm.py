@@ -32,7 +32,15 @@ from ..core.digests import algorithm
 from ..core.progress import Progress
 from ..core.stats import LanStats
 from ..core.torrents import SwarmFetch, expected_shape, info_bytes, piece_size
-from ..core.wire import Have, HaveQuery, Message, Metadata, MetadataQuery, PeerProtocolError
+from ..core.wire import (
+    Have,
+    HaveQuery,
+    Message,
+    Metadata,
+    MetadataQuery,
+    PeerProtocolError,
+    Suspect,
+)
 from .download import BlobJob
 from .link import RpcError
 from .peers import PeerService
@@ -326,6 +334,8 @@ class SwarmService:
                 self.stats.digest_failures += 1
             for agent in liars(got, source, holders):
                 self.peers.distrust(agent, job.digest, got.why)
+            if got.bad_pieces:  # a holder's disk may have rotted: it checks its own copy
+                self.peers.tell(holders, Suspect(job.digest))
             log.warning("fetching %s from peers failed: %s", job.digest, got.why)
             progress.set_state(job.key, "waiting", have=0)
         return got.ok

@@ -108,7 +108,9 @@ async def test_interrupted_get_resumes_without_refetching(home, tmp_path, start_
     assert not scope.cancelled_caught
     # Let the mirror notice the closed connections while it is still throttled: unthrottled,
     # its count-before-send would book a whole 1 MiB block per dead connection.
-    await trio.sleep(0.5)
+    with trio.fail_after(10):
+        while mirror.stats.open_connections:  # noqa: ASYNC110 (bounded poll of its state)
+            await trio.sleep(0.02)
     mirror.faults.per_conn_rate = None
     with trio.fail_after(30):
         result = await get(request("hf://acme/big"), home, options=fast_options(connections=4))

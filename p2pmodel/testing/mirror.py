@@ -114,6 +114,7 @@ class Stats:
     bytes_served: int = 0
     requests: int = 0
     connections: int = 0
+    open_connections: int = 0  # being served now (a gauge: reset leaves it)
     by_path: dict[str, int] = field(default_factory=dict)
     by_client: dict[str, int] = field(default_factory=dict)
     authorized: dict[str, int] = field(default_factory=dict)  # port -> requests with a token
@@ -558,6 +559,7 @@ class Mirror:
 
     async def _serve_connection(self, port: Port, stream: trio.SocketStream) -> None:
         self.stats.connections += 1
+        self.stats.open_connections += 1
         conn = h11.Connection(h11.SERVER)
         pacer = Pacer()
         client = _peer_host(stream)
@@ -567,6 +569,8 @@ class Mirror:
                     conn.start_next_cycle()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client hung up mid-exchange: its choice, nothing left to answer
+            finally:
+                self.stats.open_connections -= 1
 
     async def _serve_request(
         self,

@@ -25,6 +25,8 @@ import pytest
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
 
+from .serving import serving
+
 MiB = 1024 * 1024
 INTERRUPTED = "p2pmodel: interrupted; progress is saved, run it again to resume"
 
@@ -56,28 +58,9 @@ def env_for(home: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def agent(home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``p2pmodel serve`` on loopback for ``home`` (inside the test namespace)."""
-    log = open(home.parent / f"{home.name}.serve.log", "wb")  # noqa: SIM115 - the child's
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pmodel", "serve", "--interface", "127.0.0.1", "--port", "0"],
-        env=env_for(home),
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (home / "run" / "control.sock").exists():
-            assert proc.poll() is None, (home.parent / f"{home.name}.serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+    args = ["--interface", "127.0.0.1", "--port", "0"]
+    with serving(home, args, env_for(home), home.parent / f"{home.name}.serve.log") as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def get_cmd(ref: str, path: str) -> list[str]:

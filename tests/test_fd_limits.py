@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from p2pmodel.core.openfiles import budget
 from p2pmodel.testing.models import make_model
 
+from .serving import serving
 from .test_error_paths import Mirror
 
 pytestmark = pytest.mark.lan
@@ -44,30 +44,9 @@ def _low_limit() -> None:
 def low_limit_agent(home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``serve`` with open files limited to ``FILES`` (soft and hard); it follows the
     namespace's addresses (no ``--interface``), as an agent does."""
-    log_path = home.parent / "serve.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - the child's
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pmodel", "serve", "--port", "0"],
-        env=_env(home),
-        stdout=log,
-        stderr=log,
-        preexec_fn=_low_limit,  # noqa: PLW1509 - the test process runs no threads here
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (home / "run" / "control.sock").exists():
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+    args = ["--port", "0"]
+    with serving(home, args, _env(home), home.parent / "serve.log", _low_limit) as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

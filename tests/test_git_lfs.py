@@ -16,11 +16,9 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,8 @@ import pytest
 
 from p2pmodel.testing.mirror import spawn
 from p2pmodel.testing.models import Repo, make_model
+
+from .serving import serving
 
 MiB = 1024 * 1024
 REPO = "acme/lfs-model"
@@ -378,29 +378,10 @@ def serve(
     env: dict[str, str], name: str, tmp_path: Path, port: int
 ) -> Iterator[subprocess.Popen[bytes]]:
     home = Path(env["P2PMODEL_HOME"])
-    log = open(tmp_path / f"{name}.serve.log", "wb")  # noqa: SIM115 - the child's
-    argv = [sys.executable, "-m", "p2pmodel", "serve", "--interface", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*argv, "--port", str(port), "--no-discovery"],
-        env={**env, "P2PMODEL_LOG": "info"},
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (home / "run" / "control.sock").exists():
-            assert proc.poll() is None, (tmp_path / f"{name}.serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+    args = ["--interface", "127.0.0.1", "--port", str(port), "--no-discovery"]
+    env = {**env, "P2PMODEL_LOG": "info"}
+    with serving(home, args, env, tmp_path / f"{name}.serve.log") as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def free_port() -> int:

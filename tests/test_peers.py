@@ -50,6 +50,17 @@ def live(
     return peer
 
 
+def test_an_agent_that_said_hello_first_is_listed_as_inbound() -> None:
+    """Where an agent connected from is a hint like an announcement, and once a hello there
+    proves it, it is listed as learned from its hello ("inbound"), not from mDNS."""
+    t = table()
+    assert t.seen("a", A, now=1.0, source="inbound") is True
+    assert t.source_of("a") == "inbound" and t.source_of("nobody") == "mdns"
+    assert t.due_probes(now=1.0) == [("a", A[0])]
+    assert t.said_hello(A[0], "a", 6881, t.source_of("a"), now=2.0, announced_as="a")
+    assert [p["source"] for p in t.snapshot(now=2.0)] == ["inbound"]
+
+
 def test_an_announcement_is_only_a_hint_until_a_hello_proves_it() -> None:
     """An announcement makes no peer: its addresses are handed out once to be tried, and only
     a hello naming the agent there makes it a live, verified peer at that address, with the

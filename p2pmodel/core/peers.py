@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PeerSource = Literal["mdns", "static"]
+PeerSource = Literal["mdns", "static", "inbound"]  # inbound: it said hello to us first
 MAX_LIES = 64
 MAX_ADDRS = 8  # proven addresses kept per peer, and hints (announced, unproven) per agent
 MAX_PENDING = 1024  # agents announced and not proven yet
@@ -112,7 +112,9 @@ class PeerTable:
 
     # -- events in -----------------------------------------------------------------------------
 
-    def seen(self, agent: str, addrs: Iterable[PeerAddr], now: float) -> bool:
+    def seen(
+        self, agent: str, addrs: Iterable[PeerAddr], now: float, source: PeerSource = "mdns"
+    ) -> bool:
         """An announcement (mDNS) of ``agent`` at ``addrs``, or where the agent connected to us
         from: hints to try, nothing more. True if there is a new one (``due_probes``). A live
         peer's proven addresses, addresses already being tried and addresses that failed for
@@ -124,7 +126,7 @@ class PeerTable:
         if peer is None:
             if sum(p.pending for p in self._peers.values()) >= MAX_PENDING:
                 return False
-            peer = Peer(agent, [], None, "mdns", first_seen=now, last_heard=now, alive=False)
+            peer = Peer(agent, [], None, source, first_seen=now, last_heard=now, alive=False)
         new = False
         for addr in dict.fromkeys(addrs):
             if (peer.alive and addr in peer.addrs) or addr in peer.hints:
@@ -151,6 +153,11 @@ class PeerTable:
                     peer.hints[addr] = None
                     due.append((peer.agent, addr))
         return due
+
+    def source_of(self, agent: str) -> PeerSource:
+        """How ``agent`` became known: announced, configured, or by saying hello to us."""
+        peer = self._peers.get(agent)
+        return peer.source if peer is not None else "mdns"
 
     def said_hello(
         self,

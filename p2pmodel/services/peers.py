@@ -279,8 +279,9 @@ class PeerService:
             log.debug("no hello at %s announced for agent %s: %s", addr, agent, e)
         else:
             now = trio.current_time()
+            source = self.table.source_of(agent)
             if self.table.said_hello(
-                addr, hello.agent, hello.torrent_port, "mdns", now, announced_as=agent
+                addr, hello.agent, hello.torrent_port, source, now, announced_as=agent
             ):
                 self._peer_seen.set()
             else:
@@ -359,7 +360,7 @@ class PeerService:
     def _greeted(self, agent: str, addr: PeerAddr) -> None:
         # A peer we may not know yet (its announcement missed us, or its address failed us
         # once): where it connected from is worth a hello, like an announced address.
-        if self.table.seen(agent, [addr], trio.current_time()):
+        if self.table.seen(agent, [addr], trio.current_time(), "inbound"):
             self._wake.set()
 
     def _heard(self, agent: str) -> None:

@@ -5,13 +5,12 @@ state into the plan, then runs in one nursery: N workers (each loops ``plan.assi
 Range GET streamed into the partial file -> ``plan.release``), a verifier (hashes complete
 blobs in a thread, commits or reports a mismatch), a saver (persists resume state when ranges
 land, at most ten times a second, and once more on the way out, even when cancelled), a prefix
-hasher (hashes each
-blob's contiguous on-disk prefix as it grows, so verifying reads only the rest) and the
-progress renderer. Workers write blocks of up to 1 MiB, or whatever arrived in the last
-50 ms (small writes inline, big ones from a thread), so a crash loses at most a fraction of
-a second of traffic. Every block from a mirror goes through the agent's token bucket (its
-mirror rate limit) and is counted as it arrives. The plan is only touched from the trio
-thread; any change wakes waiting workers.
+hasher (hashes each blob's contiguous on-disk prefix as it grows, so verifying reads only the
+rest); the get's front end renders its ``Progress``. Workers write blocks of up to 1 MiB, or
+whatever arrived in the last 50 ms (small writes inline, big ones from a thread), so a crash
+loses at most a fraction of a second of traffic. Every block from a mirror goes through the
+agent's token bucket (its mirror rate limit) and is counted as it arrives. The plan is only
+touched from the trio thread; any change wakes waiting workers.
 
 A running download is a ``Download``. When the office shares a model's mirror work
 (``services.sharing``), the download gets that get's ``core.gate.Gate`` and never calls the
@@ -89,7 +88,6 @@ class DownloadOptions:
     chunk_size: int | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     save_interval: float = 0.1
-    render_interval: float = 0.25
     board: MirrorBoard | None = None  # the agent's (ranks survive across gets); else a new one
     bucket: TokenBucket | None = None  # the agent's mirror rate limit; None: unlimited
     on_mirror_bytes: Callable[[str, int], None] | None = None  # (mirror, bytes) as they land
@@ -131,7 +129,6 @@ async def download(
     progress: Progress,
     options: DownloadOptions | None = None,
     *,
-    render: Callable[[], None] | None = None,
     client: httpx.AsyncClient | None = None,
     gate: Gate | None = None,
 ) -> dict[str, str]:
@@ -148,7 +145,7 @@ async def download(
             else:
                 locks[job.key] = lock
         free = [j for j in jobs if j.key in locks]
-        results = await _download(store, free, progress, opts, render, client, gate) if free else {}
+        results = await _download(store, free, progress, opts, client, gate) if free else {}
     finally:
         for lock in locks.values():
             os.close(lock)
@@ -166,9 +163,7 @@ async def download(
                     progress.add(job.key, job.label, job.size, have=job.size, state="done")
                     results[job.key] = job.digest
                 else:
-                    results.update(
-                        await download(store, [job], progress, opts, render=render, client=client)
-                    )
+                    results.update(await download(store, [job], progress, opts, client=client))
             if not busy:
                 break
             await trio.sleep(0.25)
@@ -180,7 +175,6 @@ async def _download(
     jobs: list[BlobJob],
     progress: Progress,
     opts: DownloadOptions,
-    render: Callable[[], None] | None,
     client: httpx.AsyncClient | None,
     gate: Gate | None = None,
 ) -> dict[str, str]:
@@ -213,7 +207,7 @@ async def _download(
             if opts.watch is not None:
                 opts.watch.started(run)
             try:
-                await run.main(render)
+                await run.main()
             finally:
                 if opts.watch is not None:
                     opts.watch.ended(run)
@@ -336,7 +330,7 @@ class Download:
 
     # -- running -------------------------------------------------------------------------------
 
-    async def main(self, render: Callable[[], None] | None) -> None:
+    async def main(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 for w in range(self.opts.connections):
@@ -346,8 +340,6 @@ class Download:
                 nursery.start_soon(self.saver)
                 if self.gate is not None:
                     nursery.start_soon(self.gate_follower)
-                if render is not None:
-                    nursery.start_soon(self.renderer, render)
                 await self.wait_finished()
                 nursery.cancel_scope.cancel()
         finally:
@@ -624,8 +616,3 @@ class Download:
             except OSError:
                 self.dirty.add(key)
                 raise
-
-    async def renderer(self, render: Callable[[], None]) -> None:
-        while True:
-            render()
-            await trio.sleep(self.opts.render_interval)

@@ -13,6 +13,7 @@ from ..core.errors import UserError
 from .common import failure, print_json, user_home
 
 if TYPE_CHECKING:
+    from ..core.control import ProgressReport
     from ..core.progress import Progress
     from ..core.resolve import Decision
     from ..services.get import GetRequest, GetResult
@@ -179,7 +180,7 @@ def _get_via_agent(req: GetRequest, home: Path, as_json: bool, mode: str) -> int
     return 0
 
 
-def _apply_progress(progress: Progress, report: Any) -> None:
+def _apply_progress(progress: Progress, report: ProgressReport) -> None:
     progress.from_mirrors = report.from_mirrors
     progress.from_peers = report.from_peers
     for key, label, size, have, source, state in report.files:

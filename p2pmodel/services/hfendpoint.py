@@ -253,7 +253,7 @@ class HfEndpoint:
         except UserError as e:
             raise Reply(400, {"error": str(e)}) from None
         except P2PModelError as e:  # unreachable sources: the client may retry or go offline
-            raise Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
+            raise _unavailable(e) from None
 
     async def _file(
         self,
@@ -294,7 +294,7 @@ class HfEndpoint:
                 # Known before the first byte (no source can provide it): say so, never a 200
                 # that sends nothing.
                 log.warning("%s: %s", entry.path, e)
-                raise Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
+                raise _unavailable(e) from None
             await send(_start(status, out))
             try:
                 while chunk:
@@ -347,6 +347,11 @@ async def _send_json(
     out = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]
     await send(_start(status, out))
     await send({"type": "http.response.body", "body": b"" if head else data, "more_body": False})
+
+
+def _unavailable(e: P2PModelError) -> Reply:
+    """A 502 that carries the cause (``X-Error-Message``): no source can answer now."""
+    return Reply(502, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))])
 
 
 def _ascii(text: str) -> str:

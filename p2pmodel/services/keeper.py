@@ -60,10 +60,9 @@ class StoreKeeper:
         get returns (``GetService.after_get``, whichever front end ran it). The model just
         fetched is not evicted by that check (the user asked for it a moment ago).
         Returns a warning for the get's user when the store stays over its cap."""
-        self._fresh.add(ref)
         if self.cap is None:
-            self._fresh.discard(ref)
             return None
+        self._fresh.add(ref)
         try:
             done = await self.collect()
         except (OSError, P2PModelError) as e:  # the get itself succeeded: say so, go on

@@ -69,15 +69,12 @@ def finish(store: Store, req: GetRequest, manifest: Manifest) -> Path:
     return path
 
 
-def fast_get(
-    req: GetRequest, home: Path, decision: Decision | None = None
-) -> tuple[Decision, GetResult | None]:
+def fast_get(req: GetRequest, home: Path) -> tuple[Decision, GetResult | None]:
     """The decision of this get, and, when it is a model already complete in the store, the
     result (linked, no network IO). Raises ``UserError`` for an unknown name (no key)."""
     store = Store(home)
-    if decision is None:
-        config = load_config(home)
-        decision = decide(req, store, config, keyed=config.office_key is not None)
+    config = load_config(home)
+    decision = decide(req, store, config, keyed=config.office_key is not None)
     if not isinstance(decision, UseStored) or store.missing_blobs(decision.manifest):
         return decision, None
     result = GetResult(finish(store, req, decision.manifest), decision.manifest)

@@ -41,6 +41,7 @@ import trio
 
 from ...adapters.http import make_client
 from ...adapters.store import Store
+from ...core.catalog import NameTarget
 from ...core.config import Config
 from ...core.errors import NotFound, P2PModelError, SourceError, first_cause
 from ...core.limits import Rates
@@ -48,7 +49,7 @@ from ...core.manifest import FileEntry, Manifest
 from ...core.mirrors import MirrorBoard
 from ...core.progress import Progress
 from ...core.refs import Ref
-from ...core.resolve import Decision
+from ...core.resolve import Decision, matches_target
 from ...core.stats import GetStats
 from ...core.tokenbucket import TokenBucket
 from ..download import BlobJob, Download, DownloadOptions
@@ -384,12 +385,8 @@ class GetService:
     async def _from_office(self, ref: Ref) -> Manifest | None:
         if self.names is None:
             return None
-        source = f"{ref.kind}://{ref.name}"
-
-        def fits(m: Manifest) -> bool:
-            return m.source == source and (not ref.pinned or m.commit == ref.tag)
-
-        found = await self.names.resolve(ref.text, fits)
+        target = NameTarget(source=ref)
+        found = await self.names.resolve(ref.text, lambda m: matches_target(target, m))
         return found.manifest if found is not None else None
 
     def _accept(self, manifest: Manifest, token: str | None) -> None:

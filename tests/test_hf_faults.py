@@ -88,3 +88,32 @@ async def test_a_rotten_stored_blob_is_cut_short_dropped_and_fetched_again(
             assert (await http.get(url)).content == want
             assert ep.served() - served >= len(want)
             assert store.has_blob(digest, len(want))
+
+
+def test_a_large_stored_blob_without_torrent_info_is_read_a_block_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """With no piece hashes to check a large stored blob against, its bytes are sent as they
+    are (logged), a block at a time: never the whole file in memory."""
+    import hashlib
+    import os
+
+    from p2pmodel.core.manifest import FileEntry
+    from p2pmodel.services.get.reader import READ, WHOLE, StoredPieces
+
+    data = os.urandom(WHOLE + 3 * READ + 5)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    entry = FileEntry("big.bin", len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pieces = StoredPieces(fd, entry, None)
+        got, pos = bytearray(), 0
+        while pos < len(data):
+            chunk = pieces.read(pos, 4 * READ)
+            assert 0 < len(chunk) <= READ and len(pieces.data) <= READ
+            got += chunk
+            pos += len(chunk)
+        assert bytes(got) == data
+    finally:
+        os.close(fd)

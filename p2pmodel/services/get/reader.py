@@ -53,8 +53,10 @@ class StoredPieces:
         self.piece = (piece_length_of(info) if info is not None else None) or 0
         count = -(-entry.size // self.piece) if self.piece else 0
         if not self.piece or len(self.hashes) != 20 * count:
-            # No torrent info of this blob: check it whole (small), else read it unchecked.
-            self.piece, self.hashes = max(entry.size, 1), b""
+            # No torrent info of this blob: check it whole when small; else read it unchecked,
+            # a block at a time (never the whole file in memory).
+            self.hashes = b""
+            self.piece = max(entry.size, 1) if entry.size <= WHOLE else READ
         self.index = -1
         self.data = b""
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from p2pmodel.core.sharing import (
+    CROSS_GRACE,
     LEASE,
     SHARE_HORIZON,
     AnnounceDone,
     FetchFromMirror,
     FetchFromPeer,
     SendClaim,
+    SendCrossing,
     SendRelease,
     SendRenew,
     Sharing,
@@ -143,6 +145,13 @@ class Sim:
     started: dict[tuple[str, tuple[str, int]], float] = field(default_factory=dict)
     messages: int = 0
     inflight: dict[tuple[str, tuple[str, int]], int] = field(default_factory=dict)
+    subnets: dict[str, str] = field(default_factory=dict)  # agent -> subnet (none: one segment)
+    crossed: dict[tuple[str, tuple[str, int]], int] = field(default_factory=dict)  # into, unit
+
+    def near(self, name: str) -> set[str] | None:
+        if not self.subnets:
+            return None
+        return {a for a in self.alive if self.subnets[a] == self.subnets[name]} - {name}
 
     def at(self, t: float, kind: str, *args: object) -> None:
         heapq.heappush(self.queue, (t, next(self.seq), kind, args))
@@ -169,6 +178,11 @@ class Sim:
                 self.broadcast(name, "done", act.unit)
             elif isinstance(act, SendRelease):
                 self.broadcast(name, "release", act.unit)
+            elif isinstance(act, SendCrossing):
+                for other in sorted(self.near(name) or ()):
+                    self.messages += 1
+                    delay = self.rng.uniform(0, self.max_delay)
+                    self.at(self.now + delay, "crossing", other, name, act.unit, act.expires)
             elif isinstance(act, FetchFromMirror):
                 token = next(self.seq)
                 self.inflight[(name, act.unit.key)] = token
@@ -186,6 +200,9 @@ class Sim:
                 self.inflight[(name, act.unit.key)] = token
                 took = (act.unit.stop - act.unit.start) / self.lan_rate
                 self.at(self.now + took, "peer_done_fetch", name, act.unit, token, act.agent)
+                if self.subnets and self.subnets[act.agent] != self.subnets[name]:
+                    into = (self.subnets[name], act.unit.key)
+                    self.crossed[into] = self.crossed.get(into, 0) + 1
             elif isinstance(act, StopMirrorFetch):
                 self.aborted += 1
                 self.inflight.pop((name, act.unit.key), None)
@@ -206,10 +223,15 @@ class Sim:
                 # What others hold and lease is learned at hello time (inventory).
                 units = {x.key: x for x in c._units}
                 for other in sorted(self.alive - {name}):
+                    c.peer_wants(other, set(self.blobs))  # office? both ways
+                    self.agents[other].peer_wants(name, set(self.blobs))
                     for key in self.agents[other]._have:
                         c.peer_done(other, units[key])
                     for key, expires in self.agents[other]._mine.items():
                         c.peer_claim(other, units[key], expires)
+                    if self.subnets.get(other) == self.subnets.get(name):
+                        for u, expires in self.agents[other].crossings(self.now):
+                            c.peer_crossing(other, u, expires)
                 self.at(self.now, "tick", name)
                 continue
             if name not in self.alive:
@@ -222,6 +244,7 @@ class Sim:
                 continue
             if kind == "tick":
                 c.set_peers(set(self.alive))
+                c.set_near(self.near(name))
                 self.step_agent(name)
                 if not c.complete:
                     self.at(self.now + 0.1, "tick", name)
@@ -231,6 +254,9 @@ class Sim:
                 c.peer_claim(str(sender), unit, float(expires))  # type: ignore[arg-type]
             elif kind == "done":
                 c.peer_done(str(args[1]), args[2])  # type: ignore[arg-type]
+            elif kind == "crossing":
+                _, sender, unit, expires = args
+                c.peer_crossing(str(sender), unit, float(expires))  # type: ignore[arg-type]
             elif kind == "release":
                 c.peer_release(str(args[1]), args[2])  # type: ignore[arg-type]
             elif kind == "gone":
@@ -279,6 +305,114 @@ def test_without_failures_each_unit_comes_from_the_mirror_once(seed):
     pulled = sum(size[k] * n for k, n in sim.mirror_done.items()) + sim.wasted
     assert pulled <= 1.02 * model, (pulled / model, sim.aborted)
     assert sim.messages <= 8 * 8 * len(units) * 8
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("subnets", [2, 3])
+def test_across_subnets_each_unit_crosses_into_a_subnet_about_once(seed, subnets):
+    """Six agents in two or three subnets start their gets together (within 0.2 s, less
+    than a unit takes from the mirror): the mirror still serves each unit once, and a unit
+    fetched from a far holder is brought into each subnet by one of its agents (two that
+    heard of each other only at that moment may both bring it, never more)."""
+    rng = random.Random(500 + seed)
+    sim = Sim(rng, office_blobs(rng))
+    for i in range(6):
+        name = f"{rng.getrandbits(32):08x}"
+        sim.subnets[name] = f"net{i % subnets}"
+        sim.start(name, rng.uniform(0, 0.2))
+    sim.run()
+    assert all(c.complete for c in sim.agents.values())
+    units = {u.key: u.stop - u.start for b, s in sim.blobs.items() for u in units_of(b, s, SEG)}
+    assert set(sim.mirror_done) == set(units)
+    assert max(sim.crossed.values()) <= 2, sim.crossed
+    model = sum(sim.blobs.values())
+    for net in {f"net{i}" for i in range(subnets)}:
+        into = sum(units[k] * n for (where, k), n in sim.crossed.items() if where == net)
+        assert into <= 1.1 * model, (net, into / model)
+
+
+def test_one_segment_never_waits_for_a_crossing():
+    """Without subnets (every peer near) a unit a peer holds is fetched at once."""
+    c = Sharing("b", segment=SEG)
+    u = units_of("x", SEG)[0]
+    c.want({"x": SEG})
+    c.set_peers({"a", "c"})
+    c.peer_claim("c", u, 10.0)  # c wants the blob too
+    c.peer_done("a", u)
+    assert FetchFromPeer(u, "a") in c.poll(0.0)
+
+
+def test_a_far_unit_is_brought_in_by_one_near_agent_and_the_rest_wait():
+    u = units_of("x", SEG)[0]
+    agents = {}
+    for name in ("b1", "b2", "b3"):
+        c = agents[name] = Sharing(name, segment=SEG)
+        c.want({"x": SEG})
+        c.set_peers({"a", "b1", "b2", "b3"})
+        c.set_near({"b1", "b2", "b3"})
+        for other in ("b1", "b2", "b3"):
+            if other != name:
+                c.peer_claim(other, u, 0.5)  # they want it (their claims lapsed since)
+        c.poll(1.0)  # the lapsed leases go (each also claims the unit: drop that)
+        c.failed(u)
+        c.poll(1.0)
+        c.peer_done("a", u)  # only the far agent holds it
+    actions = {n: c.poll(2.0) for n, c in agents.items()}
+    crossing = [n for n, acts in actions.items() if any(isinstance(x, SendCrossing) for x in acts)]
+    assert len(crossing) == 1, actions
+    (first,) = crossing
+    assert FetchFromPeer(u, "a") in actions[first]
+    waiting = [c for n, c in agents.items() if n != first]
+    for c in waiting:
+        assert not any(isinstance(x, FetchFromPeer) for x in actions[c.agent])
+        c.peer_crossing(first, u, 40.0)
+        deadline = c.next_deadline()
+        assert deadline is not None and deadline >= 40.0 - LEASE  # waits for the lease
+        assert not c.poll(20.0)
+        c.peer_done(first, u)  # it arrived: take it from the near agent
+        assert FetchFromPeer(u, first) in c.poll(21.0)
+        assert c.sources(u) == {first}
+
+
+def test_the_next_near_agent_brings_it_in_when_the_first_does_not():
+    """The first in the unit's order never says it crosses (its get ended): the next one
+    waits CROSS_GRACE, then brings the unit in itself; a gone crosser's lease lapses at once."""
+    u = units_of("x", SEG)[0]
+    c = Sharing("b2", segment=SEG)
+    c.want({"x": SEG})
+    c.set_peers({"a", "b1"})
+    c.set_near({"b1"})
+    c.peer_claim("b1", u, 0.5)
+    c.poll(1.0)
+    c.failed(u)
+    c.poll(1.0)
+    c.peer_done("a", u)
+    first = c.poll(2.0)
+    if any(isinstance(x, SendCrossing) for x in first):
+        return  # b2 is first in this unit's order: nothing to wait for
+    deadline = c.next_deadline()
+    assert deadline == pytest.approx(2.0 + CROSS_GRACE)
+    acts = c.poll(deadline)
+    assert any(isinstance(x, SendCrossing) for x in acts)
+    assert FetchFromPeer(u, "a") in acts
+
+
+def test_a_failed_crossing_is_released_and_a_gone_crosser_frees_the_unit():
+    u = units_of("x", SEG)[0]
+    c = Sharing("b2", segment=SEG)
+    c.want({"x": SEG})
+    c.set_peers({"a", "b1"})
+    c.set_near({"b1"})
+    c.peer_done("a", u)
+    c.peer_crossing("b1", u, 100.0)
+    assert not [x for x in c.poll(0.0) if isinstance(x, FetchFromPeer)]
+    c.peer_gone("b1")
+    c.set_peers({"a"})
+    c.set_near(set())
+    acts = c.poll(1.0)
+    assert any(isinstance(x, SendCrossing) for x in acts) and FetchFromPeer(u, "a") in acts
+    c.failed(u, "a")
+    assert SendRelease(u) in c.poll(2.0)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -27,9 +27,21 @@ rate-limited one (``set_rate``, the agent's ``mirror_download`` now) leases only
 fetches in ``SHARE_HORIZON`` seconds (at least one unit): a peer that joins later finds units
 nobody leases and fetches them itself instead of waiting for the slow agent.
 
-Events in: ``want``, ``peer_claim``, ``peer_done``, ``peer_release``, ``peer_gone``,
-``landed``, ``fetched``, ``failed``, ``drop``. ``poll(now)`` returns the actions to take now
-and ``next_deadline()`` when to poll again if nothing else happens (aioquic's ``get_timer``).
+In an office of several subnets each byte should cross a router into a subnet once
+(``set_near``: the live peers on this agent's own subnets, ``core.locality``). A unit near
+holders have is taken from them only (``sources``). A unit only far holders have is brought in
+by one near agent: the unit's owner among the near agents known to want its blob (they claimed
+or announced units of it) fetches it from the far holders at once and says so to its near
+peers with a crossing lease (``SendCrossing``, renewed like a claim); the others wait for it to
+announce the unit and take it from it. If no crossing lease comes (the owner does not want
+the blob after all), the next near agent in the unit's order takes it after ``CROSS_GRACE``,
+the one after that after twice that, and so on. With one segment every peer is near and none
+of this applies.
+
+Events in: ``want``, ``peer_claim``, ``peer_crossing``, ``peer_done``, ``peer_release``,
+``peer_gone``, ``landed``, ``fetched``, ``failed``, ``drop``. ``poll(now)`` returns the
+actions to take now and ``next_deadline()`` when to poll again if nothing else happens
+(aioquic's ``get_timer``).
 Nothing here does IO or reads a clock.
 """
 
@@ -46,6 +58,8 @@ TAIL_SEGMENTS = 4  # the last this many segments of a blob are cut into quarter 
 LEASE = 30.0  # seconds a claim holds without renewal (a dead peer's end sooner: peer_gone)
 RENEW_AT = 0.5  # renew when this fraction of the lease has passed
 SHARE_HORIZON = 10.0  # seconds of mirror traffic a rate-limited agent leases ahead, alone
+MAX_WANTED = 4096  # blobs whose wanting peers are kept
+CROSS_GRACE = 2.0  # seconds a near agent waits per rank for the one before it to bring a unit in
 
 
 @dataclass(frozen=True, order=True)
@@ -109,6 +123,14 @@ class FetchFromPeer:
 
 
 @dataclass(frozen=True)
+class SendCrossing:
+    """Tell the near peers: I bring this unit into our subnet from far holders (a lease)."""
+
+    unit: Unit
+    expires: float
+
+
+@dataclass(frozen=True)
 class StopMirrorFetch:
     """Stop fetching this unit from the mirror: a peer's claim wins."""
 
@@ -132,6 +154,7 @@ Action = (
     | FetchFromPeer
     | StopMirrorFetch
     | SendRelease
+    | SendCrossing
     | AnnounceDone
 )
 
@@ -158,6 +181,11 @@ class Sharing:
     _have: set[tuple[str, int]] = field(default_factory=set)
     _peers: set[str] = field(default_factory=set)
     _solo: bool = False  # no peer since the last want(): claim everything
+    _near: set[str] | None = None  # live peers on our subnets (None: all of them, one segment)
+    _crossing: dict[tuple[str, int], _Lease] = field(default_factory=dict)  # near peers'
+    _crossing_mine: dict[tuple[str, int], float] = field(default_factory=dict)  # -> expiry
+    _far_since: dict[tuple[str, int], float] = field(default_factory=dict)  # only far holders
+    _wanters: dict[str, set[str]] = field(default_factory=dict)  # blob -> peers fetching it
     _out: list[Action] = field(default_factory=list)
 
     # -- events --------------------------------------------------------------------------------
@@ -181,6 +209,30 @@ class Sharing:
         if self._peers:
             self._solo = False  # a peer appeared: from now on, a few units at a time
 
+    def set_near(self, agents: set[str] | None) -> None:
+        """The live peers on this agent's own subnets (None: every peer is near)."""
+        self._near = None if agents is None else set(agents) - {self.agent}
+
+    def _is_near(self, agent: str) -> bool:
+        return self._near is None or agent in self._near
+
+    def sources(self, unit: Unit) -> set[str]:
+        """Whom to take a unit from: its near holders if there are any, else all of them."""
+        holders = self._holders.get(unit.key, set())
+        near = {a for a in holders if self._is_near(a)}
+        return near or set(holders)
+
+    def _cross_rank(self, unit: Unit) -> int:
+        """Our place among the near agents that want the unit's blob, in the unit's order:
+        0 brings it in at once, rank r after r x ``CROSS_GRACE``."""
+        near = {a for a in self._wanters.get(unit.blob, set()) if self._is_near(a)}
+        order = sorted(
+            near | {self.agent},
+            key=lambda a: hashlib.sha256(f"{a}/{unit.blob}/{unit.index}/in".encode()).digest(),
+            reverse=True,
+        )
+        return order.index(self.agent)
+
     def _owner(self, unit: Unit) -> str:
         return max(
             self._peers | {self.agent},
@@ -198,6 +250,7 @@ class Sharing:
 
     def peer_claim(self, agent: str, unit: Unit, expires: float) -> None:
         key = unit.key
+        self._wanters.setdefault(unit.blob, set()).add(agent)
         if key in self._have:
             self._out.append(AnnounceDone(unit))  # the claimer missed that we have it
             return
@@ -214,8 +267,31 @@ class Sharing:
         if current is None or current.agent == agent or agent < current.agent:
             self._leases[key] = _Lease(agent, expires)
 
+    def peer_wants(self, agent: str, blobs: set[str]) -> None:
+        """A peer fetches these blobs too (it asked what the office does with them, or said
+        it is fetching them when we asked): one of those that may bring their units in."""
+        for blob in sorted(blobs)[:MAX_WANTED]:
+            self._wanters.setdefault(blob, set()).add(agent)
+        while len(self._wanters) > MAX_WANTED:  # the blobs heard of first go first
+            del self._wanters[next(iter(self._wanters))]
+
+    def wants(self, blob: str) -> bool:
+        return any(u.blob == blob for u in self._units)
+
+    def peer_crossing(self, agent: str, unit: Unit, expires: float) -> None:
+        """A near peer brings this unit in from far holders: wait for it (the lower agent id's
+        lease stands when two say so at once)."""
+        self._wanters.setdefault(unit.blob, set()).add(agent)
+        current = self._crossing.get(unit.key)
+        if current is None or current.agent == agent or agent < current.agent:
+            self._crossing[unit.key] = _Lease(agent, expires)
+
     def peer_done(self, agent: str, unit: Unit) -> None:
         self._holders.setdefault(unit.key, set()).add(agent)
+        self._wanters.setdefault(unit.blob, set()).add(agent)
+        crossing = self._crossing.get(unit.key)
+        if crossing is not None and crossing.agent == agent:
+            del self._crossing[unit.key]
         if self._mine.pop(unit.key, None) is not None:
             self._out.append(StopMirrorFetch(unit))  # a copy is on the LAN: stop fetching
         lease = self._leases.get(unit.key)
@@ -223,14 +299,18 @@ class Sharing:
             del self._leases[unit.key]
 
     def peer_release(self, agent: str, unit: Unit) -> None:
-        lease = self._leases.get(unit.key)
-        if lease is not None and lease.agent == agent:
-            del self._leases[unit.key]
+        for leases in (self._leases, self._crossing):
+            lease = leases.get(unit.key)
+            if lease is not None and lease.agent == agent:
+                del leases[unit.key]
 
     def peer_gone(self, agent: str) -> None:
         """A peer died or left: its leases lapse now and it no longer serves what it had."""
-        for key in [k for k, lease in self._leases.items() if lease.agent == agent]:
-            del self._leases[key]
+        for leases in (self._leases, self._crossing):
+            for key in [k for k, lease in leases.items() if lease.agent == agent]:
+                del leases[key]
+        for wanters in self._wanters.values():
+            wanters.discard(agent)
         for holders in self._holders.values():
             holders.discard(agent)
         self._fetching_from_peer = {k for k in self._fetching_from_peer if self._holders.get(k)}
@@ -247,6 +327,7 @@ class Sharing:
         self._mine.pop(key, None)
         self._landed.discard(key)
         self._fetching_from_peer.discard(key)
+        self._crossing_mine.pop(key, None)
         if key not in self._have:
             self._have.add(key)
             self._out.append(AnnounceDone(unit))
@@ -256,7 +337,8 @@ class Sharing:
         fetched it from, no longer trusted to serve it (the next try goes to another holder
         or, with none left, to a mirror)."""
         key = unit.key
-        if self._mine.pop(key, None) is not None:
+        mine = self._mine.pop(key, None) is not None
+        if self._crossing_mine.pop(key, None) is not None or mine:
             self._out.append(SendRelease(unit))
         self._fetching_from_peer.discard(key)
         if agent is not None:
@@ -270,7 +352,10 @@ class Sharing:
         """This agent no longer wants these blobs (its get ended or failed): leases it holds
         on them go back to the office at once, and what it had of them is forgotten."""
         for u in self._units:
-            if u.blob in blobs and self._mine.pop(u.key, None) is not None:
+            if u.blob not in blobs:
+                continue
+            mine = self._mine.pop(u.key, None) is not None
+            if self._crossing_mine.pop(u.key, None) is not None or mine:
                 self._out.append(SendRelease(u))
         self._units = [u for u in self._units if u.blob not in blobs]
         self._fetching_from_peer = {k for k in self._fetching_from_peer if k[0] not in blobs}
@@ -296,6 +381,16 @@ class Sharing:
         units = {u.key: u for u in self._units}
         return [(units[k], exp) for k, exp in sorted(self._mine.items()) if exp > now]
 
+    def crossings(self, now: float) -> list[tuple[Unit, float]]:
+        """Units we bring into our subnet now (unit, lease expiry), for a near peer that asks
+        (one that joins while we do must wait for us, not bring them in again)."""
+        units = {u.key: u for u in self._units}
+        return [
+            (units[k], exp)
+            for k, exp in sorted(self._crossing_mine.items())
+            if exp > now and k in units
+        ]
+
     def wanted(self, blob: str) -> list[Unit]:
         return [u for u in sorted(self._units) if u.blob == blob]
 
@@ -303,8 +398,20 @@ class Sharing:
         """When ``poll`` has something to do if no event comes first: a lease of ours to renew,
         or a peer's lease to lapse (None: nothing pending)."""
         times = [exp - self.lease * (1 - RENEW_AT) for exp in self._mine.values()]
+        times += [exp - self.lease * (1 - RENEW_AT) for exp in self._crossing_mine.values()]
         times += [lease.expires for lease in self._leases.values()]
+        times += [lease.expires for lease in self._crossing.values()]
+        times += self._cross_waits()
         return min(times, default=None)
+
+    def _cross_waits(self) -> list[float]:
+        """When each unit waiting for a near agent to bring it in is ours to bring."""
+        units = {u.key: u for u in self._units}
+        return [
+            since + CROSS_GRACE * self._cross_rank(units[key])
+            for key, since in self._far_since.items()
+            if key in units and key not in self._crossing
+        ]
 
     @property
     def pending(self) -> bool:
@@ -323,18 +430,37 @@ class Sharing:
             if lease.expires <= now:
                 del self._leases[key]  # not renewed: its agent is gone or stuck
         units = {u.key: u for u in self._units}
+        for key, lease in list(self._crossing.items()):
+            if lease.expires <= now:
+                del self._crossing[key]
         for key, expires in list(self._mine.items()):
             if now >= expires - self.lease * (1 - RENEW_AT):
                 self._mine[key] = now + self.lease
                 out.append(SendRenew(units[key], now + self.lease))
+        for key, expires in list(self._crossing_mine.items()):
+            if key in units and now >= expires - self.lease * (1 - RENEW_AT):
+                self._crossing_mine[key] = now + self.lease
+                out.append(SendCrossing(units[key], now + self.lease))
         for u in self._units:
             key = u.key
             if key in self._have or key in self._mine or key in self._fetching_from_peer:
+                self._far_since.pop(key, None)
                 continue
             holders = self._holders.get(key)
-            if holders:
-                self._fetching_from_peer.add(key)
-                out.append(FetchFromPeer(u, min(holders)))
+            if not holders:
+                self._far_since.pop(key, None)
+                continue
+            near = {a for a in holders if self._is_near(a)}
+            if not near:
+                # Only far holders: one near agent brings it in, the others wait for it.
+                since = self._far_since.setdefault(key, now)
+                if key in self._crossing or now < since + CROSS_GRACE * self._cross_rank(u):
+                    continue
+                self._crossing_mine[key] = now + self.lease
+                out.append(SendCrossing(u, now + self.lease))
+            self._far_since.pop(key, None)
+            self._fetching_from_peer.add(key)
+            out.append(FetchFromPeer(u, min(near or holders)))
         # Mirror work: units nobody has, leases or is fetching from a peer.
         free = [
             u

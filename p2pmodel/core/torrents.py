@@ -19,7 +19,7 @@ certificate that CA signed, and its info-hash is one nobody outside the office c
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .digests import hex_part
@@ -35,6 +35,8 @@ class SwarmFetch:
     why: str = ""
     downloaded: int = 0  # payload bytes received from peers
     bad_pieces: int = 0  # pieces that failed their hash (a peer sent wrong bytes)
+    by_host: dict[str, int] = field(default_factory=dict)  # payload bytes per peer address
+    seconds: float = 0.0  # how long the fetch took
 
 
 MIN_PIECE = 1024 * KiB

@@ -20,8 +20,9 @@ import msgpack
 from .errors import ProtocolError
 
 # 2: sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
-# with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed)
-PROTOCOL_VERSION = 4
+# with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed);
+# 5: ``crossing`` (one agent of a subnet brings a unit in from behind a router)
+PROTOCOL_VERSION = 5
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")
@@ -146,6 +147,19 @@ class UnitDone(Message):
 
 
 @dataclass(frozen=True)
+class Crossing(Message):
+    """I bring this unit into our subnet from holders behind a router: take it from me when I
+    announce it. A lease like a claim's, lapsing in ``ttl_ms``; sent again to renew."""
+
+    kind: ClassVar[str] = "crossing"
+    digest: str
+    index: int
+    start: int
+    stop: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
 class Ack(Message):
     kind: ClassVar[str] = "ack"
 
@@ -184,6 +198,8 @@ class OfficeState(Message):
     claims: Units = ()
     done: Units = ()
     complete: tuple[str, ...] = ()
+    crossing: Units = ()  # units I bring into my subnet from behind a router now
+    wanted: tuple[str, ...] = ()  # of the blobs asked, those I am fetching too
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,7 @@ MESSAGES: dict[str, type[Message]] = {
         Claim,
         Release,
         UnitDone,
+        Crossing,
         Ack,
         UnitQuery,
         UnitInfo,
@@ -230,7 +247,7 @@ _MAX_INT = 2**62
 
 def _check_field(cls: type[Message], name: str, value: Any) -> Any:
     where = f"{cls.kind}.{name}"
-    if name in ("digests", "complete", "partial"):
+    if name in ("digests", "complete", "partial", "wanted"):
         if not isinstance(value, list) or len(value) > MAX_DIGESTS:
             raise PeerProtocolError(f"{where}: not a list of at most {MAX_DIGESTS} digests")
         for d in value:
@@ -253,7 +270,7 @@ def _check_field(cls: type[Message], name: str, value: Any) -> Any:
         if type(value) is not int or not 0 <= value < _MAX_INT:
             raise PeerProtocolError(f"{where}: not a non-negative integer")
         return value
-    if name in ("claims", "done"):
+    if name in ("claims", "done", "crossing"):
         if not isinstance(value, list) or len(value) > MAX_DIGESTS:
             raise PeerProtocolError(f"{where}: not a list of at most {MAX_DIGESTS} units")
         units = []

@@ -108,6 +108,19 @@ def _one_peer_class(session: Any) -> None:
     session.set_peer_class_filter(everyone)
 
 
+def _bytes_by_host(handle: Any) -> dict[str, int]:
+    """Payload bytes each connected peer sent us on this torrent, by its address."""
+    out: dict[str, int] = {}
+    try:
+        infos = handle.get_peer_info()
+    except RuntimeError:
+        return out
+    for p in infos:
+        host = str(p.ip[0])
+        out[host] = out.get(host, 0) + int(p.total_download)
+    return out
+
+
 @dataclass
 class _Torrent:
     digest: str
@@ -479,14 +492,17 @@ class Swarm:
         t = self._units.get((digest, index))
         if t is None:
             return SwarmFetch(False, "no such unit torrent")
+        started = trio.current_time()
         why, got = await self._follow(
             t, stall_timeout=stall_timeout, on_progress=on_progress, peers=peers
         )
+        by_host = _bytes_by_host(t.handle)
+        seconds = trio.current_time() - started
         if why:
-            return SwarmFetch(False, why, got, t.hash_failures)
+            return SwarmFetch(False, why, got, t.hash_failures, by_host, seconds)
         await self._flush(t)  # our hash of the whole blob reads the file: written out first
         t.seeding = True
-        return SwarmFetch(True, "", got)
+        return SwarmFetch(True, "", got, 0, by_host, seconds)
 
     async def _follow(
         self,

@@ -119,8 +119,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"peers: {len(alive)} alive")
     for p in status["peers"]:
         state = "alive" if p["alive"] else "gone"
+        rate = f", {human(p['rate'])}/s" if p.get("rate") else ""
         print(
             f"  {p['agent']:18} {', '.join(p['addresses']):24} {state:5} "
+            f"{p.get('where') or '-'}{rate}, "
             f"heard {p['last_heard_age']:.1f} s ago, holds {p['holds']}"
         )
         for lie in p.get("distrusted") or []:

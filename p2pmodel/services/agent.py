@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from ..adapters.home import agent_id, load_config
-from ..adapters.netif import local_ipv4
+from ..adapters.netif import local_ipv4, local_ipv4_networks
 from ..adapters.rlimit import current_budget, raise_open_files
 from ..adapters.store import Store
 from ..adapters.tls import OfficeTls
@@ -40,6 +40,7 @@ from ..core.config import Config
 from ..core.control import CollectAsk, MirrorsAsk, PublishAsk, RemoveAsk
 from ..core.errors import UserError
 from ..core.limits import Rates
+from ..core.locality import Locality
 from ..core.sharing import SEGMENT
 from ..core.timeline import Timeline
 from . import dashboard, metrics
@@ -120,6 +121,7 @@ class Outside:
     discovery: AnnouncerFactory = _real_discovery
     http: HttpFactory | None = None  # None: a real HTTP client
     interfaces: Callable[[], list[str]] = local_ipv4
+    networks: Callable[[], list[str]] = local_ipv4_networks  # "address/prefix" each
 
 
 @dataclass
@@ -159,6 +161,17 @@ class Agent:
         # With an office key: the office CA and this agent's own certificate (fresh each start).
         key = config.office_key
         self.tls = OfficeTls(key, self.id) if key is not None else None
+        self._locality = Locality()
+
+    def locality(self) -> Locality:
+        """Which peers are near: the subnets of the interfaces the agent serves on now."""
+        return self._locality
+
+    def _look_at_subnets(self) -> None:
+        serving = set(self.interfaces)
+        self._locality = Locality.of(
+            n for n in self.outside.networks() if n.split("/", 1)[0] in serving
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         tune_malloc()
@@ -241,7 +254,9 @@ class Agent:
             wait_for_peers=opts.wait_for_peers,
         )
         sharing = (
-            SharingService(self.id, peers, swarm, self.store, segment=opts.segment)
+            SharingService(
+                self.id, peers, swarm, self.store, segment=opts.segment, locality=self.locality
+            )
             if opts.sharing
             else None
         )
@@ -303,6 +318,7 @@ class Agent:
                 wanted = self._pinned() or self.outside.interfaces()
                 if wanted != self.interfaces:
                     await self._use_interfaces(wanted)
+                self._look_at_subnets()
             except OSError as e:  # out of files (a connection flood): look again later
                 log.warning("cannot follow the network now: %s", e)
             await trio.sleep(NETWORK_EVERY)
@@ -388,6 +404,18 @@ class Agent:
             )
             await trio.sleep_until(self.timeline.next_sample(trio.current_time()))
 
+    def _peer_rows(self, now: float) -> list[dict[str, Any]]:
+        """The peer table's rows, each with where the peer is (its subnet, or "via router")
+        and the rate its LAN bytes last arrived at (bytes/s, None before any)."""
+        rows = self.peers.snapshot(now)
+        for row in rows:
+            peer = self.peers.get(row["agent"])
+            hosts = [a.host for a in peer.addrs] if peer is not None else []
+            row["where"] = self._locality.where(hosts)
+            rate = self.swarm.rates.rate(row["agent"])
+            row["rate"] = round(rate) if rate is not None else None
+        return rows
+
     def status(self) -> dict[str, Any]:
         now = trio.current_time()
         swarm = self.swarm.statistics()
@@ -405,7 +433,7 @@ class Agent:
             "torrent_port": swarm.get("port"),
             "seeding": swarm.get("seeding", 0),
             "uploaded": swarm.get("uploaded", 0),
-            "peers": self.peers.snapshot(now),
+            "peers": self._peer_rows(now),
             "transfers": self.gets.transfers(),
             "from_mirrors": self.gets.stats.from_mirrors_total,
             "from_mirrors_by_mirror": dict(self.gets.stats.from_mirrors),

@@ -85,7 +85,7 @@ PAGE = """<!doctype html>
 <table><thead><tr><th>file</th><th>progress</th><th></th><th>state</th><th>source</th></tr></thead>
 <tbody id="transfers"></tbody></table>
 <h2>Peers</h2>
-<table><thead><tr><th>host</th><th>agent</th><th>addresses</th><th>state</th>
+<table><thead><tr><th>host</th><th>agent</th><th>addresses</th><th>where</th><th>rate</th><th>state</th>
 <th>last heard</th><th>holds</th></tr></thead><tbody id="peers"></tbody></table>
 <h2>Models in the store</h2>
 <table><thead><tr><th>model</th><th>source</th><th>files</th><th>size</th><th>state</th>
@@ -201,11 +201,12 @@ function render(s) {
     const tr = document.createElement("tr");
     cell(tr, p.host || "-", p.host ? "" : "empty"); cell(tr, p.agent, "agent-id");
     cell(tr, p.addresses.join(", "));
+    cell(tr, p.where || "-"); cell(tr, p.rate ? human(p.rate) + "/s" : "-");
     cell(tr, p.alive ? "alive" : "gone", p.alive ? "alive" : "gone");
     cell(tr, p.last_heard_age.toFixed(1) + " s ago");
     cell(tr, p.holds + " blobs" + (p.partial ? ", " + p.partial + " partial" : ""));
     return tr;
-  }), 6, "no peer seen yet");
+  }), 8, "no peer seen yet");
   fill("models", s.models.map(m => {
     const tr = document.createElement("tr");
     cell(tr, m.ref); cell(tr, m.source); cell(tr, m.files); cell(tr, human(m.size));

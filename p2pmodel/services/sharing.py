@@ -8,7 +8,8 @@ the downloads wrote into their gates (a download that started, a shared blob tha
 digest, units a mirror finished), and carries out what ``poll`` returns:
 
 - ``SendClaim``/``SendRenew``/``SendRelease``/``AnnounceDone`` go to every live peer, in order,
-  through the peer link's outboxes;
+  through the peer link's outboxes; ``SendCrossing`` to the near ones (``core.locality``: on
+  one of this agent's subnets), which then wait for this agent to bring the unit in;
 - ``FetchFromMirror`` opens the unit's bytes to the mirror workers in the gate of the get that
   wants the blob (once every peer answered the claim, at most ``CLAIM_WAIT``: a rival that
   claimed it at the same moment has heard of us by then), and ``StopMirrorFetch`` closes them;
@@ -46,6 +47,7 @@ from ..adapters.store import Store
 from ..core import wire
 from ..core.digests import hex_part
 from ..core.gate import Gate
+from ..core.locality import Locality
 from ..core.progress import Progress
 from ..core.sharing import (
     SEGMENT,
@@ -54,6 +56,7 @@ from ..core.sharing import (
     FetchFromMirror,
     FetchFromPeer,
     SendClaim,
+    SendCrossing,
     SendRelease,
     SendRenew,
     Sharing,
@@ -109,8 +112,10 @@ class SharingService:
         store: Store,
         *,
         segment: int = SEGMENT,
+        locality: Callable[[], Locality] = Locality,
     ) -> None:
         self.id = agent
+        self.locality = locality
         self.peers = peers
         self.swarm = swarm
         self.store = store
@@ -125,7 +130,7 @@ class SharingService:
         self._alive: frozenset[str] = frozenset()
         self._claims_out: dict[tuple[str, int], Delivery] = {}
         self._nursery: trio.Nursery | None = None
-        peers.route([wire.Claim, wire.Release, wire.UnitDone], self._on_message)
+        peers.route([wire.Claim, wire.Release, wire.UnitDone, wire.Crossing], self._on_message)
         peers.route([wire.OfficeQuery], self._office_state)
         peers.route([wire.UnitQuery], self._unit_query)
         peers.watch(self.wake)
@@ -174,6 +179,7 @@ class SharingService:
             self.state.peer_gone(gone)
         self._alive = alive
         self.state.set_peers(set(alive))
+        self.state.set_near(self.near(alive))
         self._claims_out = {k: d for k, d in self._claims_out.items() if self.state.holds_key(k)}
         for share in self._shares:
             held = share.gate.held()
@@ -200,6 +206,13 @@ class SharingService:
             sent = self._broadcast(wire.Claim(u.blob, u.index, u.start, u.stop, ttl))
             if isinstance(action, SendClaim):
                 self._claims_out[u.key] = sent
+        elif isinstance(action, SendCrossing):
+            ttl = max(0, int((action.expires - now) * 1000))
+            near = self.near(self._alive)
+            msg = wire.Crossing(u.blob, u.index, u.start, u.stop, ttl)
+            log.info("unit %s: bringing it in from behind a router", _name(u))
+            self.stats.messages += len(near) if near is not None else len(self._alive)
+            self.peers.tell(near if near is not None else self._alive, msg)
         elif isinstance(action, SendRelease):
             self._broadcast(wire.Release(u.blob, u.index))
         elif isinstance(action, AnnounceDone):
@@ -218,6 +231,18 @@ class SharingService:
                 want.gate.close(u.blob, u.start, u.stop)
         elif isinstance(action, FetchFromPeer):
             self._spawn(self._from_peers, u, action.agent)
+
+    def near(self, agents: frozenset[str]) -> set[str] | None:
+        """Of these peers, the ones on this agent's subnets (None: all, one segment)."""
+        where = self.locality()
+        if not where.nets:
+            return None
+        near = set()
+        for agent in agents:
+            peer = self.peers.get(agent)
+            if peer is not None and where.near(a.host for a in peer.addrs):
+                near.add(agent)
+        return near
 
     def _broadcast(self, msg: wire.Message) -> Delivery:
         self.stats.messages += len(self._alive)
@@ -253,12 +278,15 @@ class SharingService:
         return unit if index < len(units) and units[index] == unit else None
 
     async def _on_message(
-        self, msg: wire.Claim | wire.Release | wire.UnitDone, agent: str
+        self, msg: wire.Claim | wire.Release | wire.UnitDone | wire.Crossing, agent: str
     ) -> wire.Message:
         now = trio.current_time()
         if isinstance(msg, wire.Claim):
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
                 self.state.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
+        elif isinstance(msg, wire.Crossing):
+            if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
+                self.state.peer_crossing(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
         elif isinstance(msg, wire.UnitDone):
             u = self._unit(msg.digest, msg.index, msg.start, msg.stop)
             if u is not None and self.peers.trusted(agent, u.blob):
@@ -271,6 +299,7 @@ class SharingService:
     async def _office_state(self, msg: wire.OfficeQuery, agent: str) -> wire.Message:
         now = trio.current_time()
         asked = set(msg.digests)
+        self.state.peer_wants(agent, asked)  # it asks because a get of its wants them
         claims = tuple(
             (u.blob, u.index, u.start, u.stop, int((exp - now) * 1000))
             for u, exp in self.state.claims(now)
@@ -285,7 +314,13 @@ class SharingService:
             for u in units_of(d, self._sizes.get(d, 0), self.segment):
                 if self.swarm.unit_info(d, u.index) is not None:
                     done.append((d, u.index, u.start, u.stop, 0))
-        return wire.OfficeState(claims, tuple(done), tuple(complete))
+        crossing = tuple(
+            (u.blob, u.index, u.start, u.stop, int((exp - now) * 1000))
+            for u, exp in self.state.crossings(now)
+            if u.blob in asked
+        )
+        wanted = tuple(d for d in msg.digests if self.state.wants(d))
+        return wire.OfficeState(claims, tuple(done), tuple(complete), crossing, wanted)
 
     async def _unit_query(self, msg: wire.UnitQuery, agent: str) -> wire.Message:
         digest, index = msg.digest, msg.index
@@ -405,9 +440,13 @@ class SharingService:
             if not isinstance(reply, wire.OfficeState):
                 return
             now = trio.current_time()
+            self.state.peer_wants(agent, set(reply.wanted) & set(digests))
             for d, i, start, stop, ttl in reply.claims:
                 if u := self._unit(d, i, start, stop):
                     self.state.peer_claim(agent, u, now + min(ttl, MAX_TTL_MS) / 1000)
+            for d, i, start, stop, ttl in reply.crossing:
+                if u := self._unit(d, i, start, stop):
+                    self.state.peer_crossing(agent, u, now + min(ttl, MAX_TTL_MS) / 1000)
             for d, i, start, stop, _ in reply.done:
                 u = self._unit(d, i, start, stop)
                 if u is not None and self.peers.trusted(agent, d):
@@ -461,7 +500,7 @@ class SharingService:
         piece = unit_piece_size(size, self.segment)
         span = unit_pieces(u.start, u.stop, piece)
         info = b""
-        for agent in [first, *sorted(self.state.holders(u) - {first})]:
+        for agent in [first, *sorted(self.state.sources(u) - {first})]:
             with (
                 trio.move_on_after(ASK_TIMEOUT),
                 contextlib.suppress(RpcError, wire.PeerProtocolError),
@@ -484,8 +523,8 @@ class SharingService:
         path = self.store.partial_path(u.blob)
         self.swarm.add_unit(u.blob, size, u.index, span, info, path, have=False)
 
-        def holders() -> list[str]:
-            return sorted(a for a in self.state.holders(u) if self.peers.is_alive(a))
+        def holders() -> list[str]:  # near ones while there are any
+            return sorted(a for a in self.state.sources(u) if self.peers.is_alive(a))
 
         def advance(n: int) -> None:
             want.progress.advance(u.blob, n, "LAN", lan=True)

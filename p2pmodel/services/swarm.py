@@ -29,6 +29,7 @@ import trio
 from ..adapters.hashing import hash_blob
 from ..adapters.store import Store
 from ..core.digests import algorithm
+from ..core.locality import RateMeter
 from ..core.progress import Progress
 from ..core.stats import LanStats
 from ..core.torrents import SwarmFetch, expected_shape, info_bytes, piece_size
@@ -154,6 +155,7 @@ class SwarmService:
         self.locate_timeout = locate_timeout
         self.wait_for_peers = wait_for_peers
         self.stats = LanStats()
+        self.rates = RateMeter()  # per peer agent: how fast its unit pieces arrived
         self.keep_units: Callable[[], set[str]] = set  # blobs a get shares out now
         self._lan_fetches: dict[str, trio.Event] = {}  # digest -> set when its LAN fetch ends
         self._holder_checks: set[Callable[[], None]] = set()
@@ -405,6 +407,10 @@ class SwarmService:
         got = await self.swarm.fetch_unit(
             digest, index, endpoints, stall_timeout=self.stall_timeout, on_progress=advance
         )
+        for agent in holders():
+            endpoint = self.peers.endpoint(agent)
+            if endpoint is not None and endpoint[0] in got.by_host:
+                self.rates.measured(agent, got.by_host[endpoint[0]], got.seconds)
         if got.ok:
             self.stats.units += 1
         else:

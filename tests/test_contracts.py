@@ -24,6 +24,7 @@ from p2pmodel.adapters.hashing import hash_blob, piece_hashes
 from p2pmodel.adapters.store import Store
 from p2pmodel.adapters.tls import OfficeTls
 from p2pmodel.adapters.transport import TcpTransport, Transport
+from p2pmodel.core.hfapi import git_blob_id, lfs_pointer
 from p2pmodel.core.officekey import OfficeKey
 from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.torrents import info_bytes, piece_size, unit_info, unit_pieces, with_cert
@@ -646,7 +647,8 @@ async def test_mirror_revision_names_the_commit_and_lists_siblings(hub, hub_repo
         siblings = {s["rfilename"]: s for s in info["siblings"]}
         assert set(siblings) == {f.path for f in hub_repo.files}
         for f in hub_repo.files:
-            assert (siblings[f.path]["size"], siblings[f.path]["blobId"]) == (f.size, f.gitsha1)
+            blob = git_blob_id(lfs_pointer(f.sha256, f.size)) if f.lfs else f.gitsha1
+            assert (siblings[f.path]["size"], siblings[f.path]["blobId"]) == (f.size, blob)
             assert siblings[f.path].get("lfs", {}).get("sha256") == (f.sha256 if f.lfs else None)
 
 

@@ -58,6 +58,9 @@ def paths(repo: Repo) -> list[str]:
         f"/api/models/{repo.repo_id}",
         f"/api/models/{repo.repo_id}/tree/main?recursive=true",
         f"/{repo.repo_id}/resolve/main/{lfs.path}",
+        f"/api/models/{repo.repo_id}/paths-info/main",
+        f"/api/models/{repo.repo_id}/refs",
+        f"/api/models/{repo.repo_id}/commits/main",
     ]
 
 
@@ -201,7 +204,7 @@ async def test_a_foreign_page_in_chromium_cannot_make_the_agent_fetch(
     ep = await endpoint()
     assert CHROMIUM is not None
     target = ep.url
-    info, _, _, file = paths(repos["model"])
+    info, _, _, file, *_ = paths(repos["model"])
     html = f"""<!doctype html><html><body><p id=done>no</p>
 <img src="{target}{file}">
 <script>

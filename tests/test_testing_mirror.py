@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from p2pmodel.core.hfapi import git_blob_id, lfs_pointer
 from p2pmodel.testing.mirror import (
     CORRUPT_OFFSET,
     Faults,
@@ -159,10 +160,13 @@ async def test_hf_listing_shape(
         assert set(siblings) == {f.path for f in repo.files}
         for f in repo.files:
             sibling = siblings[f.path]
-            assert (sibling["size"], sibling["blobId"]) == (f.size, f.gitsha1)
-            if f.lfs:
-                assert sibling["lfs"] == {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
+            if f.lfs:  # the blob id and size of the LFS pointer, as the Hub says
+                pointer = lfs_pointer(f.sha256, f.size)
+                assert (sibling["size"], sibling["blobId"]) == (f.size, git_blob_id(pointer))
+                lfs = {"sha256": f.sha256, "size": f.size, "pointerSize": len(pointer)}
+                assert sibling["lfs"] == lfs
             else:
+                assert (sibling["size"], sibling["blobId"]) == (f.size, f.gitsha1)
                 assert "lfs" not in sibling
 
 

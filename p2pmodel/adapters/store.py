@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from ..core import hfinfo
 from ..core.digests import algorithm, hex_part
 from ..core.errors import LocalError, P2PModelError
 from ..core.manifest import Manifest, ManifestError
@@ -130,6 +131,7 @@ class Store:
         self.torrents = self.root / "torrents"
         self.uses_file = self.root / "used.msgpack"
         self.pins_file = self.root / "pins.msgpack"
+        self.hub_info_dir = self.root / "info"
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -330,6 +332,27 @@ class Store:
             refs[ref] = manifest_digest
             _atomic_write(self.refs_file, msgpack.packb(dict(sorted(refs.items()))))
             self._touch_locked(ref)  # a get starts using it (and is not the first evicted)
+
+    def _hub_info_path(self, manifest_digest: str) -> Path:
+        return self.hub_info_dir / f"{hex_part(manifest_digest)}.json"
+
+    def hub_info(self, manifest_digest: str) -> dict[str, Any]:
+        """What upstream said of the repository a manifest lists, at its commit
+        (``core.hfinfo``: ``info``, ``refs``, ``commits``; empty when nothing was kept)."""
+        try:
+            with open(self._hub_info_path(manifest_digest), "rb") as f:
+                data = f.read(hfinfo.LIMIT + 1)
+        except OSError:
+            return {}
+        return hfinfo.decode(data)
+
+    def keep_hub_info(self, manifest_digest: str, **parts: Any) -> None:
+        """Keep what upstream said (``info``, ``refs`` or ``commits``) beside the manifest,
+        with what was kept before: filtered and bounded (``hfinfo.encode``), an atomic
+        rewrite. Best effort: a store that cannot write it still serves the model."""
+        with contextlib.suppress(OSError), self._lock():
+            doc = {**self.hub_info(manifest_digest), **parts}
+            _atomic_write(self._hub_info_path(manifest_digest), hfinfo.encode(doc))
 
     def gated(self) -> set[str]:
         """Digests of manifests of gated repositories (served only to a token upstream took)."""
@@ -576,7 +599,7 @@ class Store:
             if m is not None:
                 wanted |= set(m.blobs())
         old = time.time() - 3600
-        for path in self.manifests.glob("*.msgpack"):
+        for path in [*self.manifests.glob("*.msgpack"), *self.hub_info_dir.glob("*.json")]:
             with contextlib.suppress(OSError):
                 if f"sha256:{path.stem}" not in digests and path.stat().st_mtime < old:
                     path.unlink()

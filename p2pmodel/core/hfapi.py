@@ -3,9 +3,12 @@ answers and headers of the local ``HF_ENDPOINT`` the agent serves (``services.hf
 and the layout of the Hugging Face cache (``adapters.hfcache``).
 
 Theory of operation. ``route`` turns a request path into what it asks for: the repository info
-at a revision (``snapshot_download`` asks it for branches and tags only), a page of the
-recursive tree at a commit, or one file (``HEAD`` then ``GET``, possibly with ``Range``). The
-answers are built from a manifest, which knows each file's size and upstream digest:
+at a revision (``snapshot_download`` asks it for branches and tags only; ``model_info``), a page
+of the recursive tree at a commit, the entries of some paths (``paths-info``, a ``POST``), the
+refs, the commits up to a revision, or one file (``HEAD`` then ``GET``, possibly with
+``Range``). The answers are built from a manifest, which knows each file's size and upstream
+digest, and from what upstream said of the repository (``core.hfinfo``: pipeline tag, tags,
+card data and the like, refs, commits):
 
 - a small git file's ``oid``/``ETag`` is its git blob id (our ``gitsha1:`` digest);
 - an LFS file's ``oid`` is the git blob id of its LFS pointer (a fixed three-line text that
@@ -21,6 +24,7 @@ records a lasting ``.no_exist`` marker for that).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,13 +46,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class Route:
     """What one request asks for."""
 
-    kind: Literal["harnesses", "revision", "tree", "file"]
+    kind: Literal["harnesses", "revision", "tree", "file", "paths-info", "refs", "commits"]
     repo_type: RepoType = "model"
     repo: str = ""  # org/name
     revision: str = DEFAULT_REVISION
     path: str = ""  # file: repo-relative path; tree: a folder ("" = the root)
     cursor: int = 0  # tree: where the page starts
     recursive: bool = False
+    blobs: bool = False  # revision: the siblings' size, blob id and LFS sha256 (files_metadata)
+    expand: tuple[str, ...] = ()  # revision: only these properties
+    prs: bool = False  # refs: pull requests too
+
+    @property
+    def method(self) -> str:
+        """The method the route answers (a ``HEAD`` too, where it is ``GET``)."""
+        return "POST" if self.kind == "paths-info" else "GET"
 
     @property
     def source(self) -> str:
@@ -77,14 +89,20 @@ def route(method: str, raw_path: str, query: str = "") -> Route | None:
         repo_type = PLURAL[parts[1]]
         repo = _repo(parts[2], parts[3])
         rest = parts[4:]
-        if not rest:
-            return Route("revision", repo_type, repo)
-        if rest[0] == "revision" and len(rest) == 2:
-            return Route("revision", repo_type, repo, _revision(rest[1]))
+        if not rest or (rest[0] == "revision" and len(rest) == 2):
+            rev = _revision(rest[1]) if rest else DEFAULT_REVISION
+            expand = tuple(params.get("expand", []) + params.get("expand[]", []))
+            return Route(
+                "revision", repo_type, repo, rev, blobs=_yes(params, "blobs"), expand=expand
+            )
+        if rest[0] in ("paths-info", "commits") and len(rest) == 2:
+            return Route(rest[0], repo_type, repo, _revision(rest[1]))  # type: ignore[arg-type]
+        if rest == ["refs"]:
+            return Route("refs", repo_type, repo, prs=_yes(params, "include_prs"))
         if rest[0] == "tree" and len(rest) >= 2:
             folder = "/".join(_unquote(p) for p in rest[2:]).strip("/")
             cursor = params.get("cursor", ["0"])[0]
-            recursive = params.get("recursive", ["false"])[0].lower() in ("1", "true")
+            recursive = _yes(params, "recursive")
             return Route(
                 "tree",
                 repo_type,
@@ -102,6 +120,10 @@ def route(method: str, raw_path: str, query: str = "") -> Route | None:
         path = _file_path("/".join(_unquote(p) for p in parts[4:]))
         return Route("file", file_type, _repo(parts[0], parts[1]), _revision(parts[3]), path)
     return None
+
+
+def _yes(params: dict[str, list[str]], name: str) -> bool:
+    return params.get(name, ["false"])[0].lower() in ("1", "true")
 
 
 def _unquote(raw: str) -> str:
@@ -237,19 +259,96 @@ def next_link(base: str, route: Route, cursor: int) -> str:
     return f'<{url}>; rel="next"'
 
 
-def repo_info(manifest: Manifest, route: Route) -> dict[str, Any]:
-    """The answer to ``/api/{models,datasets}/{repo}/revision/{rev}``."""
-    return {
+def siblings(manifest: Manifest, blobs: bool) -> list[dict[str, Any]]:
+    """The files of a repository info answer: names only, or (``blobs``) with size, blob id
+    and LFS sha256, from the manifest (made of what upstream listed)."""
+    out: list[dict[str, Any]] = []
+    for f in sorted(manifest.files, key=lambda f: f.path):
+        item: dict[str, Any] = {"rfilename": f.path}
+        if blobs:
+            item.update(size=f.size, blobId=blob_id(f))
+            if is_lfs(f):
+                pointer = lfs_pointer(etag(f), f.size)
+                item["lfs"] = {"sha256": etag(f), "size": f.size, "pointerSize": len(pointer)}
+        out.append(item)
+    return out
+
+
+def repo_info(
+    manifest: Manifest, route: Route, said: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The answer to ``/api/{models,datasets}/{repo}[/revision/{rev}]``: what upstream said of
+    the repository at that revision (``said``: ``hfinfo.repo_fields``), its id as asked, the
+    commit pinned, and the siblings from the manifest; with ``expand``, only those fields."""
+    info: dict[str, Any] = {
         "_id": manifest.commit,
         "id": route.repo,
         "modelId": route.repo,
-        "sha": manifest.commit,
         "private": False,
         "gated": False,
         "disabled": False,
         "tags": [],
-        "siblings": [{"rfilename": f.path} for f in sorted(manifest.files, key=lambda f: f.path)],
     }
+    if route.repo_type == "dataset":
+        del info["modelId"]
+    info.update({k: v for k, v in (said or {}).items() if k not in ("id", "modelId", "sha")})
+    info["sha"] = manifest.commit
+    info["siblings"] = siblings(manifest, route.blobs)
+    if route.expand:
+        return {k: v for k, v in info.items() if k in ("_id", "id") or k in route.expand}
+    return info
+
+
+MAX_BODY = 1 << 20  # bytes of a request body (paths-info)
+MAX_PATHS = 10_000  # paths one paths-info request may ask for
+
+
+def paths_request(content_type: str, body: bytes) -> tuple[list[str], bool]:
+    """The paths and ``expand`` of a paths-info request: a form (``paths=a&paths=b&expand=
+    false``, what ``huggingface_hub`` sends) or JSON ``{"paths": [...], "expand": false}``.
+    ``BadRequest`` when it is neither."""
+    kind = content_type.partition(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the request body is not UTF-8") from None
+    if kind == "application/json":
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise BadRequest("the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the request body is not a JSON object")
+        paths, expand = data.get("paths", []), data.get("expand", False)
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BadRequest("paths must be a list of strings")
+        if not isinstance(expand, bool):
+            raise BadRequest("expand must be true or false")
+    else:
+        try:
+            form = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
+        except ValueError:
+            raise BadRequest("the request body is not a form") from None
+        paths = form.get("paths", [])
+        expand = form.get("expand", ["false"])[0].lower() in ("1", "true")
+    if len(paths) > MAX_PATHS:
+        raise BadRequest(f"at most {MAX_PATHS} paths at once")
+    return paths, expand
+
+
+def paths_info(manifest: Manifest, paths: list[str]) -> list[dict[str, Any]]:
+    """The answer to ``paths-info``: the tree entry (file or folder) of each path asked, in
+    the order asked; a path the repository does not have is left out, as the Hub does."""
+    entries = {e["path"]: e for e in tree(manifest)}
+    out, seen = [], set()
+    for raw in paths:
+        path = raw.strip("/")
+        if path in entries and path not in seen:
+            seen.add(path)
+            out.append(entries[path])
+    return out
 
 
 def file_headers(manifest: Manifest, entry: FileEntry) -> list[tuple[str, str]]:

@@ -10,7 +10,12 @@ and streams:
 
 - repository info and the recursive tree come from the manifest ``GetService.resolve`` gives
   (the store first: a branch answers with the commit last pinned for it, so it works with no
-  internet; else upstream through the mirrors, once, then pinned);
+  internet; else upstream through the mirrors, once, then pinned); the info carries what
+  upstream's listing said of the repository, kept beside the manifest (``core.hfinfo``, the
+  store's ``hub_info``), and ``paths-info`` answers from the manifest's tree;
+- refs and commits are asked upstream once (after the manifest, so a gated repository's need
+  a token upstream took), then kept beside the manifest; with no answer, the branches the
+  store pins and the pinned commit;
 - ``HEAD``/``GET`` of a file: the blob from the store, or, if it is not there yet, read while
   the agent fetches it (peers, the office's shared fetch, mirrors): bytes go out as they reach
   the disk, but the last ones only once the blob matched its upstream digest. A fetch that
@@ -44,11 +49,11 @@ import trio
 from ..adapters import httpserver
 from ..adapters.rlimit import current_budget
 from ..adapters.transport import serve_admitted
-from ..core import hfapi, httpguard
+from ..core import hfapi, hfinfo, httpguard
 from ..core.errors import LocalError, NotFound, P2PModelError, UserError
 from ..core.manifest import Manifest
 from ..core.openfiles import Caps
-from ..core.refs import Ref
+from ..core.refs import Ref, parse_ref
 from ..core.stats import EndpointStats
 from .get.reader import BlobGone
 from .get.service import GetService
@@ -143,11 +148,11 @@ class HfEndpoint:
         if scope["type"] != "http":
             return
         try:
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         except Reply as r:
             await _send_json(send, r.status, r.body, r.headers, scope["method"] == "HEAD")
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw.decode("latin-1").partition("?")[0]
@@ -187,14 +192,32 @@ class HfEndpoint:
             ) from None
         if route is None:
             raise Reply(404, {"error": "Not Found"})
-        if method not in ("GET", "HEAD"):
-            raise Reply(405, {"error": "Method not allowed"}, [("Allow", "GET, HEAD")])
+        if method not in (("POST",) if route.method == "POST" else ("GET", "HEAD")):
+            allow = "POST" if route.method == "POST" else "GET, HEAD"
+            raise Reply(405, {"error": "Method not allowed"}, [("Allow", allow)])
         if route.kind == "harnesses":
             raise Reply(200, HARNESSES)
+        paths: list[str] = []
+        if route.kind == "paths-info":  # the body is read and checked before any lookup
+            body = await _body(receive, headers)
+            try:
+                paths, _ = hfapi.paths_request(headers.get("content-type", ""), body)
+            except hfapi.BadRequest as e:
+                self.stats.bad_requests += 1
+                raise Reply(400, {"error": str(e)}, [("X-Error-Message", _ascii(str(e)))]) from None
         token = hfapi.bearer(headers.get("authorization"))
         manifest = await self._manifest(route, token)
         if route.kind == "revision":
-            raise Reply(200, hfapi.repo_info(manifest, route))
+            said = self.gets.store.hub_info(manifest.digest).get("info")
+            raise Reply(200, hfapi.repo_info(manifest, route, said))
+        if route.kind == "paths-info":
+            raise Reply(200, hfapi.paths_info(manifest, paths))
+        if route.kind == "refs":
+            raise Reply(
+                200, hfinfo.refs_answer(await self._refs(route, manifest, token), route.prs)
+            )
+        if route.kind == "commits":
+            raise Reply(200, await self._commits(route, manifest, token))
         if route.kind == "tree":
             items, cursor = hfapi.tree_page(
                 manifest, route.path, route.recursive, route.cursor, self.page
@@ -205,6 +228,63 @@ class HfEndpoint:
                 links.append(("Link", hfapi.next_link(base, route, cursor)))
             raise Reply(200, items, links)
         await self._file(scope, send, route, manifest, headers, token)
+
+    async def _refs(
+        self, route: hfapi.Route, manifest: Manifest, token: str | None
+    ) -> dict[str, list[dict[str, str]]]:
+        """The repository's refs: as upstream answered them (asked once, then kept beside the
+        manifest of its default branch); with no answer, the branches the store pins."""
+        store = self.gets.store
+        kept = hfinfo.refs(store.hub_info(manifest.digest).get("refs"))
+        if kept is not None:
+            return kept
+        url = hfinfo.api_url(self.gets.config.hf_origin, route.repo_type, route.repo, "refs")
+        try:
+            kept = hfinfo.refs(await self.gets.ask_hub(f"{url}?include_prs=1", token))
+        except P2PModelError as e:
+            log.info("refs of %s from the store: %s", route.repo, e)
+        if kept is not None:
+            store.keep_hub_info(manifest.digest, refs=kept)
+            return kept
+        return hfinfo.pinned_refs(self._pinned_branches(route))
+
+    async def _commits(
+        self, route: hfapi.Route, manifest: Manifest, token: str | None
+    ) -> list[dict[str, Any]]:
+        """The history up to the commit pinned for the revision: as upstream answered it
+        (asked once, then kept beside the manifest); with no answer, that one commit."""
+        store = self.gets.store
+        doc = store.hub_info(manifest.digest)
+        kept = hfinfo.commits(doc.get("commits"))
+        if kept is not None:
+            return kept
+        tail = f"commits/{manifest.commit}"
+        url = hfinfo.api_url(self.gets.config.hf_origin, route.repo_type, route.repo, tail)
+        try:
+            kept = hfinfo.commits(await self.gets.ask_hub(url, token))
+        except P2PModelError as e:
+            log.info("commits of %s from the store: %s", route.repo, e)
+        if kept:
+            store.keep_hub_info(manifest.digest, commits=kept)
+            return kept
+        return hfinfo.pinned_commits(manifest.commit, doc.get("info"))
+
+    def _pinned_branches(self, route: hfapi.Route) -> list[tuple[str, str]]:
+        """(revision, commit) of each reference to this repository the store pins, but those
+        that name a commit."""
+        store = self.gets.store
+        out = []
+        for text, digest in store.refs().items():
+            try:
+                ref = parse_ref(text)
+            except P2PModelError:
+                continue
+            if f"{ref.kind}://{ref.name}" != route.source or hfapi.is_commit(ref.tag):
+                continue
+            m = store.load_manifest(digest)
+            if m is not None:
+                out.append((ref.tag or hfapi.DEFAULT_REVISION, m.commit))
+        return out
 
     async def _manifest(self, route: hfapi.Route, token: str | None) -> Manifest:
         key = hfapi.Misses.key(route, token)
@@ -330,6 +410,24 @@ def _quiet_aborts(record: logging.LogRecord) -> bool:
     is logged once, as one line, by ``_file``."""
     exc = record.exc_info[1] if record.exc_info else None
     return not isinstance(exc, BlobGone | P2PModelError)
+
+
+async def _body(receive: Receive, headers: dict[str, str]) -> bytes:
+    """A request's body, at most ``hfapi.MAX_BODY`` bytes (413 beyond)."""
+    too_big = Reply(413, {"error": f"the request body is over {hfapi.MAX_BODY} bytes"})
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) > hfapi.MAX_BODY:
+        raise too_big
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left
+            raise Reply(400, {"error": "the request body ended early"})
+        body += message.get("body", b"")
+        if len(body) > hfapi.MAX_BODY:
+            raise too_big
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def _start(status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:

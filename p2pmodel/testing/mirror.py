@@ -22,6 +22,7 @@ effect at once. Control endpoints ignore faults, so a mirror made `down` can be 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -50,7 +51,6 @@ BLOCK = 1 << 20
 RECEIVE_SIZE = 64 * 1024
 CORRUPT_PERIOD = 1 << 20
 CORRUPT_OFFSET = 12345
-LFS_POINTER_SIZE = 134
 MAX_REQUEST_BODY = 1 << 20
 CONTROL_PATHS = frozenset({"/_stats", "/_stats/reset", "/_faults"})
 
@@ -213,6 +213,11 @@ class Pacer:
 def _json_reply(status: int, payload: object, headers: Sequence[tuple[str, str]] = ()) -> Reply:
     body = json.dumps(payload).encode()
     return Reply(status, [("Content-Type", "application/json"), *headers], body=body)
+
+
+def _object_id(key: str) -> str:
+    """A repository's ``_id`` on the Hub (a 24-hex database id)."""
+    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
 
 
 def _hf_error(message: str, code: str) -> Reply:
@@ -398,8 +403,16 @@ class Mirror:
                 return self._hf_info(f"{org}/{name}", "main")
             case ["api", "models", org, name, "revision", rev]:
                 return self._hf_info(f"{org}/{name}", rev)
+            case ["api", "datasets", org, name]:
+                return self._hf_info(f"datasets/{org}/{name}", "main")
             case ["api", "datasets", org, name, "revision", rev]:
                 return self._hf_info(f"datasets/{org}/{name}", rev)
+            case ["api", ("models" | "datasets") as plural, org, name, "refs"]:
+                key = f"{org}/{name}" if plural == "models" else f"datasets/{org}/{name}"
+                return self._hf_refs(key, query)
+            case ["api", ("models" | "datasets") as plural, org, name, "commits", rev]:
+                key = f"{org}/{name}" if plural == "models" else f"datasets/{org}/{name}"
+                return self._hf_commits(key, rev)
             case ["api", ("models" | "datasets") as plural, org, name, "tree", rev]:
                 key = f"{org}/{name}" if plural == "models" else f"datasets/{org}/{name}"
                 return self._hf_tree(key, rev)
@@ -433,6 +446,11 @@ class Mirror:
         return reply
 
     def _hf_info(self, repo_id: str, rev: str) -> Reply:
+        """Model info at a revision as the Hub gives it with ``?blobs=true``: the repository's
+        own fields (``Repo.info``), and per file its size, git blob id (of the LFS pointer, for
+        an LFS file) and LFS details, with the ``xetHash`` of Xet-backed files."""
+        from p2pmodel.core import hfapi
+
         repo, commit = self._commit(repo_id, rev, modelscope=False)
         if repo is None:
             return _hf_error("Repository not found", "RepoNotFound")
@@ -444,15 +462,66 @@ class Mirror:
         for f in repo.files:
             sibling: dict[str, Any] = {"rfilename": f.path, "size": f.size, "blobId": f.gitsha1}
             if f.lfs:
-                sibling["lfs"] = {
-                    "sha256": f.sha256,
-                    "size": f.size,
-                    "pointerSize": LFS_POINTER_SIZE,
-                }
+                pointer = hfapi.lfs_pointer(f.sha256, f.size)
+                sibling["blobId"] = hfapi.git_blob_id(pointer)
+                sibling["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(pointer)}
+                sibling["xetHash"] = hashlib.sha256(f"xet {f.sha256}".encode()).hexdigest()
             siblings.append(sibling)
-        info: dict[str, Any] = {"id": repo.repo_id, "sha": commit, "siblings": siblings}
+        info: dict[str, Any] = {"_id": _object_id(repo.key), "id": repo.repo_id}
+        info |= {"xetEnabled": True, **(repo.info or {})}
+        info |= {"sha": commit, "siblings": siblings}
         info["gated"] = "manual" if repo.token is not None else False
         return _json_reply(200, info)
+
+    def _hf_refs(self, key: str, query: str) -> Reply:
+        """``/api/{models,datasets}/{repo}/refs``: the repository's one branch."""
+        repo = self._repos.get(key)
+        if repo is None:
+            return _hf_error("Repository not found", "RepoNotFound")
+        if gated := self._gated(repo):
+            return gated
+        branch = {"name": repo.branch, "ref": f"refs/heads/{repo.branch}"}
+        refs: dict[str, Any] = {
+            "branches": [{**branch, "targetCommit": repo.commit}],
+            "converts": [],
+            "tags": [],
+        }
+        if parse_qs(query).get("include_prs", ["0"])[0] in ("1", "true"):
+            refs["pullRequests"] = []
+        return _json_reply(200, refs)
+
+    def _hf_commits(self, key: str, rev: str) -> Reply:
+        """``/api/{models,datasets}/{repo}/commits/{rev}``: the history up to the commit, last
+        first: the upload, then the Hub's initial commit."""
+        repo, commit = self._commit(key, rev, modelscope=False)
+        if repo is None:
+            return _hf_error("Repository not found", "RepoNotFound")
+        if gated := self._gated(repo):
+            return gated
+        if commit is None:
+            return _hf_error(f"Invalid rev id: {rev}", "RevisionNotFound")
+        info = repo.info or {}
+        org = repo.repo_id.split("/")[0]
+        first = hashlib.sha1(f"initial {repo.key}".encode(), usedforsecurity=False).hexdigest()
+        return _json_reply(
+            200,
+            [
+                {
+                    "id": commit,
+                    "title": f"Upload {repo.repo_id}",
+                    "message": "Weights and configuration.",
+                    "authors": [{"user": org, "avatar": f"https://avatars.test/{org}.png"}],
+                    "date": info.get("lastModified", "2024-05-06T07:08:09.000Z"),
+                },
+                {
+                    "id": first,
+                    "title": "initial commit",
+                    "message": "",
+                    "authors": [{"user": "system"}],
+                    "date": info.get("createdAt", "2024-01-02T03:04:05.000Z"),
+                },
+            ],
+        )
 
     def _hf_tree(self, key: str, rev: str) -> Reply:
         """The recursive tree at a commit, in one page (what ``snapshot_download`` lists)."""

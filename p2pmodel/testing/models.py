@@ -22,7 +22,7 @@ import hashlib
 import json
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,8 @@ class Repo:
     branch: str = "main"
     repo_type: str = "model"  # or "dataset"
     token: str | None = None  # gated: only this bearer token may list or fetch it
+    # What the Hub says of it besides its files (pipeline_tag, tags, cardData, lastModified...)
+    info: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def key(self) -> str:
@@ -108,6 +110,7 @@ class Repo:
                 "branch": self.branch,
                 "repo_type": self.repo_type,
                 "token": self.token,
+                "info": self.info,
                 "files": [f.to_dict() for f in self.files],
             },
             indent=1,
@@ -123,6 +126,7 @@ class Repo:
             branch=str(data.get("branch", "main")),
             repo_type=str(data.get("repo_type", "model")),
             token=data.get("token"),
+            info=data.get("info"),
         )
 
 

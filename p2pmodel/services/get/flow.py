@@ -204,7 +204,9 @@ async def _pinned_file(decision: FetchFile, req: GetRequest, src: Sources) -> _R
 async def _from_upstream(decision: ListUpstream, req: GetRequest, src: Sources) -> _Resolved:
     source = decision.source
     try:
-        manifest, gated = await list_upstream(source, req.ref.text, src.config, src.http, req.token)
+        manifest, gated = await list_upstream(
+            source, req.ref.text, src.config, src.http, req.token, src.store
+        )
     except SourceError:
         # No mirror answers: a keyed peer may hold this very commit.
         expected = decision.office_fallback
@@ -256,11 +258,16 @@ async def run_get(
 
 
 async def list_upstream(
-    source: Ref, name: str, config: Config, http: httpx.AsyncClient, token: str | None
+    source: Ref,
+    name: str,
+    config: Config,
+    http: httpx.AsyncClient,
+    token: str | None,
+    store: Store | None = None,
 ) -> tuple[Manifest, bool]:
     """The manifest of an hf/ms repository from its upstream listing, through the mirrors,
     and whether the repository is gated. The user's token goes only to the hosts the config
-    trusts with it."""
+    trusts with it. ``store``: keep what the Hub said of the repository beside the manifest."""
     from ...adapters.http import first_success, get_json
     from ...core.upstream import listing_gated, listing_url, parse_hf_listing, parse_ms_listing
 
@@ -271,7 +278,12 @@ async def list_upstream(
         what=source.text,
     )
     parse = parse_hf_listing if source.kind == "hf" else parse_ms_listing
-    return parse(source, name, data), listing_gated(data)
+    manifest = parse(source, name, data)
+    if store is not None and source.kind == "hf":
+        from ...core.hfinfo import repo_fields
+
+        store.keep_hub_info(manifest.digest, info=repo_fields(data))
+    return manifest, listing_gated(data)
 
 
 def find_pinned(store: Store, ref: Ref) -> Manifest | None:

@@ -356,7 +356,9 @@ class GetService:
         manifest = find_pinned(self.store, ref)
         if manifest is None:
             try:
-                manifest, gated = await list_upstream(ref, ref.text, self.config, self._http, token)
+                manifest, gated = await list_upstream(
+                    ref, ref.text, self.config, self._http, token, self.store
+                )
             except SourceError:
                 # No mirror answers: with an office key, what a keyed peer pinned for this
                 # reference is believed (a commit must be that commit), as for `get`.
@@ -381,6 +383,22 @@ class GetService:
                 ) from None
             self._accept(manifest, token)
         return manifest
+
+    async def ask_hub(self, url: str, token: str | None) -> Any:
+        """One JSON answer of the Hub's API (``url`` on the origin) through the mirrors, one
+        round (the caller has the store to fall back on). The token only to the hosts the
+        config trusts with it. Raises ``P2PModelError`` (``SourceError``: no mirror answers)."""
+        from ...adapters.http import first_success, get_json
+
+        assert self._http is not None, "the get service is not open"
+        http, config = self._http, self.config
+        data, _ = await first_success(
+            config.candidates(url),
+            lambda u: get_json(http, u, config.auth_headers(u, token)),
+            what=url,
+            rounds=1,
+        )
+        return data
 
     async def _from_office(self, ref: Ref) -> Manifest | None:
         if self.names is None:

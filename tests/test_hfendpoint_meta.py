@@ -63,7 +63,10 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Repo]:
 class Office:
     """The test mirror on loopback (stoppable) and an agent whose endpoint fetches from it."""
 
-    def __init__(self, nursery: trio.Nursery, tmp: Path, repos: dict[str, Repo]) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, tmp: Path, repos: dict[str, Repo], *, lan: bool = True
+    ) -> None:
+        self.lan = lan
         self.nursery = nursery
         self.tmp = tmp
         self.mirror = Mirror(list(repos.values()))
@@ -84,7 +87,7 @@ class Office:
         home.mkdir()
         outside = SimLan(MemoryMirror([]), lan_rate=None).outside()
         outside.http = None  # the real client, to the mirror on loopback
-        opts = AgentOptions(rpc_port=0, hf_endpoint="127.0.0.1:0")
+        opts = AgentOptions(rpc_port=0, hf_endpoint="127.0.0.1:0", lan=self.lan)
         agent = Agent(home, parse_config(raw, {}), opts, outside)
         self.agent = await self.nursery.start(agent.run)
 
@@ -345,3 +348,16 @@ async def test_bad_paths_info_bodies_are_a_clear_4xx(office, repos, kind, body, 
         ok = await http.post(url, json={"paths": [repo.files[0].path]})
         assert ok.status_code == 200 and [e["path"] for e in ok.json()] == [repo.files[0].path]
     assert "Traceback" not in caplog.text
+
+
+async def test_an_agent_with_the_lan_off_serves_the_endpoint(nursery, tmp_path, repos, monkeypatch):
+    """No peers, no swarm: the endpoint (and its dashboard's plot sampling) still runs."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    o = Office(nursery, tmp_path, repos, lan=False)
+    await o.start()
+    repo = next(iter(repos.values()))
+    info = await call(o.api().model_info, repo.repo_id)
+    assert info.sha == repo.commit
+    async with httpx.AsyncClient() as client:
+        page = await client.get(o.url + "/api/p2pmodel/status")
+    assert page.status_code == 200 and page.json()["peers"] == []

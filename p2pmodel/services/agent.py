@@ -400,9 +400,12 @@ class Agent:
         while True:
             self.timeline.record(
                 trio.current_time(),
-                {"mirror": self.gets.stats.from_mirrors_total, "lan": self.swarm.stats.from_peers},
+                {"mirror": self.gets.stats.from_mirrors_total, "lan": self._from_peers()},
             )
             await trio.sleep_until(self.timeline.next_sample(trio.current_time()))
+
+    def _from_peers(self) -> int:
+        return self.lan.swarm.stats.from_peers if self.lan is not None else 0
 
     def _peer_rows(self, now: float) -> list[dict[str, Any]]:
         """The peer table's rows, each with where the peer is (its subnet, or "via router")
@@ -417,23 +420,25 @@ class Agent:
         return rows
 
     def status(self) -> dict[str, Any]:
+        """What ``status --json`` and the dashboard show (with the LAN off: no peers)."""
         now = trio.current_time()
-        swarm = self.swarm.statistics()
-        from_peers = self.swarm.stats.from_peers
+        lan = self.lan
+        swarm = lan.swarm.statistics() if lan is not None else {}
+        from_peers = self._from_peers()
         return {
             "agent": self.id,
             "home": str(self.home),
-            "interfaces": self.peers.interfaces,  # what it serves on now
+            "interfaces": lan.peers.interfaces if lan is not None else [],  # served on now
             "office": {
                 "key": self.tls is not None,
                 "fingerprint": self.tls.fingerprint if self.tls is not None else None,
-                "other_office_agents": len(self.peers.other_offices),
+                "other_office_agents": len(lan.peers.other_offices) if lan is not None else 0,
             },
-            "rpc_port": self.peers.rpc_port,
+            "rpc_port": lan.peers.rpc_port if lan is not None else None,
             "torrent_port": swarm.get("port"),
             "seeding": swarm.get("seeding", 0),
             "uploaded": swarm.get("uploaded", 0),
-            "peers": self._peer_rows(now),
+            "peers": self._peer_rows(now) if lan is not None else [],
             "transfers": self.gets.transfers(),
             "from_mirrors": self.gets.stats.from_mirrors_total,
             "from_mirrors_by_mirror": dict(self.gets.stats.from_mirrors),
@@ -446,7 +451,7 @@ class Agent:
                 "failed": self.gets.stats.failed,
                 "running": self.gets.stats.running,
             },
-            "link": vars(self.peers.stats).copy(),
+            "link": vars(lan.peers.stats).copy() if lan is not None else {},
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),

@@ -16,6 +16,13 @@ in the same run, this times:
 
 While each tool runs, the mirror's byte counter is polled, so the table also shows when the first
 and the last byte left the mirror: startup and ramp-up before, verification and exit after.
+
+`--hubs` instead times the same model on two hubs (`[[same_files]]`): a Hugging Face mirror that
+is slow (`--hf-rate-mib` per connection) and a ModelScope one that is fast
+(`--per-conn-rate-mib`), each its own mirror process, in the same run: a get from Hugging Face
+alone, one from ModelScope alone, and the Hugging Face and the ModelScope get with both hubs
+configured, whose blobs the agent's `MirrorBoard` ranks live across the two. It prints time and
+bytes per hub of each, and the ratios.
 """
 
 from __future__ import annotations
@@ -566,6 +573,217 @@ def report(
     return "\n".join(lines), data
 
 
+# --- two hubs (--hubs) -----------------------------------------------------------------------
+
+
+@dataclass
+class HubRun:
+    """One timed `p2pmodel get` with what each hub's mirror sent meanwhile."""
+
+    seconds: float
+    hf_bytes: int  # body bytes the Hugging Face mirror sent (its hub and CDN ports)
+    ms_bytes: int
+    said: dict[str, int]  # what `get --json` says each hub gave ("hubs")
+    exact: bool
+
+
+def start_named(work: Path, repo_json: Path, rate: int, name: str) -> MirrorControl:
+    log = (work / f"{name}.log").open("wb")
+    try:
+        proc, urls = spawn(
+            repo_json,
+            work,
+            "--per-conn-rate",
+            str(rate),
+            name=name,
+            stderr=log,
+            env=clean_env(),
+        )
+    except RuntimeError as e:
+        tail = (work / f"{name}.log").read_text(errors="replace")[-2000:]
+        raise SystemExit(f"bench-mirror: {e}:\n{tail}") from None
+    finally:
+        log.close()
+    return MirrorControl(proc, urls["hub_url"], urls["cdn_url"], rate)
+
+
+def hub_get(
+    work: Path,
+    ref: str,
+    hf: MirrorControl,
+    ms: MirrorControl,
+    repo: Any,
+    conns: int,
+    *,
+    same_files: bool,
+) -> HubRun:
+    home = work / "p2pmodel-home"
+    home.mkdir()
+    try:
+        text = (
+            f'[[mirror]]\nfor = "https://huggingface.co/"\nuse = ["{hf.hub_url}/"]\n'
+            f'[[mirror]]\nfor = "https://www.modelscope.cn/"\nuse = ["{ms.hub_url}/"]\n'
+        )
+        if same_files:
+            text += '[[same_files]]\nrepos = ["hf://bench/", "ms://bench/"]\n'
+        (home / "config.toml").write_text(text)
+        hf.reset()
+        ms.reset()
+        cmd = [sys.executable, "-m", "p2pmodel", "get", ref, "--json", "--progress", "none"]
+        cmd += ["--connections", str(conns)]
+        size = sum(f.size for f in repo.files)
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            cmd,
+            env=clean_env(P2PMODEL_HOME=str(home)),
+            capture_output=True,
+            check=False,
+            timeout=60 + 20 * size / (min(conns, 16) * hf.per_conn_rate),
+        )
+        seconds = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"bench-mirror: {' '.join(cmd)} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr.decode(errors='replace')[-3000:]}"
+            )
+        result = json.loads(proc.stdout)
+        root = Path(result["path"])
+        exact = all(
+            (root / f.path).stat().st_size == f.size and sha256_of(root / f.path) == f.sha256
+            for f in repo.files
+        )
+        return HubRun(
+            seconds,
+            int(hf.stats()["bytes_served"]),
+            int(ms.stats()["bytes_served"]),
+            {k: int(v) for k, v in result.get("hubs", {}).items()},
+            exact,
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def bench_hubs(args: argparse.Namespace) -> int:
+    """The `--hubs` benchmark (see the module's docstring)."""
+    size_mib = args.size_mib if args.size_mib is not None else 256
+    shards = 4
+    conns = args.connections
+    hf_rate, ms_rate = int(args.hf_rate_mib * MiB), int(args.per_conn_rate_mib * MiB)
+    work = Path(tempfile.mkdtemp(prefix="p2pmodel-bench-hubs-"))
+    mirrors: list[MirrorControl] = []
+    try:
+        repo = make_model(
+            work / "upstream", "bench/model", shards=shards, shard_size=size_mib * MiB // shards
+        )
+        repo_json = work / "repo.json"
+        repo_json.write_text(repo.to_json())
+        size = sum(f.size for f in repo.files)
+        hf = start_named(work, repo_json, hf_rate, "hf")
+        mirrors.append(hf)
+        ms = start_named(work, repo_json, ms_rate, "ms")
+        mirrors.append(ms)
+        print(
+            f"bench-mirror: {size / MiB:.0f} MiB model; Hugging Face mirror {hf.hub_url} "
+            f"({args.hf_rate_mib:g} MiB/s per connection), ModelScope mirror {ms.hub_url} "
+            f"({args.per_conn_rate_mib:g} MiB/s per connection)"
+        )
+        subprocess.run(
+            [sys.executable, "-m", "p2pmodel", "--version"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+        kinds = [
+            ("hf", "hf://bench/model, Hugging Face only", "hf://bench/model", False),
+            ("ms", "ms://bench/model, ModelScope only", "ms://bench/model", False),
+            ("both", "hf://bench/model, both hubs ([[same_files]])", "hf://bench/model", True),
+            ("ms+hf", "ms://bench/model, both hubs ([[same_files]])", "ms://bench/model", True),
+        ]
+        runs: dict[str, list[HubRun]] = {k: [] for k, *_ in kinds}
+        for i in range(args.repeat):  # interleaved, so a noisy moment does not hit one only
+            for kind, _label, ref, same in kinds:
+                run = hub_get(work, ref, hf, ms, repo, conns, same_files=same)
+                runs[kind].append(run)
+                print(
+                    f"bench-mirror: run {i + 1}/{args.repeat} {kind:5} {run.seconds:7.2f} s "
+                    f"(HF {run.hf_bytes / MiB:.1f} MiB, MS {run.ms_bytes / MiB:.1f} MiB, "
+                    f"exact {run.exact})",
+                    flush=True,
+                )
+
+        def med(kind: str, pick: Callable[[HubRun], float]) -> float:
+            return statistics.median(pick(r) for r in runs[kind])
+
+        lines = [
+            f"{size / MiB:.0f} MiB model ({shards} shards + small git files), {conns} "
+            f"connections; Hugging Face mirror {args.hf_rate_mib:g} MiB/s per connection, "
+            f"ModelScope mirror {args.per_conn_rate_mib:g} MiB/s per connection; "
+            f"median of {args.repeat} run(s)",
+            "",
+            "| get | seconds | MiB/s | from HF MiB | from ModelScope MiB | get --json hubs MiB "
+            "| exact |",
+            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for kind, label, *_ in kinds:
+            said = runs[kind][len(runs[kind]) // 2].said
+            said_text = ", ".join(f"{h} {n / MiB:.1f}" for h, n in sorted(said.items())) or "-"
+            lines.append(
+                f"| {label} | {med(kind, lambda r: r.seconds):.2f} "
+                f"| {size / MiB / med(kind, lambda r: r.seconds):.1f} "
+                f"| {med(kind, lambda r: r.hf_bytes) / MiB:.1f} "
+                f"| {med(kind, lambda r: r.ms_bytes) / MiB:.1f} | {said_text} "
+                f"| {'yes' if all(r.exact for r in runs[kind]) else 'NO'} |"
+            )
+        both, hf_only, ms_only, ms_both = (
+            med(k, lambda r: r.seconds) for k in ("both", "hf", "ms", "ms+hf")
+        )
+        share = med("both", lambda r: r.ms_bytes / max(1, r.ms_bytes + r.hf_bytes))
+        served = med("both", lambda r: (r.ms_bytes + r.hf_bytes) / size)
+        lines += [
+            "",
+            "| ratio | value |",
+            "| --- | ---: |",
+            f"| both hubs / Hugging Face only, time | {both / hf_only:.2f} |",
+            f"| both hubs / ModelScope only, time | {both / ms_only:.2f} |",
+            f"| both hubs: bytes from ModelScope / all bytes served | {share:.2f} |",
+            f"| both hubs: bytes served by both mirrors / model size | {served:.3f} |",
+            f"| ms:// with both hubs / ModelScope only, time | {ms_both / ms_only:.2f} |",
+        ]
+        print()
+        print("\n".join(lines))
+        if args.json:
+            data = {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "params": {
+                    "size_mib": size_mib,
+                    "hf_rate_mib": args.hf_rate_mib,
+                    "ms_rate_mib": args.per_conn_rate_mib,
+                    "connections": conns,
+                    "repeat": args.repeat,
+                },
+                "runs": {k: [asdict(r) for r in v] for k, v in runs.items()},
+                "ratios": {
+                    "both_over_hf_time": both / hf_only,
+                    "both_over_ms_time": both / ms_only,
+                    "both_ms_share": share,
+                    "both_served_over_size": served,
+                    "ms_both_over_ms_time": ms_both / ms_only,
+                },
+            }
+            args.json.write_text(json.dumps(data, indent=1) + "\n")
+            print(f"\nbench-mirror: results written to {args.json}")
+        exact = all(r.exact for v in runs.values() for r in v)
+        return 0 if exact else 1
+    finally:
+        for m in mirrors:
+            m.close()
+            stop_process(m.proc)
+        if args.keep:
+            print(f"bench-mirror: kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -578,7 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="scripts/bench-mirror",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    ap.add_argument("--size-mib", type=int, default=512, help="file size (default 512)")
+    ap.add_argument(
+        "--size-mib", type=int, help="file size (default 512; with --hubs the model, 256)"
+    )
     ap.add_argument(
         "--per-conn-rate-mib",
         type=float,
@@ -596,7 +816,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hash-runs", type=int, default=2, help="timed runs per hasher (best)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (debugging)")
+    ap.add_argument(
+        "--hubs",
+        action="store_true",
+        help="instead: one model on a slow Hugging Face and a fast ModelScope mirror, a get "
+        "with both hubs ([[same_files]]) against each hub alone",
+    )
+    ap.add_argument(
+        "--hf-rate-mib",
+        type=float,
+        default=2.0,
+        help="with --hubs: the Hugging Face mirror's limit per connection in MiB/s (default 2)",
+    )
     args = ap.parse_args(argv)
+    if args.hubs:
+        if args.hf_rate_mib <= 0 or args.per_conn_rate_mib <= 0 or args.repeat < 1:
+            ap.error("rates must be positive and --repeat at least 1")
+        signal.signal(signal.SIGTERM, _terminate)
+        return bench_hubs(args)
+    if args.size_mib is None:
+        args.size_mib = 512
     if not (args.size_mib >= 1 and args.connections >= 1 and args.repeat >= 1):
         ap.error("--size-mib, --connections and --repeat must be at least 1")
     if args.per_conn_rate_mib <= 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .hubs import SameFiles, SameFilesError, parse_same_files
 from .limits import Limits, LimitsError, parse_limits, parse_size
 from .officekey import OfficeKey
 from .refs import parse_ref
@@ -56,6 +57,7 @@ class Config:
     token_hosts: tuple[str, ...] = (HF_ORIGIN + "/",)  # URL prefixes a user's HF token may go to
     office_key: OfficeKey | None = None  # None: an open office (its repr shows a fingerprint)
     office_key_file: str | None = None  # where the key is to be read from (adapters.home)
+    same_files: tuple[SameFiles, ...] = ()  # [[same_files]]: repositories holding the same files
 
     def candidates(self, url: str) -> Candidates:
         """The URLs that may serve ``url``, in configured order (origin last if listed)."""
@@ -152,7 +154,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         "office_key",
         "office_key_file",
     }
-    known |= {"limits", "store_max"}
+    known |= {"limits", "store_max", "same_files"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _Bad(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -221,7 +223,8 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
     try:
         limits = parse_limits(raw.get("limits", {}))
         store_max = parse_size(raw["store_max"], "store_max") if "store_max" in raw else None
-    except LimitsError as e:
+        same_files = parse_same_files(raw.get("same_files", []))
+    except (LimitsError, SameFilesError) as e:
         raise _Bad(str(e)) from None
     return Config(
         mirrors=tuple(rules),
@@ -239,6 +242,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         path=path,
         office_key=office_key,
         office_key_file=office_key_file,
+        same_files=same_files,
     )
 
 

@@ -14,6 +14,7 @@ class FileProgress:
     have: int = 0
     source: str = ""
     state: str = "waiting"  # waiting | fetching | verifying | done | failed | present
+    hubs: dict[str, int] = field(default_factory=dict)  # hub (hf, ms) -> bytes its URLs gave
 
 
 @dataclass
@@ -21,12 +22,17 @@ class Progress:
     files: dict[str, FileProgress] = field(default_factory=dict)
     from_mirrors: int = 0
     from_peers: int = 0
+    from_hubs: dict[str, int] = field(default_factory=dict)  # hub -> bytes (part of mirrors')
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
 
     def add(self, key: str, label: str, size: int, have: int = 0, state: str = "waiting") -> None:
         self.files[key] = FileProgress(label, size, have, state=state)
 
-    def advance(self, key: str, nbytes: int, source: str, *, lan: bool = False) -> None:
+    def advance(
+        self, key: str, nbytes: int, source: str, *, lan: bool = False, hub: str = ""
+    ) -> None:
+        """``nbytes`` more of a file arrived from ``source`` (a mirror, or a peer when
+        ``lan``); ``hub``: the hub whose file URL (or a mirror of it) gave them."""
         f = self.files[key]
         f.have += nbytes
         f.source = source
@@ -35,6 +41,9 @@ class Progress:
             self.from_peers += nbytes
         else:
             self.from_mirrors += nbytes
+        if hub:
+            f.hubs[hub] = f.hubs.get(hub, 0) + nbytes
+            self.from_hubs[hub] = self.from_hubs.get(hub, 0) + nbytes
 
     def set_state(self, key: str, state: str, have: int | None = None) -> None:
         f = self.files[key]

@@ -39,6 +39,7 @@ class GetStats:
     failed: int = 0
     running: int = 0
     from_mirrors: dict[str, int] = field(default_factory=dict)  # mirror key -> bytes
+    from_hubs: dict[str, int] = field(default_factory=dict)  # hub (hf, ms) -> bytes of those
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     failures: dict[str, int] = field(default_factory=dict)  # error class -> count
     blob_fetches: int = 0  # single blobs fetched for the HF endpoint's readers
@@ -50,6 +51,9 @@ class GetStats:
 
     def mirror_bytes(self, mirror: str, nbytes: int) -> None:
         self.from_mirrors[mirror] = self.from_mirrors.get(mirror, 0) + nbytes
+
+    def hub_bytes(self, hub: str, nbytes: int) -> None:
+        self.from_hubs[hub] = self.from_hubs.get(hub, 0) + nbytes
 
     @property
     def from_mirrors_total(self) -> int:

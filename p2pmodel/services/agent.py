@@ -442,6 +442,7 @@ class Agent:
             "transfers": self.gets.transfers(),
             "from_mirrors": self.gets.stats.from_mirrors_total,
             "from_mirrors_by_mirror": dict(self.gets.stats.from_mirrors),
+            "from_hubs": dict(self.gets.stats.from_hubs),
             "from_peers": from_peers,
             "internet_bytes_saved": from_peers,
             "units": swarm.get("units", 0),

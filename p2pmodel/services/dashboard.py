@@ -4,9 +4,10 @@ second that came from mirrors and from the LAN (a time axis in minutes ago with 
 clock times under it, a rate axis in MB/s). It updates itself: its script asks
 ``/api/p2pmodel/status`` every second and redraws. Peers are shown by host name where the
 agent knows one (a static peer's configured name; mDNS announcements carry none today) and
-by agent id. The page is self-contained (no script or
-font from anywhere else) and builds every piece of text with ``textContent``, so a model or
-peer name cannot inject markup.
+by agent id. A line says how much each hub's file URLs (and their mirrors) gave, and each
+transfer's source names the hubs it came from (with ``[[same_files]]``, one file may come from
+two). The page is self-contained (no script or font from anywhere else) and builds every
+piece of text with ``textContent``, so a model or peer name cannot inject markup.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ PAGE = """<!doctype html>
  <div class="card"><div class="v" id="npeers">-</div><div class="k">peers alive</div></div>
  <div class="card"><div class="v" id="seeding">-</div><div class="k">blobs seeded</div></div>
 </div>
+<div class="sub" id="hubs"></div>
 <h2>Bytes per second, last hour</h2>
 <div class="legend"><span><i style="background:var(--mirror)"></i>mirrors</span>
  <span><i style="background:var(--lan)"></i>LAN</span><span id="peak" class="sub"></span></div>
@@ -96,6 +98,12 @@ function human(n) {
   const units = ["B", "KB", "MB", "GB", "TB"]; let i = 0;
   while (Math.abs(n) >= 1000 && i < units.length - 1) { n /= 1000; i++; }
   return (i ? n.toFixed(1) : n.toFixed(0)) + " " + units[i];
+}
+const HUBS = {hf: "Hugging Face", ms: "ModelScope"};
+function hubs(by, lead) {
+  // Bytes by hub ("hf", "ms"): "" when none (nothing fetched from a hub yet).
+  const parts = Object.keys(by || {}).sort().map(h => (HUBS[h] || h) + " " + human(by[h]));
+  return parts.length ? lead + parts.join(", ") : "";
 }
 function cell(tr, text, cls) {
   const td = document.createElement("td"); td.textContent = text;
@@ -189,13 +197,14 @@ function render(s) {
   document.getElementById("up").textContent = human(s.uploaded);
   document.getElementById("npeers").textContent = s.peers.filter(p => p.alive).length;
   document.getElementById("seeding").textContent = s.seeding;
+  document.getElementById("hubs").textContent = hubs(s.from_hubs, "from the hubs: ");
   plot(s.timeline, s.now);
   fill("transfers", s.transfers.map(t => {
     const tr = document.createElement("tr");
     tr.className = (t.source && !t.source.startsWith("LAN")) ? "mirror" : "";
     cell(tr, t.label); cell(tr, "").appendChild(bar(t.size ? t.have / t.size : 1));
     cell(tr, human(t.have) + " / " + human(t.size)); cell(tr, t.state);
-    cell(tr, t.source || "-"); return tr;
+    cell(tr, (t.source || "-") + hubs(t.hubs, " \u00b7 ")); return tr;
   }), 5, "nothing in flight");
   fill("peers", s.peers.map(p => {
     const tr = document.createElement("tr");

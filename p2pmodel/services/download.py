@@ -73,6 +73,7 @@ class BlobJob:
     label: str
     token: str | None = field(default=None, repr=False)  # the user's, for ``trusted`` URLs only
     trusted: frozenset[str] = frozenset()  # the candidates that may see the token
+    hubs: dict[str, str] = field(default_factory=dict)  # candidate -> its hub (hf, ms)
 
     def headers(self, url: str) -> dict[str, str] | None:
         """What a request to ``url`` (a candidate, not a redirect's target) carries."""
@@ -91,6 +92,7 @@ class DownloadOptions:
     board: MirrorBoard | None = None  # the agent's (ranks survive across gets); else a new one
     bucket: TokenBucket | None = None  # the agent's mirror rate limit; None: unlimited
     on_mirror_bytes: Callable[[str, int], None] | None = None  # (mirror, bytes) as they land
+    on_hub_bytes: Callable[[str, int], None] | None = None  # (hub, bytes) as they land
     on_stored: Callable[[str, int], None] | None = None  # a blob was verified into the store
     watch: DownloadWatch | None = None  # told when a download starts and ends
 
@@ -437,9 +439,12 @@ class Download:
                     await trio.to_thread.run_sync(os.pwrite, fd, view[:n], a.pos)
             self._dirty(a.blob)
             self.unwritten[a.blob] = self.unwritten.get(a.blob, 0) + n
-            self.progress.advance(a.blob, n, a.mirror)
+            hub = self.jobs[a.blob].hubs.get(a.url, "")
+            self.progress.advance(a.blob, n, a.mirror, hub=hub)
             if self.opts.on_mirror_bytes is not None:
                 self.opts.on_mirror_bytes(a.mirror, n)
+            if hub and self.opts.on_hub_bytes is not None:
+                self.opts.on_hub_bytes(hub, n)
         pos = a.pos
         more = self.plan.progress(w, n)
         if n > 0:

@@ -43,6 +43,12 @@ class _Snapshot:
         for mirror, n in sorted(gets.from_mirrors.items()):
             by_mirror.add_metric([mirror], n)
         yield by_mirror
+        by_hub = CounterMetricFamily(
+            "p2pmodel_hub_bytes", "Bytes fetched from each hub's URLs and mirrors", labels=["hub"]
+        )
+        for hub, n in sorted(gets.from_hubs.items()):
+            by_hub.add_metric([hub], n)
+        yield by_hub
         yield CounterMetricFamily(
             "p2pmodel_peer_bytes", "Bytes fetched from LAN peers", value=lan.from_peers
         )

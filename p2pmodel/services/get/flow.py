@@ -9,12 +9,19 @@ renders nothing (front ends do).
 A peer's manifest for a config or catalog name is taken only if it pins what they pin (when
 the mirrors cannot be reached); a name the office publishes over a catalog name wins with a
 warning. ``GetResult.describe`` says where the name and the manifest came from.
+
+With ``[[same_files]]`` (``core.hubs``) the get also lists the same repository on the other
+hub, at the same time as its own listing; a blob whose sha256 that listing also gives gains the
+other hub's file URL (and its mirrors) as candidates, ranked with the rest by the agent's
+``MirrorBoard``. Only the own hub's listing makes the manifest; the other one failing costs
+nothing but those extra sources.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
@@ -24,7 +31,8 @@ from ...adapters.home import load_catalog, load_config
 from ...adapters.store import Store
 from ...core.catalog import describe_target, unknown_name
 from ...core.config import Config
-from ...core.errors import P2PModelError, SourceError
+from ...core.errors import NotFound, P2PModelError, SourceError
+from ...core.hubs import hub_of, other_repos, shared_paths
 from ...core.manifest import FileEntry, Manifest, is_published
 from ...core.refs import Ref
 from ...core.resolve import (
@@ -37,6 +45,9 @@ from ...core.resolve import (
     resolve,
 )
 from .request import GetRequest, GetResult
+
+log = logging.getLogger(__name__)
+OTHER_HUB_WAIT = 10.0  # seconds the other hubs' listings may hold a get up (they add sources)
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -152,6 +163,7 @@ class _Resolved:
     url: str = ""  # the URL fetched with no digest
     jobs: list[BlobJob] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    also: list[Manifest] = field(default_factory=list)  # other hubs' listings ([[same_files]])
 
 
 async def _carry_out(decision: Decision, req: GetRequest, src: Sources) -> _Resolved:
@@ -230,13 +242,14 @@ async def run_get(
     import trio
 
     store = src.store
-    got = await _carry_out(decision, req, src)
+    got = await _with_other_hubs(decision, req, src)
     jobs = list(got.jobs)
     manifest = got.manifest
     if manifest is not None:
         store.save_manifest(manifest)
         store.set_ref(req.ref.text, manifest.digest)
-        jobs += blob_jobs(manifest, src.config, store.missing_blobs(manifest), req.token)
+        missing = store.missing_blobs(manifest)
+        jobs += blob_jobs(manifest, src.config, missing, req.token, got.also)
     results = await fetch_blobs(store, jobs, progress, src.options, src.http, src.lan, src.sharing)
     if manifest is None:  # a URL with no published digest: now we know it
         job = jobs[0]
@@ -254,7 +267,67 @@ async def run_get(
         got.name_from,
         got.manifest_from,
         got.peer,
+        hubs=dict(progress.from_hubs),
+        file_hubs={k: dict(f.hubs) for k, f in progress.files.items() if f.hubs},
+        same_files=[m.source for m in got.also],
     )
+
+
+async def _with_other_hubs(decision: Decision, req: GetRequest, src: Sources) -> _Resolved:
+    """The decision carried out and, with ``[[same_files]]``, the listings of the same
+    repository on the other hubs: at once with the own listing when there is one, else after
+    (only when blobs with a sha256 are missing)."""
+    import trio
+
+    rules = src.config.same_files
+    early = decision.source if isinstance(decision, ListUpstream) and rules else None
+    listed: dict[str, Manifest] = {}
+    warnings: list[str] = []
+    async with trio.open_nursery() as nursery:
+        if early is not None:
+            source = f"{early.kind}://{early.name}"
+            nursery.start_soon(_list_other_hubs, source, src, req.token, listed, warnings)
+        got = await _carry_out(decision, req, src)
+    manifest = got.manifest
+    if manifest is None or not hub_of(manifest.source):
+        return got
+    if early is None and rules:
+        missing = src.store.missing_blobs(manifest)
+        if any(d.startswith("sha256:") for d in missing):
+            await _list_other_hubs(manifest.source, src, req.token, listed, warnings)
+    order = [r.text for r in other_repos(rules, manifest.source)]
+    got.also = [listed[t] for t in order if t in listed]
+    got.warnings += warnings
+    return got
+
+
+async def _list_other_hubs(
+    source: str,
+    src: Sources,
+    token: str | None,
+    listed: dict[str, Manifest],
+    warnings: list[str],
+) -> None:
+    """List the repositories ``[[same_files]]`` says hold the files of ``source`` into
+    ``listed``. A failure is no error: it only means no extra sources from there."""
+    import trio
+
+    async def one(ref: Ref) -> None:
+        try:
+            listed[ref.text], _ = await list_upstream(
+                ref, ref.text, src.config, src.http, token, rounds=1
+            )
+        except NotFound:
+            log.info("%s: not on the other hub (%s): no extra sources", source, ref.text)
+        except P2PModelError as e:
+            warnings.append(f"{ref.text} (same files as {source}) gave no extra sources: {e}")
+
+    with trio.move_on_after(OTHER_HUB_WAIT) as waited:
+        async with trio.open_nursery() as nursery:
+            for ref in other_repos(src.config.same_files, source):
+                nursery.start_soon(one, ref)
+    if waited.cancelled_caught:
+        warnings.append(f"the other hubs did not list {source} in {OTHER_HUB_WAIT:g} s")
 
 
 async def list_upstream(
@@ -264,6 +337,8 @@ async def list_upstream(
     http: httpx.AsyncClient,
     token: str | None,
     store: Store | None = None,
+    *,
+    rounds: int = 3,
 ) -> tuple[Manifest, bool]:
     """The manifest of an hf/ms repository from its upstream listing, through the mirrors,
     and whether the repository is gated. The user's token goes only to the hosts the config
@@ -276,6 +351,7 @@ async def list_upstream(
         config.candidates(listing),
         lambda u: get_json(http, u, config.auth_headers(u, token)),
         what=source.text,
+        rounds=rounds,
     )
     parse = parse_hf_listing if source.kind == "hf" else parse_ms_listing
     manifest = parse(source, name, data)
@@ -302,13 +378,21 @@ def find_pinned(store: Store, ref: Ref) -> Manifest | None:
 
 
 def blob_jobs(
-    manifest: Manifest, config: Config, blobs: dict[str, int], token: str | None = None
+    manifest: Manifest,
+    config: Config,
+    blobs: dict[str, int],
+    token: str | None = None,
+    also: Sequence[Manifest] = (),
 ) -> list[BlobJob]:
     """A job per blob of ``manifest`` in ``blobs`` (digest -> size), with its mirror candidates;
-    the token rides only on the candidates of hosts the config trusts with it."""
+    the token rides only on the candidates of hosts the config trusts with it. ``also``: other
+    hubs' listings of the same files; a blob one of them gives with the same sha256 gains that
+    hub's candidates after its own (a mirror host already among them is not added twice)."""
+    from ...core.mirrors import mirror_key
     from ...core.upstream import file_url
     from ..download import BlobJob
 
+    shared = [(other, shared_paths(manifest, other)) for other in also]
     jobs = []
     for digest, size in blobs.items():
         path = next(f.path for f in manifest.files if f.digest == digest)
@@ -317,8 +401,20 @@ def blob_jobs(
             continue
         origin = file_url(manifest, path, config.hf_origin, config.ms_origin)
         urls = config.candidates(origin)
+        hub = hub_of(manifest.source)
+        hubs = dict.fromkeys(urls, hub) if hub else {}
+        hosts = {mirror_key(u) for u in urls}
+        for other, paths in shared:
+            if digest not in paths:
+                continue  # not listed there, or with another sha256: never from that hub
+            there = file_url(other, paths[digest], config.hf_origin, config.ms_origin)
+            for url in config.candidates(there):
+                if mirror_key(url) not in hosts:
+                    hosts.add(mirror_key(url))
+                    urls.append(url)
+                    hubs[url] = hub_of(other.source)
         trusted = frozenset(u for u in urls if token and config.trusts(u))
-        jobs.append(BlobJob(digest, digest, size, urls, path, token, trusted))
+        jobs.append(BlobJob(digest, digest, size, urls, path, token, trusted, hubs))
     return jobs
 
 

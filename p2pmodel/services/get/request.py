@@ -30,6 +30,9 @@ class GetResult:
     name_from: str = "store"  # who said what the reference stands for (``core.resolve``)
     manifest_from: str = "store"  # store | upstream | office | pinned
     peer: str | None = None  # the keyed peer that gave the manifest
+    hubs: dict[str, int] = field(default_factory=dict)  # hub (hf, ms) -> bytes its URLs gave
+    file_hubs: dict[str, dict[str, int]] = field(default_factory=dict)  # digest -> the same
+    same_files: list[str] = field(default_factory=list)  # other hubs' repositories listed
 
     def describe(self, ref: str) -> dict[str, Any]:
         """Plain data for ``get --json`` (also what the agent sends back to the CLI)."""
@@ -46,5 +49,11 @@ class GetResult:
             "name_from": self.name_from,
             "manifest_from": self.manifest_from,
             "peer": self.peer,
-            "files": [{"path": f.path, "size": f.size, "digest": f.digest} for f in m.files],
+            "hubs": self.hubs,
+            "same_files": self.same_files,
+            "files": [
+                {"path": f.path, "size": f.size, "digest": f.digest}
+                | ({"hubs": self.file_hubs[f.digest]} if f.digest in self.file_hubs else {})
+                for f in m.files
+            ],
         }

@@ -151,6 +151,7 @@ class GetService:
             board=self.board,
             bucket=self.bucket,
             on_mirror_bytes=self.stats.mirror_bytes,
+            on_hub_bytes=self.stats.hub_bytes,
             # Every blob stored is seeded at once (and its unit torrents follow it into the
             # store), also those fetched for the HF endpoint's readers.
             on_stored=self.lan.stored if self.lan is not None else None,
@@ -247,6 +248,7 @@ class GetService:
                 "have": f.have,
                 "state": f.state,
                 "source": f.source,
+                "hubs": dict(f.hubs),
             }
             for _, progress in self.running.values()
             for f in progress.files.values()

@@ -104,6 +104,7 @@ async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tm
     req = GetRequest(parse_ref(f"hf://{repo.repo_id}"))
     nursery.start_soon(a.gets.get, req)
     await wait_until(lambda: any(t["have"] > 0 for t in a.status()["transfers"]))
+    await wait_until(lambda: bool(a.status().get("from_hubs")))
     assert a.hf is not None
     user = tmp_path / "chromium"
     page = await chromium(user, a.hf.url + "/", "--dump-dom")
@@ -112,6 +113,8 @@ async def test_the_dashboard_shows_a_peer_and_a_transfer_in_chromium(nursery, tm
     weights = next(f for f in repo.files if f.lfs)
     assert weights.path in page
     assert "hub.mirror.test" in page  # the source of the bytes in flight
+    assert "from the hubs: Hugging Face " in page  # bytes by hub
+    assert "<th>where</th><th>rate</th>" in page and ">local<" in page  # one segment
     # The plot's axes: titles with units, rate ticks from 0, time ticks back from now.
     assert '<text id="y-title"' in page and ">rate (MB/s)</text>" in page
     assert ">time: minutes ago (local time)</text>" in page

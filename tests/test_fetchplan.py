@@ -174,13 +174,16 @@ def test_a_burst_of_failures_counts_as_one_round():
 
 
 def test_happy_eyeballs_opens_the_next_mirror_after_a_moment():
-    """All connections go to the first mirror until it keeps one waiting past race_delay."""
+    """The first connection goes to the first mirror and each other untried mirror gets one
+    exploring connection at once; the rest go to the first mirror until it keeps one waiting
+    past race_delay, then to the next that answered."""
     board = MirrorBoard(race_delay=0.3)
     plan = FetchPlan(board, chunk_size=MiB)
-    plan.add_blob("x", 32 * MiB, [f"{A}/x", f"{B}/x"])
-    early = [plan.assign(w, 0.1 * w) for w in range(3)]
-    assert [s.mirror for s in early if isinstance(s, Assignment)] == [A, A, A]
-    late = plan.assign(3, 0.35)
+    plan.add_blob("x", 32 * MiB, [f"{A}/x", f"{B}/x", f"{C}/x"])
+    early = [plan.assign(w, 0.05 * w) for w in range(5)]
+    assert [s.mirror for s in early if isinstance(s, Assignment)] == [A, B, C, A, A]
+    plan.progress(1, 1000)  # B answered, A did not
+    late = plan.assign(5, 0.35)
     assert isinstance(late, Assignment) and late.mirror == B
 
 
@@ -193,6 +196,22 @@ def test_the_fastest_proven_mirror_wins():
     board.finished(A, 4 * MiB, 4.0)
     board.finished(B, 4 * MiB, 1.0)
     assert board.choose([A, B], "x", 5.0) == B
+
+
+def test_every_candidate_is_explored_from_the_start():
+    """Before any rate is known, a second candidate gets its exploring connection as soon as
+    the first has one, not when the first one's chunk has ended (which used to let the first
+    mirror take a second round of chunks on every other connection before the second was
+    tried), and only one."""
+    board = MirrorBoard()
+    board.add([A, B])
+    picks = []
+    for _ in range(4):
+        key = board.choose([A, B], "x", 0.0)
+        assert key is not None
+        board.started(key, 0.0)
+        picks.append(key)
+    assert picks == [A, B, A, A]
 
 
 def test_an_untried_mirror_gets_one_exploring_connection():

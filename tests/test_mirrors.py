@@ -33,3 +33,23 @@ def test_revive_gives_dead_mirrors_another_chance_and_keeps_what_was_learned() -
     assert not board.stats(B).dead and board.choose([B], "x", 10.0) == B
     assert board.stats(A).rate is not None
     assert "blob1" in board.stats(A).bans and "blob2" not in board.stats(A).bans
+
+
+def test_an_exploring_connection_that_measured_nothing_does_not_count() -> None:
+    """A candidate whose exploring connection failed gets another once its backoff is over,
+    and one whose rate is still unknown when a get ends is explored again in the next get."""
+    board = MirrorBoard()
+    board.add([A, B])
+    assert board.choose([A, B], "x", 0.0) == A
+    board.started(A, 0.0)
+    assert board.choose([A, B], "x", 0.0) == B
+    board.started(B, 0.0)
+    board.failed(B, Failure.CONNECT, 0.1, started_at=0.0)
+    assert board.choose([A, B], "x", 0.15) == A  # B backs off (0.1 s)
+    assert board.choose([A, B], "x", 1.0) == B  # and is explored again
+    board.started(B, 1.0)
+    board.finished(A, 10_000_000, 1.0)
+    board.finished(B, 1000, 0.5)  # too little to measure
+    board.revive(2.0)
+    board.started(A, 2.0)
+    assert board.choose([A, B], "y", 2.0) == B

@@ -8,7 +8,11 @@ to do before some time, or before the plan changes) or ``Finished``. Blobs are s
 at most ``per_blob`` connections each while others have work, so several files progress at
 once while the first finishes first. When nothing unassigned is left, an idle worker splits
 the largest remaining in-flight range (endgame), so a slow connection cannot hold the tail of
-a blob.
+a blob. When a blob has several candidates, a connection to a mirror whose rate is not measured
+yet takes a short first chunk (``probe_chunk``): the board learns a rate only when a connection
+ends, so the choice between the candidates is made again within a fraction of a second instead
+of after a whole chunk from whichever mirror answered first (a blob with one candidate has no
+choice to revisit, and keeps its chunks).
 
 When every byte of a blob is done the plan says so (``Verify``); the IO layer hashes the file
 and answers ``verified`` or ``mismatch``. On a mismatch the mirrors that served bytes are banned
@@ -112,6 +116,7 @@ class FetchPlan:
         chunk_size: int | None = None,
         min_split: int = 1 * MiB,
         connections: int | None = None,
+        probe_chunk: int = 1 * MiB,
     ) -> None:
         self.board = board
         self.per_blob = per_blob
@@ -119,6 +124,7 @@ class FetchPlan:
         self.max_active_blobs = max_active_blobs
         self.chunk_size = chunk_size
         self.min_split = min_split
+        self.probe_chunk = probe_chunk
         self.blobs: dict[str, BlobTask] = {}
         self.inflight: dict[int, Assignment] = {}
 
@@ -159,15 +165,23 @@ class FetchPlan:
     def failures(self) -> list[BlobTask]:
         return [b for b in self.blobs.values() if b.state is BlobState.FAILED]
 
-    def _chunk(self, blob: BlobTask) -> int:
+    def _chunk(self, blob: BlobTask, mirror: str) -> int:
         if self.chunk_size:
             return self.chunk_size
         if blob.allowed is not None:
             # A shared blob opens a unit at a time: cut it so every connection has a range
             # from the start. Splitting a range later (endgame) closes the victim's response
             # early, and what the mirror had in flight on it is wasted on the internet link.
-            return max(MiB, min(32 * MiB, self._allowed_missing(blob) // self.connections))
-        return max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
+            size = max(MiB, min(32 * MiB, self._allowed_missing(blob) // self.connections))
+        else:
+            size = max(MiB, min(32 * MiB, blob.size // (2 * self.per_blob) or MiB))
+        if self.board.stats(mirror).rate is None and self._choices(blob) > 1:
+            # Unmeasured, and another candidate might be faster: end soon and choose again.
+            size = min(size, self.probe_chunk)
+        return size
+
+    def _choices(self, blob: BlobTask) -> int:
+        return sum(1 for k in blob.urls if self.board.usable_for(k, blob.key))
 
     def _reserved(self, blob: BlobTask) -> RangeSet:
         """Bytes no worker may take now: on disk, in flight, or (gated blobs) not ours."""
@@ -213,7 +227,7 @@ class FetchPlan:
                 mirror = self._choose(blob, now, wake)
                 if mirror is None:
                     continue
-                start, stop = gap[0], min(gap[1], gap[0] + self._chunk(blob))
+                start, stop = gap[0], min(gap[1], gap[0] + self._chunk(blob, mirror))
                 return self._start(worker, blob, mirror, start, stop, now)
         steal = self._endgame(worker, now, wake)
         if steal is not None:

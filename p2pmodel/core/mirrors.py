@@ -5,12 +5,20 @@ The board keeps, per mirror, a throughput estimate per connection (EWMA of finis
 its active connections, consecutive failures with a backoff deadline (``Retry-After`` wins), and
 per-blob bans (the mirror lacks the file, or served bytes that failed the digest).
 
-Choosing follows happy eyeballs: untried mirrors are tried in the configured order, and the
-next one opens only when every earlier one is unusable or has kept a connection waiting for its
-first byte longer than ``race_delay``. Once mirrors have delivered bytes, new connections go to
-the one with the best measured rate (the winner is kept), and each untried mirror gets a single
-exploring connection so a better one is noticed. A mirror that fails ``max_failures`` times in a
-row without a success in between is dead for this run. Time is always an argument.
+Choosing follows happy eyeballs: untried mirrors are tried in the configured order, and
+connections pile on the first one until it is unusable or has kept a connection waiting for its
+first byte longer than ``race_delay``; then on the next. Every other untried mirror gets a single
+exploring connection from the start (once the first one has its first connection), so that the
+rates which decide where the rest go are measured in the first round: a rate is learnt only when
+a connection ends, and a fast mirror that is second in the order would otherwise be tried only
+after the slow first one had taken a second round of chunks on every connection (the fetch plan
+keeps these first connections short). Once mirrors have delivered bytes, new connections go to
+the one with the best measured rate (the winner is kept), and an untried mirror that appears
+later (another blob's candidate) gets its exploring connection then. An exploring connection
+that failed before a rate was measured does not count (the mirror is explored again after its
+backoff), and a new get explores every mirror still unmeasured. A mirror that fails
+``max_failures`` times in a row without a success in between is dead for this run. Time is
+always an argument.
 """
 
 from __future__ import annotations
@@ -136,9 +144,11 @@ class MirrorBoard:
 
     def revive(self, now: float) -> None:
         """A new get starts (the board is the agent's, kept across gets): mirrors given up on
-        get another chance, and bans for missing files are lifted (a mirror catches up).
-        Rates and bans for bad bytes stay."""
+        get another chance, and bans for missing files are lifted (a mirror catches up);
+        mirrors never measured are explored again. Rates and bans for bad bytes stay."""
         for m in self._m.values():
+            if m.rate is None:
+                m.explored = False
             if m.dead:
                 m.dead = False
                 m.consecutive = 0
@@ -189,6 +199,13 @@ class MirrorBoard:
                     m.explored = True
                     return m.key
             return best.key
+        # No rates yet. Once the race has begun (a connection is open), every untried mirror
+        # gets its one exploring connection at once, not after the first chunks ended.
+        if any(m.active for m in untried):
+            for m in untried:
+                if not m.explored and m.active == 0:
+                    m.explored = True
+                    return m.key
         # Happy eyeballs among untried mirrors, in configured order.
         for m in untried:
             if m.waiting_since is None or m.active == 0:
@@ -236,6 +253,8 @@ class MirrorBoard:
         if m.active == 0:
             m.waiting_since = None
         m.failures += 1
+        if m.rate is None:
+            m.explored = False  # the exploring connection measured nothing: explore again
         m.errors[kind.value] = m.errors.get(kind.value, 0) + 1
         m.last_error = detail or kind.value
         self._sample(m, nbytes, seconds)

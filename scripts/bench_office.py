@@ -1117,7 +1117,7 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
         for i, h in enumerate(cases[0].hosts)
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -36,6 +36,9 @@ Usage::
     with Network(4, mirror_rate=8_000_000) as office:
         server = office.popen(office.mirror_host, ["python3", "-m", "http.server"])
         office.workstations[0].run("curl", f"http://{office.mirror_host.ip}:8000/")
+
+    with Network(6, subnets=2, lan_rate=32_000_000) as office:  # ws1-3 | router | ws4-6
+        before = office.router_bytes()[2].into  # bytes routed into subnet 2 so far
 """
 
 from __future__ import annotations

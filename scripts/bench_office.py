@@ -36,6 +36,15 @@ LAN. The mirror's link is read from the counter of its tbf; the per-host split c
 classes grafted under the tbf of the switch port facing each workstation (see `RxCounters`);
 wire bytes are converted to TCP payload by 1448/1514. The mirror's own `/_stats` count is
 reported too; it misses bytes of sends that a client aborted.
+
+With `--subnets N` (2 or 3) every mode runs twice: first in the one-subnet office above (the
+reference), then in an office of N subnets joined by a router namespace (`Network(subnets=N)`:
+the workstations split across the subnets, ws1.. first; the mirror in subnet 1; the router's
+legs shaped like the LAN; no multicast across it). How the agents of different subnets find
+each other is `--join` (`JOINS`): `static`, every agent lists every other in `peers`; or
+`reflector`, avahi-daemon reflecting mDNS in the router and no static peers. Measured there
+besides the above: the bytes the router sent into each subnet (its legs' tx counters, as TCP
+payload by the same 1448/1514), over the model size.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ from p2pmodel.testing.netns import (
     netns_available,
     tbf_burst,
 )
+from p2pmodel.testing.services import Reflector
 from p2pmodel.testing.site import (
     Site,
     SiteError,
@@ -84,6 +94,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 PNG = ROOT / "docs" / "bench-office.png"
 SECTION = "## One internet download per office (scripts/bench-office)"
+SUBNETS_SECTION = "## One office, several subnets (scripts/bench-office --subnets)"
+SUBNETS_PNG = ROOT / "docs" / "bench-office-subnets.png"
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -95,6 +107,8 @@ SMALL_PACKET = 256  # IP packets shorter than this are not counted (ACKs, mDNS, 
 TARGET_MIRROR_RATIO = 1.02
 TARGET_TIME_RATIO = 1.2  # issue 12 (it was 1.15 in BRIEF section 6)
 TARGET_PEAK_RSS = 200 * MB  # per agent, --large (issue 12)
+TARGET_ROUTER_RATIO = 1.2  # bytes the router carries into each subnet / size (issue 17)
+TARGET_SUBNET_TIME_DELTA = 0.1  # last / (size/R): within this of the one-subnet office (issue 17)
 DEFAULT_RATE = 32 * MiB
 QUICK = {"hosts": 3, "size_mib": 64, "mirror_rate": 16 * MiB}
 DEFAULTS = {"hosts": 6, "size_mib": 512, "mirror_rate": DEFAULT_RATE}
@@ -188,21 +202,21 @@ class RxCounters:
 
     def __init__(self, office: Network, lan_rate: int | None) -> None:
         assert office.mirror_host is not None
-        self.sw = office.switch_netns
+        self.office = office
         self.mirror_ns = office.mirror_host.netns
         self.hosts = office.workstations
         mirror_ip = office.mirror_host.ip
         for ws in self.hosts:
             self._graft(
-                self.sw,
+                office.switch_of(ws),
                 ws.name,
                 lan_rate,
                 [
                     "match u16 0 0xff00 at 2",  # IPv4 total length < 256 (zero high byte)
                     f"match ip src {mirror_ip}/32",
-                    f"match ip src {office.subnet}",
+                    *(f"match ip src {subnet}" for subnet in office.subnets),
                 ],
-                [3, 1, 2],
+                [3, 1, *(2 for _ in office.subnets)],
                 default=3,
             )
 
@@ -269,11 +283,17 @@ class RxCounters:
         received per workstation."""
         qdiscs = json.loads(self._tc(self.mirror_ns, "-s", "-j", "qdisc", "show", "dev", "eth0"))
         sent = next(int(q["bytes"]) for q in qdiscs if q.get("root"))
-        lines = "".join(f"class show dev {ws.name}\n" for ws in self.hosts)
-        lan = self._parse(self._tc(self.sw, "-s", "-batch", "-", stdin=lines))
-        if len(lan) != len(self.hosts):
-            raise BenchError(f"could not parse the tc class counters of {len(self.hosts)} ports")
-        return sent, [(c.get(1, 0), c.get(2, 0)) for c in lan]
+        by_port: dict[str, dict[int, int]] = {}
+        for sw in self.office.switches:  # one `tc` per switch
+            ports = [ws for ws in self.hosts if self.office.switch_of(ws) == sw]
+            if not ports:
+                continue
+            lines = "".join(f"class show dev {ws.name}\n" for ws in ports)
+            lan = self._parse(self._tc(sw, "-s", "-batch", "-", stdin=lines))
+            if len(lan) != len(ports):
+                raise BenchError(f"could not parse the tc class counters of {len(ports)} ports")
+            by_port.update((ws.name, c) for ws, c in zip(ports, lan, strict=True))
+        return sent, [(by_port[ws.name].get(1, 0), by_port[ws.name].get(2, 0)) for ws in self.hosts]
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -314,6 +334,10 @@ class CaseResult:
     timeline: list[list[Any]]  # [t, [[from mirror, from LAN] per host], mirror link] (payload)
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    office: str = "1 subnet"  # which office ran it (`--subnets`: also "N subnets, JOIN")
+    subnets: int = 1
+    router_into: list[int] = field(default_factory=list)  # payload the router sent per subnet
+    router_out_of: list[int] = field(default_factory=list)  # payload it received per subnet
 
     @property
     def done(self) -> list[float]:
@@ -367,6 +391,11 @@ class CaseResult:
     def time_ratio(self) -> float | None:
         return None if self.last_s is None else self.last_s / self.ideal_s
 
+    @property
+    def router_ratios(self) -> list[float]:
+        """Bytes the router carried into each subnet, over the model size."""
+        return [n / self.size for n in self.router_into]
+
     def summary(self) -> dict[str, Any]:
         return {
             "mirror_ratio": self.mirror_ratio,
@@ -380,18 +409,69 @@ class CaseResult:
             "cpu_s_per_gib": self.cpu_per_gib(),
             "peak_rss_max": max((h.agent_peak_rss or 0 for h in self.hosts), default=0) or None,
             "phases": self.phases(),
+            "router_ratios": self.router_ratios,
         }
+
+
+# --- how the agents of several subnets find each other -------------------------------------------
+
+
+class Join:
+    """One way for the agents of an office of several subnets to find each other: `start` runs
+    once per office (before any agent), `config` gives a workstation's top-level config keys.
+    The one-subnet office uses none (mDNS on one segment)."""
+
+    label = ""
+
+    def start(self, office: Network, work: Path) -> None:
+        pass
+
+    def config(self, office: Network, ws: Host) -> str:
+        return ""
+
+
+class StaticJoin(Join):
+    """Every agent lists every other agent in `peers` (what works without anything new)."""
+
+    label = "static"
+
+    def config(self, office: Network, ws: Host) -> str:
+        others = ", ".join(f'"{o.ip}:{AGENT_RPC_PORT}"' for o in office.workstations if o != ws)
+        return f"peers = [{others}]"
+
+
+class ReflectorJoin(Join):
+    """No static peers: avahi-daemon reflects mDNS between the router's legs."""
+
+    label = "reflector"
+
+    def start(self, office: Network, work: Path) -> None:
+        Reflector(office, work / "avahi")  # stopped with the office
+
+
+AGENT_RPC_PORT = 7420  # `serve`'s default
+JOINS: dict[str, type[Join]] = {"static": StaticJoin, "reflector": ReflectorJoin}
 
 
 # --- the office ---------------------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, office: Network, work: Path, repos: dict[str, Repo], args: Any) -> None:
+    def __init__(
+        self,
+        office: Network,
+        work: Path,
+        repos: dict[str, Repo],
+        args: Any,
+        join: Join | None = None,
+        label: str = "1 subnet",
+    ) -> None:
         self.office = office
         self.work = work
         self.repos = repos
         self.args = args
+        self.join = join or Join()
+        self.label = label
         self.rate: int = args.mirror_rate
         first, *others = repos.values()
         self.site = Site(office, first, work, others)
@@ -411,6 +491,15 @@ class Bench:
             raise BenchError("the tracker did not start")
         self.counters = RxCounters(office, args.lan_rate or None)
         self.torrents: dict[str, dict[str, Path]] = {}
+        self.join.start(office, work)
+
+    def router_payload(self) -> tuple[list[int], list[int]]:
+        """Bytes the router has sent into / received from each subnet so far (wire bytes);
+        nothing in a one-subnet office."""
+        if self.office.router is None:
+            return [], []
+        legs = self.office.router_bytes()
+        return [legs[k].into for k in sorted(legs)], [legs[k].out_of for k in sorted(legs)]
 
     def popen_logged(
         self, host: Host, argv: Sequence[str], out: Path, err: Path, **kw: Any
@@ -479,6 +568,7 @@ class Bench:
         self.site.stats(reset=True)
         retrans0 = self.retransmitted()
         sent0, base = self.counters.read()
+        router0 = self.router_payload()
         procs: dict[str, subprocess.Popen[bytes]] = {}
         launched: dict[str, float] = {}
         client_cpu: dict[str, float] = {}
@@ -548,6 +638,7 @@ class Bench:
                 break
             time.sleep(POLL)
         sample()  # the last sample sees everything; then stop whatever still runs
+        router1 = self.router_payload()
         for proc in procs.values():
             stop_group(proc)
         for name, proc in procs.items():
@@ -616,6 +707,16 @@ class Bench:
             timeline=timeline,
             wall_s=time.monotonic() - t0,
             notes=notes,
+            office=self.label,
+            subnets=len(self.office.switches),
+            router_into=[
+                round((b - a) / WIRE_PER_PAYLOAD)
+                for a, b in zip(router0[0], router1[0], strict=True)
+            ],
+            router_out_of=[
+                round((b - a) / WIRE_PER_PAYLOAD)
+                for a, b in zip(router0[1], router1[1], strict=True)
+            ],
         )
 
     # -- p2pmodel ----------------------------------------------------------------------------
@@ -628,7 +729,7 @@ class Bench:
         if mode == "nosharing":
             self.site.extra_env["P2PMODEL_SHARING"] = "off"
         for ws in hosts:
-            self.site.new_home(ws, under=case_dir / "homes")
+            self.site.new_home(ws, self.join.config(self.office, ws), under=case_dir / "homes")
         t = time.monotonic()
         self.site.serve_all(hosts)
         self.site.wait_mesh(hosts, seconds=60)
@@ -734,22 +835,54 @@ def fmt(v: float | None, digits: int = 2) -> str:
 
 
 def case_table(cases: list[CaseResult]) -> list[str]:
+    several = len({c.office for c in cases}) > 1
     lines = [
-        "| mode | model | mirror MiB | mirror / size | mirror's count MiB | retransmits MiB "
+        ("| office " if several else "")
+        + "| mode | model | mirror MiB | mirror / size | mirror's count MiB | retransmits MiB "
         "| LAN MiB | first done s | median s | last done s | last / (size/R) | exact "
         "| per-host done s |",
-        "| --- | --- | " + " | ".join(["---:"] * 9) + " | --- | --- |",
+        ("| --- " if several else "")
+        + "| --- | --- | "
+        + " | ".join(["---:"] * 9)
+        + " | --- | --- |",
     ]
     for c in cases:
         s = c.summary()
         per_host = ", ".join(fmt(h.seconds, 1) for h in c.hosts)
         exact = "yes" if s["all_exact"] else "NO"
         lines.append(
-            f"| {MODES[c.mode]} | {c.model} | {c.mirror_bytes / MiB:.1f} | {c.mirror_ratio:.2f} "
+            (f"| {c.office} " if several else "")
+            + f"| {MODES[c.mode]} | {c.model} | {c.mirror_bytes / MiB:.1f} | {c.mirror_ratio:.2f} "
             f"| {c.stats_bytes / MiB:.1f} | {c.mirror_retransmits * 1448 / MiB:.1f} "
             f"| {s['lan_bytes'] / MiB:.0f} "
             f"| {fmt(s['first_s'], 1)} | {fmt(s['median_s'], 1)} "
             f"| {fmt(s['last_s'], 1)} | {fmt(s['time_ratio'])} | {exact} | {per_host} |"
+        )
+    return lines
+
+
+def subnet_table(cases: list[CaseResult]) -> list[str]:
+    """Per office and mode: mirror, router bytes into (and out of) each subnet, last finish;
+    the one-subnet office (no router) is the reference."""
+    most = max(c.subnets for c in cases)
+    lines = [
+        "| office | mode | model | mirror / size "
+        + "".join(f"| router into subnet {k} / size " for k in range(1, most + 1))
+        + "| router out of each subnet / size | last done s | last / (size/R) "
+        "| vs one subnet | exact |",
+        "| --- | --- | --- | " + " | ".join(["---:"] * (most + 5)) + " | --- |",
+    ]
+    ref = {(c.mode, c.model): c.time_ratio for c in cases if c.subnets == 1}
+    for c in cases:
+        into = [f"{r:.2f}" for r in c.router_ratios] + ["-"] * (most - len(c.router_ratios))
+        out = ", ".join(f"{n / c.size:.2f}" for n in c.router_out_of) or "-"
+        base, tr = ref.get((c.mode, c.model)), c.time_ratio
+        delta = f"{tr - base:+.2f}" if c.subnets > 1 and tr is not None and base else "-"
+        lines.append(
+            f"| {c.office} | {MODES[c.mode]} | {c.model} | {c.mirror_ratio:.2f} | "
+            + " | ".join(into)
+            + f" | {out} | {fmt(c.last_s, 1)} | {fmt(tr)} | {delta} "
+            f"| {'yes' if c.all_ok else 'NO'} |"
         )
     return lines
 
@@ -762,6 +895,9 @@ def agent_table(cases: list[CaseResult]) -> list[str]:
         "| last done s | last done - mirror last byte s | longest digest check s |",
         "| --- | --- | " + " | ".join(["---:"] * 10) + " |",
     ]
+    several = len({c.office for c in cases}) > 1
+    if several:
+        lines = [lines[0].replace("| mode ", "| office | mode ", 1), "| --- " + lines[1]]
     for c in cases:
         if c.mode not in ("p2pmodel", "nosharing"):
             continue
@@ -773,7 +909,8 @@ def agent_table(cases: list[CaseResult]) -> list[str]:
         )
         rss = s["peak_rss_max"]
         lines.append(
-            f"| {MODES[c.mode]} | {c.model} | {c.size / MiB:.0f} | {fmt(s['cpu_s_per_gib'])} "
+            (f"| {c.office} " if several else "")
+            + f"| {MODES[c.mode]} | {c.model} | {c.size / MiB:.0f} | {fmt(s['cpu_s_per_gib'])} "
             f"| {fmt(rss / MB if rss else None, 0)} | {fmt(ph['mirror_first'])} "
             f"| {fmt(ph['mirror_last'], 1)} | {fmt(ph['lan_last'], 1)} "
             f"| {fmt(ph['first_done'], 1)} | {fmt(ph['last_done'], 1)} | {fmt(tail)} "
@@ -784,8 +921,12 @@ def agent_table(cases: list[CaseResult]) -> list[str]:
 
 def checks(cases: list[CaseResult], large: bool = False) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    ref = {c.model: c.time_ratio for c in cases if c.mode == "p2pmodel" and c.subnets == 1}
     for c in cases:
         if c.mode != "p2pmodel":
+            continue
+        if c.subnets > 1:
+            out += subnet_checks(c, ref.get(c.model))
             continue
         rss = c.summary()["peak_rss_max"]
         if large:
@@ -815,6 +956,48 @@ def checks(cases: list[CaseResult], large: bool = False) -> list[dict[str, Any]]
             }
         )
     return out
+
+
+def subnet_checks(c: CaseResult, ref_time: float | None) -> list[dict[str, Any]]:
+    """Issue 17's targets for p2pmodel in an office of several subnets."""
+    out: list[dict[str, Any]] = [
+        {
+            "what": f"p2pmodel, {c.model}, {c.office}: mirror bytes / model size",
+            "value": c.mirror_ratio,
+            "target": f"<= {TARGET_MIRROR_RATIO}",
+            "pass": c.mirror_ratio <= TARGET_MIRROR_RATIO,
+        }
+    ]
+    for k, r in enumerate(c.router_ratios, start=1):
+        out.append(
+            {
+                "what": f"p2pmodel, {c.model}, {c.office}: router bytes into subnet {k} / size",
+                "value": r,
+                "target": f"<= {TARGET_ROUTER_RATIO}",
+                "pass": r <= TARGET_ROUTER_RATIO,
+            }
+        )
+    tr = c.time_ratio
+    delta = None if tr is None or ref_time is None else tr - ref_time
+    out.append(
+        {
+            "what": f"p2pmodel, {c.model}, {c.office}: last / (size/R) minus one subnet's",
+            "value": delta,
+            "target": f"<= {TARGET_SUBNET_TIME_DELTA}",
+            "pass": delta is not None and delta <= TARGET_SUBNET_TIME_DELTA,
+        }
+    )
+    return out
+
+
+SUBNET_TABLE_NOTE = (
+    "Router into subnet k: what the router sent on its leg into subnet k during the run (the "
+    "leg's tx counter in the router namespace, wire bytes x 1448/1514), over the model size; "
+    "into subnet 1 is what subnet 1 pulled from the others, into subnet 2.. includes what the "
+    "mirror (in subnet 1) sent there. Out of each subnet: the legs' rx counters, likewise. "
+    "vs one subnet: last / (size/R) minus the one-subnet office's figure for the same mode and "
+    "model in this run."
+)
 
 
 AGENT_TABLE_NOTE = (
@@ -849,12 +1032,21 @@ def report(run: dict[str, Any], cases: list[CaseResult]) -> str:
         "",
         f"{cfg['hosts']} workstations; models of {models_text(cfg)}; mirror link "
         f"R = {cfg['mirror_rate'] / MiB:.1f} MiB/s, each workstation link "
-        f"{cfg['lan_rate'] / MiB:.1f} MiB/s; ideal size / R = "
+        f"{cfg['lan_rate'] / MiB:.1f} MiB/s"
+        + (
+            " (the router's legs too); offices: "
+            + ", ".join(dict.fromkeys(c.office for c in cases))
+            if cfg.get("subnets", 1) > 1
+            else ""
+        )
+        + "; ideal size / R = "
         + ", ".join(sorted({f"{c.ideal_s:.1f} s" for c in cases})),
         "",
         *case_table(cases),
         "",
     ]
+    if any(c.subnets > 1 for c in cases):
+        lines += [*subnet_table(cases), "", SUBNET_TABLE_NOTE, ""]
     if any(c.mode in ("p2pmodel", "nosharing") for c in cases):
         lines += [*agent_table(cases), "", AGENT_TABLE_NOTE, ""]
     chk = run["checks"]
@@ -881,8 +1073,9 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = list(dict.fromkeys(c.mode for c in cases))
+    modes = list(dict.fromkeys((c.office, c.mode) for c in cases))
     models = list(dict.fromkeys(c.model for c in cases))
+    several = len({c.office for c in cases}) > 1
     fig, axes = plt.subplots(
         len(modes),
         len(models),
@@ -892,7 +1085,7 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
     )
     colors = [plt.get_cmap("tab10")(i) for i in range(10)]
     for c in cases:
-        ax = axes[modes.index(c.mode)][models.index(c.model)]
+        ax = axes[modes.index((c.office, c.mode))][models.index(c.model)]
         ts = [row[0] for row in c.timeline]
         for i, h in enumerate(c.hosts):
             color = colors[i % len(colors)]
@@ -904,7 +1097,8 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
         ax.axvline(c.ideal_s, color="0.5", lw=0.8, ls=":")
         last = c.last_s
         ax.set_title(
-            f"{MODES[c.mode]}, {c.model}: mirror {c.mirror_ratio:.2f}x size, "
+            (f"{c.office}: " if several else "")
+            + f"{MODES[c.mode]}, {c.model}: mirror {c.mirror_ratio:.2f}x size, "
             f"last {fmt(last, 1)} s ({fmt(c.time_ratio)}x ideal)",
             fontsize=9,
         )
@@ -923,7 +1117,7 @@ def plot(cases: list[CaseResult], path: Path, title: str) -> None:
         for i, h in enumerate(cases[0].hosts)
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -981,13 +1175,29 @@ N x size from the mirror, like aria2c -x16.
 """
 
 
-def write_docs(run: dict[str, Any], body: str, png: Path | None) -> None:
+SUBNETS_INTRO = """\
+The office benchmark above, run twice in one go: first in the one-subnet office (the reference),
+then in an office of several subnets: a switch namespace per subnet and a router namespace with
+a leg into each (`net.ipv4.ip_forward=1`, no multicast forwarding), the six workstations split
+across the subnets (ws1.. first), the mirror in subnet 1 behind its shaped internet link, and the
+router's legs shaped like the workstations' links (4R). `--join` says how the agents of
+different subnets find each other: `static`, every agent lists every other in `peers`;
+`reflector`, avahi-daemon reflecting mDNS in the router (no static peers). The router's bytes
+into each subnet are read from its legs' interface counters. Targets (issue 17): mirror <=
+1.02x, router bytes into each subnet <= 1.2x the model, last finish within 0.1 of the one-subnet
+office's last / (size/R).
+"""
+
+
+def write_docs(
+    run: dict[str, Any], body: str, png: Path | None, heading: str = SECTION, intro: str = ""
+) -> None:
     machine = run["machine"]
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     section = [
-        SECTION,
+        heading,
         "",
-        DOC_INTRO,
+        intro or DOC_INTRO,
         f"Machine: {machine['cpus']} vCPU {machine['cpu_model']}, {machine['mem_gib']:.0f} GiB "
         f"RAM, kernel {machine['kernel']}, Python {machine['python']}, {machine['aria2c']}, "
         f"libtorrent {machine['libtorrent']}. Every agent, aria2c, the mirror and the kernel's "
@@ -1001,10 +1211,10 @@ def write_docs(run: dict[str, Any], body: str, png: Path | None) -> None:
         rel = os.path.relpath(png, DOCS.parent)
         section += [f"![bytes received per workstation over time]({rel})", ""]
     new = "\n".join(section)
-    start = text.find(SECTION)
+    start = text.find(heading)
     if start >= 0:
-        nxt = re.search(r"^## ", text[start + len(SECTION) :], re.MULTILINE)
-        end = start + len(SECTION) + nxt.start() if nxt else len(text)
+        nxt = re.search(r"^## ", text[start + len(heading) :], re.MULTILINE)
+        end = start + len(heading) + nxt.start() if nxt else len(text)
         text = text[:start] + new + ("\n" + text[end:] if nxt else "")
     else:
         text = text.rstrip("\n") + "\n\n\n" + new
@@ -1078,6 +1288,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lan-rate", type=int, help="each workstation's link, bytes/s (4 x mirror)")
     p.add_argument("--modes", help=f"comma list of {','.join(MODES)} (all; --large: p2pmodel)")
     p.add_argument("--models", default=",".join(MODELS), help="comma list: sharded,single (both)")
+    p.add_argument(
+        "--subnets",
+        type=int,
+        default=1,
+        help="also run in an office of this many subnets joined by a router (1: only the flat "
+        "office, the reference)",
+    )
+    p.add_argument(
+        "--join",
+        choices=sorted(JOINS),
+        default="static",
+        help="--subnets: how agents of different subnets find each other: static (every agent "
+        "lists all others in peers) or reflector (avahi-daemon in the router); default static",
+    )
     p.add_argument("--timeout", type=float, help="seconds per run (120 + 3 x hosts x size/R)")
     p.add_argument("--json", type=Path, metavar="FILE", help="results (default: in a tmp dir)")
     p.add_argument("--png", type=Path, help="timeline plot (docs/bench-office.png with docs)")
@@ -1122,6 +1346,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"unknown modes/models: {', '.join(bad)}")
     if not 2 <= args.hosts <= 30:
         p.error("--hosts must be 2..30")
+    if not 1 <= args.subnets <= min(4, args.hosts):
+        p.error("--subnets must be 1..4, and at most --hosts")
     if args.size_mib < 8:
         p.error("--size-mib must be at least 8")
     if args.mirror_rate < 100_000 or args.lan_rate < 0 or args.shards < 1:
@@ -1140,6 +1366,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             f"{free / (1 << 30):.1f} GiB free (at most 80% of it is used)"
         )
     return args
+
+
+def log_case(case: CaseResult) -> None:
+    s = case.summary()
+    router = ""
+    if case.router_into:
+        router = "router into subnets " + ", ".join(f"{r:.2f}x" for r in case.router_ratios)
+        router += "; "
+    log(
+        f"  mirror {case.mirror_bytes / MiB:.1f} MiB ({case.mirror_ratio:.2f}x; "
+        f"its count {case.stats_bytes / MiB:.1f}, retransmitted "
+        f"{case.mirror_retransmits * 1448 / MiB:.1f}), {router}"
+        f"last done {fmt(s['last_s'], 1)} s ({fmt(s['time_ratio'])}x ideal "
+        f"{case.ideal_s:.1f} s), exact {s['all_exact']}, "
+        f"launch spread {case.launch_spread_s * 1000:.0f} ms"
+    )
 
 
 def large_disk_gib(hosts: int) -> float:
@@ -1189,26 +1431,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 up, MODELS["single"], shards=1, shard_size=size, single_file=True, seed=2
             )
         log(f"wrote the models ({models_text(vars(args))}) in {work}, {time.monotonic() - t:.0f} s")
-        prefix = f"p2pm-bo{os.getpid() % 10000}"
-        with Network(
-            args.hosts, mirror=True, mirror_rate=args.mirror_rate, lan_rate=lan_rate, prefix=prefix
-        ) as office:
-            log(f"office {office.prefix}: {', '.join(h.name + ' ' + h.ip for h in office.hosts)}")
-            bench = Bench(office, work, repos, args)
-            for model in args.models:
-                for mode in args.modes:
-                    log(f"{MODES[mode]}, {model}: {args.hosts} workstations at once")
-                    case = bench.run_case(mode, model)
-                    s = case.summary()
-                    log(
-                        f"  mirror {case.mirror_bytes / MiB:.1f} MiB ({case.mirror_ratio:.2f}x; "
-                        f"its count {case.stats_bytes / MiB:.1f}, retransmitted "
-                        f"{case.mirror_retransmits * 1448 / MiB:.1f}), "
-                        f"last done {fmt(s['last_s'], 1)} s ({fmt(s['time_ratio'])}x ideal "
-                        f"{case.ideal_s:.1f} s), exact {s['all_exact']}, "
-                        f"launch spread {case.launch_spread_s * 1000:.0f} ms"
-                    )
-                    cases.append(case)
+        # The flat office first; with --subnets, the office of several subnets after it.
+        offices: list[tuple[int, Join | None, str]] = [(1, None, "1 subnet")]
+        if args.subnets > 1:
+            offices.append(
+                (args.subnets, JOINS[args.join](), f"{args.subnets} subnets, {args.join}")
+            )
+        for n, (subnets, join, label) in enumerate(offices, start=1):
+            prefix = f"p2pm-bo{os.getpid() % 10000}" + (f"s{subnets}" if subnets > 1 else "")
+            office_work = work if n == 1 else work / f"office-{n}"
+            office_work.mkdir(exist_ok=True)
+            with Network(
+                args.hosts,
+                subnets=subnets,
+                mirror=True,
+                mirror_rate=args.mirror_rate,
+                lan_rate=lan_rate,
+                prefix=prefix,
+            ) as office:
+                hosts = ", ".join(
+                    f"{h.name} {h.ip}" + (f" (subnet {office.subnet_of(h)})" if subnets > 1 else "")
+                    for h in office.hosts
+                )
+                log(f"office {office.prefix} ({label}): {hosts}")
+                bench = Bench(office, office_work, repos, args, join, label)
+                for model in args.models:
+                    for mode in args.modes:
+                        log(f"{label}: {MODES[mode]}, {model}: {args.hosts} workstations at once")
+                        case = bench.run_case(mode, model)
+                        log_case(case)
+                        cases.append(case)
     finally:
         if args.keep_work:
             log(f"kept {work}")
@@ -1229,15 +1481,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "modes": args.modes,
             "models": args.models,
             "large": args.large,
+            "subnets": args.subnets,
+            "join": args.join if args.subnets > 1 else None,
         },
         "machine": {**machine_info(), "loadavg_before": load0, "loadavg_after": load1},
         "other_namespaces": others,
         "checks": checks(cases, args.large),
     }
     body = report(run, cases)
-    png = args.png or (PNG if args.docs else json_path.with_suffix(".png"))
+    docs_png = SUBNETS_PNG if args.subnets > 1 else PNG
+    png = args.png or (docs_png if args.docs else json_path.with_suffix(".png"))
     title = (
-        f"{args.hosts} workstations, {models_text(vars(args))}, mirror R = "
+        (f"1 and {args.subnets} subnets ({args.join}), " if args.subnets > 1 else "")
+        + f"{args.hosts} workstations, {models_text(vars(args))}, mirror R = "
         f"{args.mirror_rate / MiB:.0f} MiB/s, LAN {args.lan_rate / MiB:.0f} MiB/s"
     )
     if cases:
@@ -1250,8 +1506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path.write_text(json.dumps(run, indent=1) + "\n")
     print(body)
     if args.docs:
-        write_docs(run, body, png if cases else None)
-        log(f"wrote {DOCS.relative_to(ROOT)} (section {SECTION[3:]!r})")
+        heading, intro = (SUBNETS_SECTION, SUBNETS_INTRO) if args.subnets > 1 else (SECTION, "")
+        write_docs(run, body, png if cases else None, heading, intro)
+        log(f"wrote {DOCS.relative_to(ROOT)} (section {heading[3:]!r})")
     log(f"results: {json_path}; plot: {png}; took {run['took_s'] / 60:.1f} min")
     return 0  # a MISS is a result shown in the table, not a failure of the benchmark
 

@@ -15,7 +15,12 @@ not parse are another agent's problem: logged and ignored. With an office key th
 carries ``office``, the key's fingerprint (never the key): ``PeerService`` ignores agents of
 another office at once. mDNS only tells us about goodbyes; a
 peer that dies without one stays in mDNS caches for the record TTL, which is why liveness is
-judged by ``peers.PeerTable`` from RPC answers, not here.
+judged by ``peers.PeerTable`` from RPC answers, not here. Behind a router that reflects mDNS
+(Avahi's ``enable-reflector=yes``, a "Bonjour gateway") announcements arrive from the router's
+address but carry the announcer's own A record; peers are taken from the records, never from the
+packet's source, so a reflected agent is reached at its routed address as it is. python-zeroconf
+(0.154) checks neither the source address nor the IP TTL of responses, so they are not dropped
+(tests/test_lan_subnets.py).
 """
 
 from __future__ import annotations

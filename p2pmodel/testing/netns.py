@@ -7,10 +7,22 @@ address on one flat /24, the peer (named after the host) moves into the switch n
 joins `br0`. Nothing but the `ip netns` names themselves is created in the root namespace, and
 multicast snooping is off on the bridge so mDNS floods like on a dumb office switch.
 
+An office of several subnets (`subnets=2`, or a list of workstation counts per subnet) has a
+switch namespace per subnet (`<prefix>-sw1`, `<prefix>-sw2`, ...) and a router namespace
+`<prefix>-rt` with one veth leg into each switch: `eth<k>` at `.1` of subnet k in the router, its
+peer `rt` on that subnet's bridge. Subnet k is `10.(230+k).X.0/24` (subnet 1 is the one-subnet
+office's), every host has a default route via its subnet's router address, and the router has
+`net.ipv4.ip_forward=1` and nothing else: unicast is routed, multicast (mDNS) is not, as on an
+office router without a reflector. The mirror sits in subnet 1; workstations fill the subnets in
+order (ws1.. in subnet 1). `router_bytes` reads the router's interface counters per leg (what
+went into and out of each subnet through the router). With one subnet there is no router and
+the office is exactly the flat one described above.
+
 Rates are shaped with `tc tbf` (the kernel has no netem): `mirror_rate` on what the mirror sends
-(the egress of its `eth0`), `lan_rate` on both ends of every workstation's veth. `Network.shape`
-changes or removes a shaper at runtime. tbf counts Ethernet frames, so TCP goodput comes out ~4%
-under the nominal rate (measured 0.96-0.97x from 1 MB/s to 1 GB/s with `tbf_burst`).
+(the egress of its `eth0`), `lan_rate` on both ends of every workstation's veth and of every
+router leg. `Network.shape` and `Network.shape_leg` change or remove a shaper at runtime. tbf
+counts Ethernet frames, so TCP goodput comes out ~4% under the nominal rate (measured 0.96-0.97x
+from 1 MB/s to 1 GB/s with `tbf_burst`).
 
 Cleanup is the point of this module. Processes started through `Network.popen` are tracked and
 run in their own session; on exit they (and anything else still running inside the office's
@@ -24,6 +36,9 @@ Usage::
     with Network(4, mirror_rate=8_000_000) as office:
         server = office.popen(office.mirror_host, ["python3", "-m", "http.server"])
         office.workstations[0].run("curl", f"http://{office.mirror_host.ip}:8000/")
+
+    with Network(6, subnets=2, lan_rate=32_000_000) as office:  # ws1-3 | router | ws4-6
+        before = office.router_bytes()[2].into  # bytes routed into subnet 2 so far
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import os
 import re
 import secrets
@@ -48,10 +64,14 @@ from typing import Any, Literal
 MARKER_DIR = Path("/run/p2pmodel-office")
 NETNS_DIR = Path("/run/netns")
 SWITCH_SUFFIX = "sw"
+ROUTER_SUFFIX = "rt"
+ROUTER_PORT = "rt"  # the router's port on each subnet's bridge
 BRIDGE = "br0"
+ROUTER_OCTET = 1
 MIRROR_OCTET = 2
 FIRST_WORKSTATION_OCTET = 11
 MAX_WORKSTATIONS = 240
+MAX_SUBNETS = 16
 # tbf bucket: big enough that the kernel timer is not the limit at 1 GB/s (rate/100 bytes, i.e.
 # 10 ms worth), never smaller than 32 KiB so a 64 KiB GSO packet is split, not dropped.
 MIN_BURST = 32 * 1024
@@ -101,6 +121,31 @@ def tbf_burst(rate: int) -> int:
 def _tbf_argv(netns: str, dev: str, rate: int) -> list[str]:
     tbf = ["rate", f"{rate * 8}bit", "burst", str(tbf_burst(rate)), "latency", TBF_LATENCY]
     return ["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf", *tbf]
+
+
+@dataclass(frozen=True)
+class LegBytes:
+    """Bytes through one router leg so far: ``into`` the subnet (what the router sent on that
+    leg, its tx counter) and ``out_of`` it (what the router received on that leg)."""
+
+    into: int
+    out_of: int
+
+
+def split_subnets(workstations: int, subnets: int | Sequence[int]) -> list[int]:
+    """Workstations per subnet: `subnets` as a count (split as evenly as possible, the first
+    subnets take the remainder) or as the list of counts itself (which must sum up)."""
+    if isinstance(subnets, int):
+        if not 1 <= subnets <= MAX_SUBNETS:
+            raise ValueError(f"subnets must be in 1..{MAX_SUBNETS}, not {subnets}")
+        q, r = divmod(workstations, subnets)
+        return [q + (1 if k < r else 0) for k in range(subnets)]
+    counts = list(subnets)
+    if not 1 <= len(counts) <= MAX_SUBNETS or any(c < 0 for c in counts):
+        raise ValueError(f"subnets must be 1..{MAX_SUBNETS} counts >= 0, not {counts}")
+    if sum(counts) != workstations:
+        raise ValueError(f"subnets {counts} do not add up to {workstations} workstations")
+    return counts
 
 
 @dataclass(frozen=True)
@@ -294,12 +339,14 @@ def netns_available() -> str | None:
 
 
 class Network:
-    """N workstations and an optional mirror on one bridge, each in its own network namespace."""
+    """N workstations and an optional mirror on one bridge (or on one bridge per subnet, joined
+    by a router), each in its own network namespace."""
 
     def __init__(
         self,
         workstations: int,
         *,
+        subnets: int | Sequence[int] = 1,
         mirror: bool = True,
         mirror_rate: int | None = None,
         lan_rate: int | None = None,
@@ -317,17 +364,33 @@ class Network:
         self.mirror_rate = mirror_rate
         self.lan_rate = lan_rate
         self.kill_timeout = kill_timeout
+        counts = split_subnets(workstations, subnets)
         third = zlib.crc32(self.prefix.encode()) % 254 + 1
-        self.subnet = f"10.231.{third}.0/24"
-        base = f"10.231.{third}."
-        self.switch_netns = f"{self.prefix}-{SWITCH_SUFFIX}"
+        bases = [f"10.{230 + k}.{third}." for k in range(1, len(counts) + 1)]
+        self.subnets: list[str] = [f"{base}0/24" for base in bases]  # subnet k is [k - 1]
+        self.subnet = self.subnets[0]
+        base = bases[0]
+        if len(counts) == 1:
+            self.switches = [f"{self.prefix}-{SWITCH_SUFFIX}"]
+        else:
+            self.switches = [f"{self.prefix}-{SWITCH_SUFFIX}{k}" for k in range(1, len(counts) + 1)]
+        self.switch_netns = self.switches[0]
+        self.router: Host | None = None  # several subnets: the namespace joining them
+        self.router_ips: list[str] = []  # its address in subnet k is [k - 1]
+        if len(counts) > 1:
+            self.router_ips = [f"{b}{ROUTER_OCTET}" for b in bases]
+            self.router = Host("router", f"{self.prefix}-{ROUTER_SUFFIX}", self.router_ips[0])
         self.mirror_host: Host | None = (
             Host("mirror", f"{self.prefix}-mirror", f"{base}{MIRROR_OCTET}") if mirror else None
         )
-        self.workstations: list[Host] = [
-            Host(f"ws{i}", f"{self.prefix}-ws{i}", f"{base}{FIRST_WORKSTATION_OCTET + i - 1}")
-            for i in range(1, workstations + 1)
-        ]
+        self._subnet_of: dict[str, int] = {"mirror": 1}
+        self.workstations: list[Host] = []
+        for k, count in enumerate(counts, start=1):
+            for j in range(count):
+                i = len(self.workstations) + 1
+                ip = f"{bases[k - 1]}{FIRST_WORKSTATION_OCTET + j}"
+                self.workstations.append(Host(f"ws{i}", f"{self.prefix}-ws{i}", ip))
+                self._subnet_of[f"ws{i}"] = k
         self._procs: list[tuple[subprocess.Popen[bytes], bool]] = []  # (process, own session)
         self._marker: Path | None = None
         self._created: list[str] = []  # namespaces this office made: the only ones it deletes
@@ -343,8 +406,29 @@ class Network:
 
     @property
     def namespaces(self) -> list[str]:
-        """Every namespace name this office owns, switch first."""
-        return [self.switch_netns] + [h.netns for h in self.hosts]
+        """Every namespace name this office owns: switches first, then the router (if any)."""
+        router = [self.router.netns] if self.router is not None else []
+        return self.switches + router + [h.netns for h in self.hosts]
+
+    def subnet_of(self, host: Host) -> int:
+        """The number (1, 2, ...) of the subnet `host` sits in; the router is in all of them."""
+        if host not in self.hosts:
+            raise ValueError(f"{host.name} is not a host of office {self.prefix}")
+        return self._subnet_of[host.name]
+
+    def switch_of(self, host: Host) -> str:
+        """The switch namespace `host`'s link plugs into (its port there is named `host.name`)."""
+        return self.switches[self.subnet_of(host) - 1]
+
+    def in_subnet(self, subnet: int) -> list[Host]:
+        """The workstations of subnet `subnet` (1, 2, ...)."""
+        return [h for h in self.workstations if self._subnet_of[h.name] == subnet]
+
+    def router_leg(self, subnet: int) -> str:
+        """The router's device on subnet `subnet` (in the router namespace)."""
+        if self.router is None or not 1 <= subnet <= len(self.switches):
+            raise ValueError(f"office {self.prefix} has no router leg into subnet {subnet}")
+        return f"eth{subnet}"
 
     def host(self, name: str) -> Host:
         """The host called `name` ("mirror", "ws1", ...)."""
@@ -373,34 +457,69 @@ class Network:
         for name in self.namespaces:
             _run_checked(["ip", "netns", "add", name])
             self._created.append(name)
-        _ip_batch(
-            self.switch_netns,
-            [
-                "link set lo up",
-                f"link add {BRIDGE} type bridge mcast_snooping 0",
-                f"link set {BRIDGE} up",
-            ],
-        )
-        for h in self.hosts:
+        for switch in self.switches:
             _ip_batch(
-                h.netns,
+                switch,
                 [
                     "link set lo up",
-                    f"link add name eth0 type veth peer name {h.name} netns {self.switch_netns}",
-                    f"addr add {h.ip}/24 dev eth0",
-                    "link set eth0 up",
+                    f"link add {BRIDGE} type bridge mcast_snooping 0",
+                    f"link set {BRIDGE} up",
                 ],
             )
-        _ip_batch(
-            self.switch_netns,
-            [f"link set {h.name} master {BRIDGE}" for h in self.hosts]
-            + [f"link set {h.name} up" for h in self.hosts],
-        )
+        for h in self.hosts:
+            lines = [
+                "link set lo up",
+                f"link add name eth0 type veth peer name {h.name} netns {self.switch_of(h)}",
+                f"addr add {h.ip}/24 dev eth0",
+                "link set eth0 up",
+            ]
+            if self.router is not None:
+                lines.append(f"route add default via {self.router_ips[self.subnet_of(h) - 1]}")
+            _ip_batch(h.netns, lines)
+        if self.router is not None:
+            self._build_router(self.router)
+        for k, switch in enumerate(self.switches, start=1):
+            ports = [h.name for h in self.hosts if self._subnet_of[h.name] == k]
+            ports += [ROUTER_PORT] if self.router is not None else []
+            _ip_batch(
+                switch,
+                [f"link set {port} master {BRIDGE}" for port in ports]
+                + [f"link set {port} up" for port in ports],
+            )
         if self.mirror_host is not None and self.mirror_rate is not None:
             self.shape(self.mirror_host, self.mirror_rate)
         if self.lan_rate is not None:
             for h in self.workstations:
                 self.shape(h, self.lan_rate)
+            if self.router is not None:
+                for k in range(1, len(self.switches) + 1):
+                    self.shape_leg(k, self.lan_rate)
+
+    def _build_router(self, router: Host) -> None:
+        lines = ["link set lo up"]
+        for k, (switch, ip) in enumerate(zip(self.switches, self.router_ips, strict=True), 1):
+            lines += [
+                f"link add name eth{k} type veth peer name {ROUTER_PORT} netns {switch}",
+                f"addr add {ip}/24 dev eth{k}",
+                f"link set eth{k} up",
+            ]
+        _ip_batch(router.netns, lines)
+        # Unicast forwarding only: without a multicast routing daemon nothing joins the legs'
+        # groups, and 224.0.0.0/24 (mDNS) is link-local anyway.
+        _run_checked(router.cmd("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
+
+    def router_bytes(self) -> dict[int, LegBytes]:
+        """Bytes through each router leg so far, by subnet number (the legs' device counters,
+        read inside the router: every byte the router routed into a subnet, headers and all)."""
+        if self.router is None:
+            raise ValueError(f"office {self.prefix} has one subnet and no router")
+        links = json.loads(_run_checked(["ip", "-n", self.router.netns, "-s", "-j", "link"]))
+        by_dev = {link["ifname"]: link["stats64"] for link in links}
+        out: dict[int, LegBytes] = {}
+        for k in range(1, len(self.switches) + 1):
+            stats = by_dev[self.router_leg(k)]
+            out[k] = LegBytes(into=int(stats["tx"]["bytes"]), out_of=int(stats["rx"]["bytes"]))
+        return out
 
     # -- processes -------------------------------------------------------------------------
 
@@ -455,7 +574,25 @@ class Network:
         if direction in ("egress", "both"):
             ends.append((host.netns, "eth0"))
         if direction in ("ingress", "both"):
-            ends.append((self.switch_netns, host.name))
+            ends.append((self.switch_of(host), host.name))
+        self._shape_ends(ends, rate)
+
+    def shape_leg(self, subnet: int, rate: int | None, *, direction: Direction = "both") -> None:
+        """Set (or with `rate=None` remove) a tbf of `rate` bytes/s on the router's leg into
+        subnet `subnet`: "egress" is what the router sends into the subnet, "ingress" what the
+        subnet sends to the router (the switch side of the veth)."""
+        dev = self.router_leg(subnet)
+        assert self.router is not None
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be a positive number of bytes/s, not {rate}")
+        ends: list[tuple[str, str]] = []
+        if direction in ("egress", "both"):
+            ends.append((self.router.netns, dev))
+        if direction in ("ingress", "both"):
+            ends.append((self.switches[subnet - 1], ROUTER_PORT))
+        self._shape_ends(ends, rate)
+
+    def _shape_ends(self, ends: Sequence[tuple[str, str]], rate: int | None) -> None:
         for netns, dev in ends:
             if rate is None:
                 self._unshape(netns, dev)
@@ -502,9 +639,11 @@ class Network:
 
 __all__ = [
     "Host",
+    "LegBytes",
     "Network",
     "NetworkError",
     "cleanup_stale",
     "netns_available",
+    "split_subnets",
     "tbf_burst",
 ]

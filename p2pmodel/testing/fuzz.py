@@ -515,6 +515,31 @@ class _Reader:
         return data
 
 
+@dataclass
+class _Config:
+    hf_origin: str = "https://huggingface.co"
+
+
+class _HubInfo:
+    """The store, as far as the endpoint's metadata answers use it: what upstream said of a
+    manifest (kept in memory) and no other pinned reference."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, dict[str, Any]] = {}
+
+    def hub_info(self, manifest_digest: str) -> dict[str, Any]:
+        return dict(self.kept.get(manifest_digest, {}))
+
+    def keep_hub_info(self, manifest_digest: str, **parts: Any) -> None:
+        self.kept.setdefault(manifest_digest, {}).update(parts)
+
+    def refs(self) -> dict[str, str]:
+        return {}
+
+    def load_manifest(self, digest: str) -> Manifest | None:
+        return None
+
+
 FAILING = {"hf_fail": 0, "hf_cut": 1}  # tokens that make the fake's sources fail: after n reads
 
 
@@ -531,6 +556,14 @@ class _HfGets:
         self.manifest = Manifest("hf://acme/tiny", "hf://acme/tiny", COMMIT, files)
         self.tainted: set[str] = set()
         self.asked: list[Any] = []
+        self.store = _HubInfo()
+        self.config = _Config()
+
+    async def ask_hub(self, url: str, token: str | None) -> Any:
+        """Upstream is out of reach: the endpoint answers from what the store kept."""
+        await trio.lowlevel.checkpoint()
+        self.asked.append(url)
+        raise SourceError(f"{url}: unreachable")
 
     async def resolve(self, ref: Any, token: str | None) -> Manifest:
         await trio.lowlevel.checkpoint()
@@ -569,6 +602,9 @@ endpoint_requests = st.tuples(
                 f"/api/models/acme/tiny/tree/{COMMIT}",
                 "/api/models/acme/tiny/revision/main",
                 "/api/models/acme/tiny",
+                "/api/models/acme/tiny/refs",
+                "/api/models/acme/tiny/commits/main",
+                "/api/models/acme/tiny/paths-info/main",
                 "/acme/nope/resolve/main/config.json",
             ]
         ),

@@ -38,7 +38,7 @@ HEAVY = ("trio", "httpx", "libtorrent", "zeroconf", "rich", "h11", "platformdirs
 ADAPTER_BASES = {"store", "hashing"}
 # Services, lowest first: a service imports only services before it (no circle).
 SERVICES = [
-    "link", "limits", "download", "publish", "peers", "swarm", "sharing", "get", "names",
+    "link", "limits", "download", "publish", "peers", "tracker", "swarm", "sharing", "get", "names",
     "keeper", "scrub", "hfendpoint", "control", "dashboard", "metrics", "agent",
 ]  # fmt: skip
 
@@ -221,6 +221,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy})), 
         ["service", "status"],
         ["key", "new"],
         ["git", "setup", "--print"],
+        ["tracker", "whitelist"],
     ],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:

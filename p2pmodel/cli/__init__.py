@@ -1,6 +1,6 @@
 """The ``p2pmodel`` command: a module per command group (``get``, ``serve`` and ``status``,
-``store``: ls/rm/pin/gc/verify, ``mirrors``, ``service``, ``publish``, ``key``, ``git``), each
-importing only what it uses (``common`` is what they share).
+``store``: ls/rm/pin/gc/verify, ``mirrors``, ``service``, ``publish``, ``key`` and ``tracker``,
+``git``), each importing only what it uses (``common`` is what they share).
 
 Every error a user can cause or meet prints one line on stderr and exits non-zero with a code
 that says whose fault it was (``core.errors``); a bug of ours prints one line too and leaves the
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "service": service.cmd_service,
     "publish": publish.cmd_publish,
     "key": key.cmd_key,
+    "tracker": key.cmd_tracker,
     "git": git.cmd_git,
 }
 
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     kys = ky.add_subparsers(dest="key_command", metavar="KEY_COMMAND", parser_class=_Parser)
     kys.add_parser("new", help="print a fresh office key (put it in every workstation's config)")
     kys.add_parser("fingerprint", help="print the configured key's fingerprint (it is public)")
+
+    tr = sub.add_parser("tracker", help="what the office's BitTorrent tracker needs to know")
+    trs = tr.add_subparsers(dest="tracker_command", metavar="TRACKER_COMMAND", parser_class=_Parser)
+    trs.add_parser(
+        "whitelist", help="print the info-hash(es) the tracker must allow (opentracker -w FILE)"
+    )
 
     gt = sub.add_parser("git", help="git clone / git lfs pull take LFS objects from the office")
     gts = gt.add_subparsers(dest="git_command", metavar="GIT_COMMAND", parser_class=_Parser)

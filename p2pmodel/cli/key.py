@@ -1,4 +1,4 @@
-"""``p2pmodel key``: the office key."""
+"""``p2pmodel key``: the office key; ``p2pmodel tracker``: what the office's tracker needs of it."""
 
 from __future__ import annotations
 
@@ -37,3 +37,17 @@ def cmd_key(args: argparse.Namespace) -> int:
         print(key.fingerprint)
         return 0
     raise UserError("p2pmodel key needs a command: new or fingerprint")
+
+
+def cmd_tracker(args: argparse.Namespace) -> int:
+    """``tracker whitelist``: the info-hash(es) the office's tracker must allow, one a line
+    (opentracker's whitelist file). They come out of the office key (a public constant in an
+    open office) and reveal nothing of it."""
+    if args.tracker_command == "whitelist":
+        from ..adapters.home import load_config
+        from ..core.tracker import whitelist
+
+        for line in whitelist(load_config(user_home()).office_key):
+            print(line)
+        return 0
+    raise UserError("p2pmodel tracker needs a command: whitelist")

@@ -18,6 +18,7 @@ from .hubs import SameFiles, SameFilesError, parse_same_files
 from .limits import Limits, LimitsError, parse_limits, parse_size
 from .officekey import OfficeKey
 from .refs import parse_ref
+from .tracker import MAX_TRACKERS, check_url
 
 HF_ORIGIN = "https://huggingface.co"
 MS_ORIGIN = "https://www.modelscope.cn"
@@ -46,6 +47,7 @@ class Config:
     models: dict[str, str] = field(default_factory=dict)  # "name:tag" -> source ref text
     files: dict[str, FileSpec] = field(default_factory=dict)
     peers: tuple[str, ...] = ()
+    trackers: tuple[str, ...] = ()  # announce URLs of the office's tracker(s) (core.tracker)
     interfaces: tuple[str, ...] = ()  # IPv4 addresses the agent listens and announces on
     connections: int = DEFAULT_CONNECTIONS
     hf_origin: str = HF_ORIGIN  # where hf:// lives upstream (HF_ENDPOINT, as the HF tools)
@@ -147,6 +149,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         "models",
         "files",
         "peers",
+        "trackers",
         "interfaces",
         "connections",
         "hf_endpoint",
@@ -197,6 +200,14 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         host, _, port = peer.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise _Bad(f"peer {peer!r} is not 'host:port'")
+    trackers = raw.get("trackers", [])
+    if not (isinstance(trackers, list) and all(isinstance(t, str) for t in trackers)):
+        raise _Bad("trackers must be a list of announce URLs ('http://host:6969/announce')")
+    if len(trackers) > MAX_TRACKERS:
+        raise _Bad(f"trackers: at most {MAX_TRACKERS}")
+    for t in trackers:
+        if (why := check_url(t)) is not None:
+            raise _Bad(f"tracker {t!r}: {why}")
     interfaces = raw.get("interfaces", [])
     if not (isinstance(interfaces, list) and all(isinstance(i, str) for i in interfaces)):
         raise _Bad("interfaces must be a list of IPv4 addresses")
@@ -231,6 +242,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         models={parse_ref(k).text: v for k, v in models.items()},
         files=files,
         peers=tuple(peers),
+        trackers=tuple(dict.fromkeys(trackers)),
         interfaces=tuple(interfaces),
         connections=conns,
         hf_origin=hf_origin,

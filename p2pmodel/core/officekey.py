@@ -11,7 +11,8 @@ or about the key:
 - ``ca_seed``: the Ed25519 private key of the office CA. The same key on every agent gives
   byte-identical CA certificates (``adapters.tls``), which sign each agent's own certificate
   for mutual TLS on the peer link and for libtorrent's SSL torrents, and go into the info
-  dict of every torrent (so info-hashes stay the same on every agent of the office).
+  dict of every torrent (so info-hashes stay the same on every agent of the office);
+- ``rendezvous``: the info-hash the office's agents announce on a tracker (``core.tracker``).
 
 The key itself never leaves this object but through ``text`` (for ``p2pmodel key new`` only):
 its ``repr`` shows the fingerprint, and errors about a bad key never quote it. A file that
@@ -92,6 +93,10 @@ class OfficeKey:
     def ca_seed(self) -> bytes:
         """The 32-byte Ed25519 private key of the office CA."""
         return hkdf(self._raw, b"ca ed25519", 32)
+
+    def rendezvous(self) -> bytes:
+        """The 20-byte info-hash the office's agents meet under on a tracker."""
+        return hkdf(self._raw, b"tracker rendezvous", 20)
 
     def __repr__(self) -> str:
         return f"OfficeKey({self.fingerprint})"

@@ -42,11 +42,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PeerSource = Literal["mdns", "static", "inbound"]  # inbound: it said hello to us first
+# inbound: it said hello to us first; pex: a peer told of it; tracker: the office's tracker
+PeerSource = Literal["mdns", "static", "inbound", "pex", "tracker"]
 MAX_LIES = 64
 MAX_ADDRS = 8  # proven addresses kept per peer, and hints (announced, unproven) per agent
 MAX_PENDING = 1024  # agents announced and not proven yet
 HINT_HOLD = 30.0  # an address that failed for an agent is not tried for it again for this long
+# ... unless the agent connects to us from there again (it moved and listens there now; a
+# connection that came too early, before it listened, must not hide it for HINT_HOLD).
+INBOUND_HOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class PeerTable:
         """An announcement (mDNS) of ``agent`` at ``addrs``, or where the agent connected to us
         from: hints to try, nothing more. True if there is a new one (``due_probes``). A live
         peer's proven addresses, addresses already being tried and addresses that failed for
-        it within ``HINT_HOLD`` are not hints; at most ``MAX_ADDRS`` are kept per agent, the
+        it within ``HINT_HOLD`` are not hints (within ``INBOUND_HOLD`` where the agent connected
+        to us from: it may have moved there since); at most ``MAX_ADDRS`` are kept per agent, the
         oldest not being tried dropped."""
         if agent == self.self_agent:
             return False
@@ -131,7 +136,10 @@ class PeerTable:
         for addr in dict.fromkeys(addrs):
             if (peer.alive and addr in peer.addrs) or addr in peer.hints:
                 continue
-            if now < peer.held.get(addr, -math.inf):
+            until = peer.held.get(addr, -math.inf)
+            if source == "inbound":
+                until -= HINT_HOLD - INBOUND_HOLD
+            if now < until:
                 continue
             peer.held.pop(addr, None)
             peer.hints[addr] = now

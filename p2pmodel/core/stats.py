@@ -89,6 +89,9 @@ class LinkStats:
     refused: int = 0  # connections closed at once: too many from one address, or a bad hello
     handshake_failures: int = 0  # TLS handshakes that failed (no office certificate)
     addresses_refuted: int = 0  # announced or known addresses where another agent answered
+    pex_sent: int = 0  # peer-exchange messages: sent, taken, dropped (over the rate bound)
+    pex_received: int = 0
+    pex_dropped: int = 0
 
 
 @dataclass

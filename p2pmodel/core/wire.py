@@ -10,6 +10,7 @@ repeats, so one connection can carry several requests at once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import struct
 from dataclasses import MISSING, dataclass, field, fields
@@ -18,11 +19,15 @@ from typing import Any, ClassVar
 import msgpack
 
 from .errors import ProtocolError
+from .peers import MAX_ADDRS
+from .pex import MAX_ENTRIES, Entry
+from .tracker import MAX_TRACKERS, check_url
 
 # 2: sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
 # with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed);
-# 5: ``crossing`` (one agent of a subnet brings a unit in from behind a router)
-PROTOCOL_VERSION = 5
+# 5: ``crossing`` (one agent of a subnet brings a unit in from behind a router);
+# 6: ``peers`` (peer exchange: the agents and trackers I know)
+PROTOCOL_VERSION = 6
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")
@@ -212,6 +217,16 @@ class Suspect(Message):
 
 
 @dataclass(frozen=True)
+class KnownPeers(Message):
+    """The agents I know alive (agent, addresses a hello proved, ms since I heard from it) and
+    the trackers I use: hints for you to say hello to, never to believe (``core.pex``)."""
+
+    kind: ClassVar[str] = "peers"
+    peers: tuple[Entry, ...] = ()
+    trackers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Error(Message):
     kind: ClassVar[str] = "error"
     message: str = ""
@@ -239,6 +254,7 @@ MESSAGES: dict[str, type[Message]] = {
         OfficeQuery,
         OfficeState,
         Suspect,
+        KnownPeers,
         Error,
     )
 }
@@ -283,6 +299,16 @@ def _check_field(cls: type[Message], name: str, value: Any) -> Any:
                 raise PeerProtocolError(f"{where}: empty unit")
             units.append((digest, index, start, stop, ttl))
         return tuple(units)
+    if name == "peers":
+        if not isinstance(value, list) or len(value) > MAX_ENTRIES:
+            raise PeerProtocolError(f"{where}: not a list of at most {MAX_ENTRIES} agents")
+        return tuple(_entry(cls, where, e) for e in value)
+    if name == "trackers":
+        if not isinstance(value, list) or len(value) > MAX_TRACKERS:
+            raise PeerProtocolError(f"{where}: not a list of at most {MAX_TRACKERS} URLs")
+        if any(not isinstance(u, str) or check_url(u) is not None for u in value):
+            raise PeerProtocolError(f"{where}: not a tracker URL")
+        return tuple(value)
     if name in ("info", "manifest"):
         if not isinstance(value, bytes):
             raise PeerProtocolError(f"{where}: not bytes")
@@ -292,6 +318,28 @@ def _check_field(cls: type[Message], name: str, value: Any) -> Any:
             raise PeerProtocolError(f"{where}: not a short string")
         return value
     raise AssertionError(f"no rule for field {where}")  # pragma: no cover - our bug
+
+
+def _entry(cls: type[Message], where: str, e: Any) -> Entry:
+    if not (isinstance(e, list) and len(e) == 3 and isinstance(e[1], list)):
+        raise PeerProtocolError(f"{where}: an agent is [agent, [[host, port], ...], age_ms]")
+    agent = _check_field(cls, "agent", e[0])
+    if len(e[1]) > MAX_ADDRS:
+        raise PeerProtocolError(f"{where}: over {MAX_ADDRS} addresses")
+    addrs = []
+    for a in e[1]:
+        if not (isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)):
+            raise PeerProtocolError(f"{where}: an address is [host, port]")
+        try:
+            host = str(ipaddress.ip_address(a[0]))
+        except ValueError:
+            raise PeerProtocolError(f"{where}: not an IP address") from None
+        port = _check_field(cls, "rpc_port", a[1])
+        if port == 0:
+            raise PeerProtocolError(f"{where}: port 0")
+        addrs.append((host, port))
+    age = _check_field(cls, "index", e[2])
+    return (agent, tuple(addrs), age)
 
 
 def encode(msg: Message, request_id: int) -> bytes:
@@ -304,7 +352,7 @@ def encode(msg: Message, request_id: int) -> bytes:
 
 
 def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def decode(payload: bytes) -> tuple[Message, int]:

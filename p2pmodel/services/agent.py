@@ -2,9 +2,11 @@
 
 Theory of operation. ``Agent.run`` is the one root nursery. With its LAN on (``Lan``) it opens
 the swarm adapter (libtorrent), then starts ``SwarmService`` (seeds the store), ``PeerService``
-(serves the peer link, announces the agent, judges liveness) and ``SharingService`` (unless
-sharing is off); always ``GetService``, its ``LimitsService`` (the ``[limits]`` schedule), the
-``StoreKeeper`` (the store's cap), and for ``serve`` the HF endpoint and the control socket.
+(serves the peer link, announces the agent, judges liveness, exchanges peers),
+``TrackerService`` (the office's tracker, if one is configured or learned) and
+``SharingService`` (unless sharing is off); always ``GetService``, its ``LimitsService``
+(the ``[limits]`` schedule), the ``StoreKeeper`` (the store's cap), and for ``serve`` the HF
+endpoint and the control socket.
 Every get runs in an agent: ``serve``'s, the embedded one of a daemonless ``get``, or for
 ``--no-lan`` one with the LAN off (no socket, no libtorrent, no mDNS), so what a get does to
 the store is the same whichever way it ran. The services know each other
@@ -14,7 +16,7 @@ run real agents on in-memory fakes (``testing.fakes``). ``open_agent`` runs an a
 duration of a block (the embedded agent of a daemonless ``get``); an error in the block leaves
 it as it was raised, never wrapped in an exception group. ``reload`` takes a re-read config
 (``SIGHUP``): mirrors for the gets that start next, limits and the cap at once, static peers
-dialled at once; running transfers go on.
+dialled and trackers announced to at once; running transfers go on.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from .peers import AnnouncerFactory, PeerService
 from .scrub import Scrubber
 from .sharing import SharingService
 from .swarm import SwarmAdapter, SwarmService
+from .tracker import TrackerGet, TrackerService
 
 log = logging.getLogger(__name__)
 DEFAULT_RPC_PORT = 7420
@@ -106,6 +109,12 @@ def _real_swarm(
     return Swarm(store, interfaces, port, tls, connections=current_budget().swarm)
 
 
+def _real_tracker() -> TrackerGet:
+    from ..adapters.tracker import TrackerHttp
+
+    return TrackerHttp()
+
+
 def _real_discovery(**kw: Any) -> Any:
     from ..adapters.discovery import Discovery
 
@@ -119,6 +128,7 @@ class Outside:
     transport: Transport = field(default_factory=TcpTransport)
     swarm: Callable[[Store, list[str], int, OfficeTls | None], SwarmAdapter] = _real_swarm
     discovery: AnnouncerFactory = _real_discovery
+    tracker: Callable[[], TrackerGet] = _real_tracker
     http: HttpFactory | None = None  # None: a real HTTP client
     interfaces: Callable[[], list[str]] = local_ipv4
     networks: Callable[[], list[str]] = local_ipv4_networks  # "address/prefix" each
@@ -132,6 +142,7 @@ class Lan:
     swarm: SwarmService
     sharing: SharingService | None
     names: NameService
+    tracker: TrackerService
 
 
 class Agent:
@@ -198,6 +209,7 @@ class Agent:
                     self.gets.on_rotten.append(lambda digest: lan.swarm.unseed([digest]))
                     await nursery.start(lan.swarm.run)
                     await nursery.start(lan.peers.run)
+                    await nursery.start(lan.tracker.run)
                     if lan.sharing is not None:
                         await nursery.start(lan.sharing.run)
                 self.keeper = StoreKeeper(
@@ -243,6 +255,7 @@ class Agent:
             torrent_port=lambda: adapter.port,
             discovery=self.outside.discovery if opts.discovery else None,
             static_peers=self.config.peers,
+            trackers=self.config.trackers,
             tls=self.tls,
         )
         swarm = SwarmService(
@@ -263,7 +276,8 @@ class Agent:
         names = NameService(
             peers, self.store, keyed=self.tls is not None, wait_for_peers=opts.wait_for_peers
         )
-        return Lan(peers, swarm, sharing, names)
+        tracker = TrackerService(peers, self.config.office_key, self.outside.tracker)
+        return Lan(peers, swarm, sharing, names, tracker)
 
     @property
     def swarm(self) -> SwarmService:
@@ -328,6 +342,8 @@ class Agent:
         await self.peers.set_interfaces(wanted)
         self.interfaces = list(self.peers.interfaces) or wanted
         self.swarm.listen_on(self.interfaces)
+        if self.lan is not None:
+            self.lan.tracker.moved()
 
     def reload(self, config: Config) -> list[str]:
         """A re-read config (``SIGHUP``): applied without stopping anything (pinned
@@ -338,6 +354,7 @@ class Agent:
         self.gets.reload(config)
         if self.lan is not None:
             self.lan.peers.set_static_peers(config.peers)
+            self.lan.peers.set_trackers(config.trackers)
         self.keeper.set_cap(config.store_max)
         if config.office_key != (self.tls.key if self.tls is not None else None):
             notes.append("the office key changed: it takes effect when the agent restarts")
@@ -453,6 +470,7 @@ class Agent:
                 "running": self.gets.stats.running,
             },
             "link": vars(lan.peers.stats).copy() if lan is not None else {},
+            "tracker": lan.tracker.status() if lan is not None else None,
             "sharing": self.sharing.status(now) if self.sharing is not None else None,
             "hf_endpoint": self.hf.url if self.hf is not None else None,
             "limits": self.gets.limits.status(),

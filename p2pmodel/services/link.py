@@ -495,6 +495,13 @@ class PeerLink:
             await conn.aclose()
         return None
 
+    def renew(self) -> None:
+        """Our addresses changed: every connection may run from one that is gone (its packets
+        go nowhere, its requests would only time out), so close them all; the next request
+        or message to a peer dials afresh from where we are now."""
+        for agent in {*self._outboxes, *self._idle}:
+            self.forget(agent)
+
     def forget(self, agent: str) -> None:
         """The peer died: close its outbox and its idle connections."""
         box = self._outboxes.pop(agent, None)

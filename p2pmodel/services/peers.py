@@ -33,13 +33,26 @@ import trio
 from ..adapters.discovery import DiscoveryEvent, PeerSeen
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import Transport
-from ..core.peers import Peer, PeerAddr, PeerTable
+from ..core import pex
+from ..core.peers import Peer, PeerAddr, PeerSource, PeerTable
 from ..core.stats import LinkStats
-from ..core.wire import PROTOCOL_VERSION, Error, Hello, Message, PeerProtocolError, Ping, Pong
+from ..core.tracker import MAX_TRACKERS, effective
+from ..core.wire import (
+    PROTOCOL_VERSION,
+    Ack,
+    Error,
+    Hello,
+    KnownPeers,
+    Message,
+    PeerProtocolError,
+    Ping,
+    Pong,
+)
 from .link import Delivery, DialOutcome, PeerLink, Refuted, RpcError
 
 log = logging.getLogger(__name__)
 STATIC_EVERY = 5.0
+CANDIDATE_PROBES = 16  # hellos at once to the addresses a tracker returned
 Route = Callable[[Any, str], Awaitable[Message]]  # (message, peer's agent id) -> answer
 
 
@@ -49,6 +62,18 @@ def _host_name(host: str) -> str:
         ipaddress.ip_address(host)
         return ""
     return host
+
+
+def _loopback(ip: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(ip).is_loopback
+    return False
+
+
+def _random_pick() -> int:
+    import random
+
+    return random.randrange(1 << 30)
 
 
 class Announcer(Protocol):
@@ -82,7 +107,9 @@ class PeerService:
         torrent_port: Callable[[], int],
         discovery: AnnouncerFactory | None,
         static_peers: Sequence[str] = (),
+        trackers: Sequence[str] = (),
         tls: OfficeTls | None = None,
+        pick: Callable[[], int] | None = None,
     ) -> None:
         self.id = agent
         self.office = tls.fingerprint if tls is not None else ""  # "": an open office
@@ -113,6 +140,13 @@ class PeerService:
         self._nursery: trio.Nursery | None = None
         self._announcing: trio.CancelScope | None = None
         self._static_wake = trio.Event()
+        self._configured_trackers = tuple(trackers)
+        self._learned_trackers: tuple[str, ...] = ()
+        self._tracker_watchers: list[Callable[[], None]] = []
+        self.pex = pex.Intake()
+        self._pex_wake = trio.Event()
+        self._pick = pick or _random_pick
+        self._probing = trio.CapacityLimiter(CANDIDATE_PROBES)
 
     # -- what other services use ---------------------------------------------------------------
 
@@ -191,6 +225,98 @@ class PeerService:
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         return self.table.snapshot(now)
 
+    # -- trackers and peer exchange --------------------------------------------------------------
+
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers this agent uses: its config's, else those its peers told of."""
+        return effective(self._configured_trackers, self._learned_trackers)
+
+    def set_trackers(self, configured: Sequence[str]) -> None:
+        """A reloaded config's trackers (they win over learned ones; none: learned ones)."""
+        if tuple(configured) != self._configured_trackers:
+            self._configured_trackers = tuple(configured)
+            self._trackers_changed()
+
+    def watch_trackers(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (in trio, must not block) whenever ``trackers`` may have changed."""
+        self._tracker_watchers.append(fn)
+
+    def _trackers_changed(self) -> None:
+        for fn in self._tracker_watchers:
+            fn()
+
+    def add_candidates(self, addrs: Sequence[PeerAddr], source: PeerSource) -> int:
+        """Addresses where an agent may listen (a tracker's answer): each gets one hello, and
+        whoever answers it is a peer (with a key, one that proved it). Our own addresses and
+        those of live peers are left out. Returns how many get a hello."""
+        if self._nursery is None:
+            return 0
+        known = {a for p in self.table.alive() for a in p.addrs}
+        mine = {PeerAddr(ip, self.rpc_port) for ip in self.interfaces}
+        fresh = [a for a in dict.fromkeys(addrs) if a not in known and a not in mine]
+        for addr in fresh:
+            self._nursery.start_soon(self._hello_candidate, addr, source)
+        return len(fresh)
+
+    async def _hello_candidate(self, addr: PeerAddr, source: PeerSource) -> None:
+        async with self._probing:
+            try:
+                hello = await self.link.probe(addr.host, addr.rpc_port)
+            except (RpcError, PeerProtocolError) as e:
+                log.debug("no agent at %s (%s): %s", addr, source, e)
+                return
+        if self.table.said_hello(
+            addr, hello.agent, hello.torrent_port, source, trio.current_time()
+        ):
+            self._peer_seen.set()
+            self._wake.set()
+            self._changed()
+
+    async def _exchange(self) -> None:
+        """Tell peers which agents we know (``core.pex``): a peer at once when it is verified,
+        and a few every ``PEX_EVERY``."""
+        while True:
+            now = trio.current_time()
+            verified = [p.agent for p in self.table.alive() if p.verified]
+            for agent in [
+                *self.pex.owed(verified),
+                *self.pex.round_due(verified, now, self._pick()),
+            ]:
+                self._tell_peers(agent, now)
+            deadline = self.pex.next_round()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._pex_wake.wait()
+            self._pex_wake = trio.Event()
+
+    def _tell_peers(self, agent: str, now: float) -> None:
+        told = pex.entries(self.table.alive(), now, leave_out=agent)
+        self.link.stats.pex_sent += 1
+        self.link.send(agent, KnownPeers(told, self.trackers()))
+
+    def _told_peers(self, msg: KnownPeers, agent: str) -> Message:
+        """A peer's ``KnownPeers``: its entries become hints (a hello proves each), its
+        trackers are learned (ours, if configured, win)."""
+        now = trio.current_time()
+        if not self.pex.take(agent, now):
+            self.link.stats.pex_dropped += 1
+            return Ack()
+        self.link.stats.pex_received += 1
+        new = False
+        for other, addrs in pex.hints(msg.peers, self.id):
+            new |= self.table.seen(other, addrs, now, "pex")
+        if new:
+            self._wake.set()
+        if msg.trackers:
+            learned = tuple(dict.fromkeys([*msg.trackers, *self._learned_trackers]))
+            learned = learned[:MAX_TRACKERS]
+            if learned != self._learned_trackers:
+                before = self.trackers()
+                self._learned_trackers = learned
+                if self.trackers() != before:
+                    log.info("trackers learned from agent %s: %s", agent, ", ".join(learned))
+                    self._trackers_changed()
+        return Ack()
+
     # -- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,6 +329,7 @@ class PeerService:
             await self._announce()
             nursery.start_soon(self._liveness)
             nursery.start_soon(self._static_peers)
+            nursery.start_soon(self._exchange)
             task_status.started()
 
     async def _announce(self) -> None:
@@ -236,7 +363,8 @@ class PeerService:
         new = list(dict.fromkeys(interfaces))
         if new == self.interfaces:
             return
-        for ip in [ip for ip in self.interfaces if ip not in new]:
+        gone = [ip for ip in self.interfaces if ip not in new]
+        for ip in gone:
             self.link.unlisten(ip)
         usable = [ip for ip in self.interfaces if ip in new]
         for ip in [ip for ip in new if ip not in self.interfaces]:
@@ -250,6 +378,13 @@ class PeerService:
             await self._announce()
         elif self._announcing is not None:
             self._announcing.cancel()
+        if gone:
+            self.link.renew()  # connections from a gone address lead nowhere: dial afresh
+        if gone and self._nursery is not None and any(not _loopback(ip) for ip in self.interfaces):
+            # Once we listen where we are: ping every peer, so each meets us at our new
+            # address at once (it says hello back there), not at its next ping or timeout.
+            for peer in self.table.alive():
+                self._nursery.start_soon(self._ping, peer.agent)
 
     def _on_discovery(self, event: DiscoveryEvent) -> None:
         now = trio.current_time()
@@ -372,6 +507,8 @@ class PeerService:
         self._heard(peer.agent)
         if isinstance(msg, Ping):
             return Pong()
+        if isinstance(msg, KnownPeers):
+            return self._told_peers(msg, peer.agent)
         handler = self._routes.get(type(msg))
         if handler is None:
             return Error(f"unexpected {msg.kind}")
@@ -385,6 +522,8 @@ class PeerService:
             return
         for gone in self._alive - alive:
             self.link.forget(gone)
+        if verified != self._verified:
+            self._pex_wake.set()  # a newly verified peer is told who we know
         self._alive, self._verified, self._hosts = alive, verified, hosts
         for fn in self._watchers:
             fn()

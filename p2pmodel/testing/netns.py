@@ -508,6 +508,36 @@ class Network:
         # groups, and 224.0.0.0/24 (mDNS) is link-local anyway.
         _run_checked(router.cmd("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
 
+    def move(self, host: Host, subnet: int) -> Host:
+        """Carry workstation `host` into subnet `subnet` (a laptop from Wi-Fi to a wired desk):
+        its address goes, its link is plugged into that subnet's switch, and it gets a new
+        address there (octet 200 + its number) with a default route via that subnet's router.
+        Returns the host with its new address (its name and namespace stay)."""
+        if self.router is None or not 1 <= subnet <= len(self.switches):
+            raise ValueError(f"office {self.prefix} has no subnet {subnet} to move to")
+        if host not in self.workstations:
+            raise ValueError(f"{host.name} is not a workstation of office {self.prefix}")
+        old = self.switch_of(host)
+        new_switch = self.switches[subnet - 1]
+        ip = self.subnets[subnet - 1].rsplit(".", 1)[0] + f".{200 + int(host.name[2:])}"
+        _ip_batch(host.netns, ["addr flush dev eth0"])
+        if old != new_switch:
+            _ip_batch(old, [f"link set {host.name} netns {new_switch}"])
+            _ip_batch(
+                new_switch, [f"link set {host.name} master {BRIDGE}", f"link set {host.name} up"]
+            )
+        _ip_batch(
+            host.netns,
+            [
+                f"addr add {ip}/24 dev eth0",
+                f"route replace default via {self.router_ips[subnet - 1]}",
+            ],
+        )
+        moved = Host(host.name, host.netns, ip)
+        self.workstations[self.workstations.index(host)] = moved
+        self._subnet_of[host.name] = subnet
+        return moved
+
     def router_bytes(self) -> dict[int, LegBytes]:
         """Bytes through each router leg so far, by subnet number (the legs' device counters,
         read inside the router: every byte the router routed into a subnet, headers and all)."""

@@ -296,3 +296,24 @@ async def test_mirror_dying_mid_get_is_a_source_error(home, small_repo, start_mi
                 caught.append(e)
             nursery.cancel_scope.cancel()
     assert [type(e) for e in caught] == [SourceError], caught
+
+
+async def test_a_blob_asked_again_after_wrong_bytes_everywhere_fails_at_once(
+    home, small_repo, start_mirror
+):
+    """git-lfs asks the agent again for an object every mirror served with a wrong digest:
+    the second ask fails at once, naming the ban, and asks the mirror for nothing (before, a
+    lone agent waited for a peer to bring the blob, for ever)."""
+    mirror = await start_mirror([small_repo], faults=Faults(corrupt=True))
+    write_config(home, [mirror.hub_url])
+    f = max(small_repo.files, key=lambda f: f.size)
+    url = f"https://huggingface.co/acme/tiny/resolve/{small_repo.commit}/{f.path}"
+    digest = f"sha256:{f.sha256}"
+    async with GetService(Store(home), load_config(home), download=fast_options()).open() as gets:
+        with trio.fail_after(30), pytest.raises((IntegrityError, SourceError)):
+            await gets.fetch_blob(digest, f.size, [url])
+        served = mirror.stats.bytes_served
+        with trio.fail_after(5), pytest.raises(SourceError, match="wrong bytes"):
+            await gets.fetch_blob(digest, f.size, [url])
+        assert mirror.stats.bytes_served == served
+    assert not Store(home).has_blob(digest, f.size)

@@ -53,3 +53,20 @@ def test_an_exploring_connection_that_measured_nothing_does_not_count() -> None:
     board.revive(2.0)
     board.started(A, 2.0)
     assert board.choose([A, B], "y", 2.0) == B
+
+
+def test_bad_bytes_says_why_only_when_every_known_candidate_served_wrong_bytes() -> None:
+    """A blob asked again after every mirror served it with a wrong digest: the board says so
+    (the get fails at once instead of waiting for a peer that may never come); a candidate it
+    does not know, or one usable for the blob, or a ban for a missing file, is a chance."""
+    board = MirrorBoard()
+    board.add([A, B])
+    board.ban(A, "blob1", "digest mismatch (got sha256:aa...)")
+    assert board.bad_bytes([A], "blob1") == f"{A}: digest mismatch (got sha256:aa...)"
+    assert board.bad_bytes([A, B], "blob1") is None  # B may still serve it
+    assert board.bad_bytes([A, "http://new.test"], "blob1") is None
+    board.ban(B, "blob1", "missing")
+    assert board.bad_bytes([A, B], "blob1") is None
+    board.ban(B, "blob1", "digest mismatch (got sha256:bb...)")
+    assert board.bad_bytes([A, B], "blob1") is not None
+    assert board.bad_bytes([], "blob1") is None and board.bad_bytes([A], "blob2") is None

@@ -159,6 +159,17 @@ class MirrorBoard:
         m = self._m[key]
         return not m.dead and blob not in m.bans
 
+    def bad_bytes(self, keys: Sequence[str], blob: str) -> str | None:
+        """Why none of these candidates is asked for this blob again: each one the board knows
+        served it with a wrong digest before (a ban that outlives gets). None if any is
+        unknown or usable."""
+        if not keys or any(k not in self._m or self.usable_for(k, blob) for k in keys):
+            return None
+        reasons = [self._m[k].bans.get(blob, "") for k in keys]
+        if not all("mismatch" in r for r in reasons):
+            return None
+        return "; ".join(f"{k}: {r}" for k, r in zip(keys, reasons, strict=True))
+
     def hopeless(self, keys: Sequence[str], blob: str) -> bool:
         """True when no candidate can ever serve this blob again in this run."""
         return not any(self.usable_for(k, blob) for k in keys)

@@ -46,7 +46,7 @@ from ...core.config import Config
 from ...core.errors import NotFound, P2PModelError, SourceError, first_cause
 from ...core.limits import Rates
 from ...core.manifest import FileEntry, Manifest
-from ...core.mirrors import MirrorBoard
+from ...core.mirrors import MirrorBoard, mirror_key
 from ...core.progress import Progress
 from ...core.refs import Ref
 from ...core.resolve import Decision, matches_target
@@ -308,8 +308,14 @@ class GetService:
         progress = progress or Progress()
         if not self.store.has_blob(digest, size):
             job = _blob_job(digest, size, urls, headers or {}, self.config)
-            if not job.urls:
+            self.board.revive(trio.current_time())
+            bad = self.board.bad_bytes(list(dict.fromkeys(map(mirror_key, job.urls))), digest)
+            if not job.urls or bad is not None:
                 held = await self.lan.locate([digest]) if self.lan is not None else set()
+                if digest not in held and bad is not None:
+                    # Asked again (git-lfs retries an object): those mirrors are not asked
+                    # again in this agent's life, and waiting for a peer would wait forever.
+                    raise SourceError(f"every mirror served wrong bytes for {digest}: {bad}")
                 if digest not in held:
                     raise SourceError(
                         f"no source for {digest}: no download URL was given and no peer holds it"
@@ -317,7 +323,6 @@ class GetService:
             key = next(self._ids)
             self.running[key] = (keep_as or digest, progress)
             self.stats.blob_fetches += 1
-            self.board.revive(trio.current_time())
             try:
                 await fetch_blobs(
                     self.store, [job], progress, self._options(), self._http, self.lan, self.sharing

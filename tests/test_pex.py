@@ -293,6 +293,7 @@ class MemoryTracker:
         self.net = net
         self.swarms: dict[bytes, dict[bytes, tuple[str, int]]] = {}
         self.asked: list[dict[str, Any]] = []
+        self.urls: list[str] = []
 
     def client(self, ip: str) -> Callable[[], Any]:
         tracker_ = self
@@ -312,6 +313,7 @@ class MemoryTracker:
             k: unquote_to_bytes(v)
             for k, v in (p.split("=", 1) for p in url.split("?")[1].split("&"))
         }
+        self.urls.append(url)
         self.asked.append({"ip": ip, **{k: v.decode("latin-1") for k, v in raw.items()}})
         swarm = self.swarms.setdefault(raw["info_hash"], {})
         if raw.get("event") == b"stopped":
@@ -459,6 +461,9 @@ def test_the_tracker_alone_joins_agents_and_reaches_the_unconfigured(tmp_path: P
         await meshed([a, b, c], seconds=20)
         await until(lambda: c.lan is not None and c.lan.tracker.announces > 0, 10)
         assert c.peers.trackers() == (url,)
+        for url_asked in office.tracker.urls:  # the tracker learns no name, key or fingerprint
+            assert KEY.fingerprint not in url_asked and KEY.text not in url_asked
+            assert a.id not in url_asked and "acme" not in url_asked
         hashes = {q["info_hash"] for q in office.tracker.asked}
         assert hashes == {tracker.rendezvous(KEY).decode("latin-1")}
         assert {q["ip"] for q in office.tracker.asked} == {x.interfaces[0] for x in (a, b, c)}

@@ -41,8 +41,10 @@ With `--subnets N` (2 or 3) every mode runs twice: first in the one-subnet offic
 reference), then in an office of N subnets joined by a router namespace (`Network(subnets=N)`:
 the workstations split across the subnets, ws1.. first; the mirror in subnet 1; the router's
 legs shaped like the LAN; no multicast across it). How the agents of different subnets find
-each other is `--join` (`JOINS`): `static`, every agent lists every other in `peers`; or
-`reflector`, avahi-daemon reflecting mDNS in the router and no static peers. Measured there
+each other is `--join` (`JOINS`): `static`, every agent lists every other in `peers`;
+`reflector`, avahi-daemon reflecting mDNS in the router and no static peers; `one`, the first
+agent of each other subnet lists ws1 and peer exchange does the rest; or `tracker`, opentracker
+in the router and `trackers` on the first agent of each subnet. Measured there
 besides the above: the bytes the router sent into each subnet (its legs' tx counters, as TCP
 payload by the same 1448/1514), over the model size.
 """
@@ -70,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmodel.core.torrents import bencode, piece_size
+from p2pmodel.core.tracker import whitelist
 from p2pmodel.testing.models import Repo, RepoFile, make_model
 from p2pmodel.testing.netns import (
     TBF_LATENCY,
@@ -79,7 +82,7 @@ from p2pmodel.testing.netns import (
     netns_available,
     tbf_burst,
 )
-from p2pmodel.testing.services import Reflector
+from p2pmodel.testing.services import Reflector, Tracker
 from p2pmodel.testing.site import (
     Site,
     SiteError,
@@ -449,8 +452,45 @@ class ReflectorJoin(Join):
         Reflector(office, work / "avahi")  # stopped with the office
 
 
+def _first_of_subnet(office: Network, ws: Host) -> bool:
+    return office.in_subnet(office.subnet_of(ws))[0] == ws
+
+
+class OnePeerJoin(Join):
+    """The first agent of each subnet but subnet 1 lists ws1 as its one static peer; peer
+    exchange does the rest."""
+
+    label = "one peer"
+
+    def config(self, office: Network, ws: Host) -> str:
+        first = office.workstations[0]
+        if office.subnet_of(ws) != 1 and _first_of_subnet(office, ws):
+            return f'peers = ["{first.ip}:{AGENT_RPC_PORT}"]'
+        return ""
+
+
+class TrackerJoin(Join):
+    """opentracker in the router, whitelisting the open office's rendezvous hash; the first
+    agent of each subnet has it in `trackers`, the others learn it by peer exchange."""
+
+    label = "tracker"
+    url = ""
+
+    def start(self, office: Network, work: Path) -> None:
+        assert office.router is not None
+        self.url = Tracker(office, office.router, work / "opentracker", whitelist(None)).url
+
+    def config(self, office: Network, ws: Host) -> str:
+        return f'trackers = ["{self.url}"]' if _first_of_subnet(office, ws) else ""
+
+
 AGENT_RPC_PORT = 7420  # `serve`'s default
-JOINS: dict[str, type[Join]] = {"static": StaticJoin, "reflector": ReflectorJoin}
+JOINS: dict[str, type[Join]] = {
+    "static": StaticJoin,
+    "reflector": ReflectorJoin,
+    "one": OnePeerJoin,
+    "tracker": TrackerJoin,
+}
 
 
 # --- the office ---------------------------------------------------------------------------------
@@ -1176,13 +1216,16 @@ N x size from the mirror, like aria2c -x16.
 
 
 SUBNETS_INTRO = """\
-The office benchmark above, run twice in one go: first in the one-subnet office (the reference),
-then in an office of several subnets: a switch namespace per subnet and a router namespace with
+The office benchmark above, run in one go first in the one-subnet office (the reference),
+then in an office of several subnets (once per `--join`): a switch namespace per subnet and a router namespace with
 a leg into each (`net.ipv4.ip_forward=1`, no multicast forwarding), the six workstations split
 across the subnets (ws1.. first), the mirror in subnet 1 behind its shaped internet link, and the
 router's legs shaped like the workstations' links (4R). `--join` says how the agents of
 different subnets find each other: `static`, every agent lists every other in `peers`;
-`reflector`, avahi-daemon reflecting mDNS in the router (no static peers). The router's bytes
+`reflector`, avahi-daemon reflecting mDNS in the router (no static peers); `one`, the first agent
+of each other subnet lists ws1 and peer exchange does the rest; `tracker`, opentracker in the
+router, configured on the first agent of each subnet (the others learn it by peer exchange).
+Each unit crosses the router into a subnet about once (the crossing lease). The router's bytes
 into each subnet are read from its legs' interface counters. Targets (issue 17): mirror <=
 1.02x, router bytes into each subnet <= 1.2x the model, last finish within 0.1 of the one-subnet
 office's last / (size/R).
@@ -1297,10 +1340,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--join",
-        choices=sorted(JOINS),
+        type=_joins,
         default="static",
         help="--subnets: how agents of different subnets find each other: static (every agent "
-        "lists all others in peers) or reflector (avahi-daemon in the router); default static",
+        "lists all others in peers), reflector (avahi-daemon in the router), one (one static "
+        "peer per subnet, then peer exchange) or tracker (opentracker in the router); "
+        "a comma list runs each; default static",
     )
     p.add_argument("--timeout", type=float, help="seconds per run (120 + 3 x hosts x size/R)")
     p.add_argument("--json", type=Path, metavar="FILE", help="results (default: in a tmp dir)")
@@ -1384,6 +1429,15 @@ def log_case(case: CaseResult) -> None:
     )
 
 
+def _joins(text: str) -> str:
+    """--join: a comma list of JOINS names (each office of several subnets runs once)."""
+    names = [j.strip() for j in text.split(",") if j.strip()]
+    bad = [j for j in names if j not in JOINS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(JOINS))} (comma list)")
+    return ",".join(dict.fromkeys(names))
+
+
 def large_disk_gib(hosts: int) -> float:
     """Disk --large needs at its peak: both models' data, plus the larger in every store."""
     return (LARGE_SINGLE_MIB + LARGE_SHARDS * LARGE_SHARD_MIB + hosts * LARGE_SINGLE_MIB) / 1024
@@ -1434,11 +1488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The flat office first; with --subnets, the office of several subnets after it.
         offices: list[tuple[int, Join | None, str]] = [(1, None, "1 subnet")]
         if args.subnets > 1:
-            offices.append(
-                (args.subnets, JOINS[args.join](), f"{args.subnets} subnets, {args.join}")
-            )
+            offices += [
+                (args.subnets, JOINS[j](), f"{args.subnets} subnets, {j}")
+                for j in args.join.split(",")
+            ]
         for n, (subnets, join, label) in enumerate(offices, start=1):
-            prefix = f"p2pm-bo{os.getpid() % 10000}" + (f"s{subnets}" if subnets > 1 else "")
+            prefix = f"p2pm-bo{os.getpid() % 10000}" + (f"s{subnets}{n}" if subnets > 1 else "")
             office_work = work if n == 1 else work / f"office-{n}"
             office_work.mkdir(exist_ok=True)
             with Network(

@@ -69,7 +69,7 @@ class Locality:
         hosts = list(hosts)
         if not self.nets:
             return True
-        if any(_loopback(h) for h in hosts):
+        if any(is_loopback(h) for h in hosts):
             return True  # on this machine (tests, a second home)
         return self.subnet_of(hosts) is not None
 
@@ -79,7 +79,8 @@ class Locality:
         return self.subnet_of(hosts) or ("local" if self.near(hosts) else VIA_ROUTER)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (False for a name or nonsense)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -34,6 +34,7 @@ from ..adapters.discovery import DiscoveryEvent, PeerSeen
 from ..adapters.tls import OfficeTls
 from ..adapters.transport import Transport
 from ..core import pex
+from ..core.locality import is_loopback
 from ..core.peers import Peer, PeerAddr, PeerSource, PeerTable
 from ..core.stats import LinkStats
 from ..core.tracker import MAX_TRACKERS, effective
@@ -62,12 +63,6 @@ def _host_name(host: str) -> str:
         ipaddress.ip_address(host)
         return ""
     return host
-
-
-def _loopback(ip: str) -> bool:
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(ip).is_loopback
-    return False
 
 
 def _random_pick() -> int:
@@ -380,7 +375,11 @@ class PeerService:
             self._announcing.cancel()
         if gone:
             self.link.renew()  # connections from a gone address lead nowhere: dial afresh
-        if gone and self._nursery is not None and any(not _loopback(ip) for ip in self.interfaces):
+        if (
+            gone
+            and self._nursery is not None
+            and any(not is_loopback(ip) for ip in self.interfaces)
+        ):
             # Once we listen where we are: ping every peer, so each meets us at our new
             # address at once (it says hello back there), not at its next ping or timeout.
             for peer in self.table.alive():

@@ -75,7 +75,7 @@ class TrackerService:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        http = self._http()
+        http: TrackerGet | None = None  # made at the first announce: most offices have none
         try:
             task_status.started()
             async with trio.open_nursery() as nursery:
@@ -83,18 +83,20 @@ class TrackerService:
                     now = trio.current_time()
                     self.schedule.set_urls(self.peers.trackers(), now)
                     for url in self.schedule.due(now):
+                        http = http or self._http()
                         nursery.start_soon(self._announce, http, url, None)
                     deadline = self.schedule.next_deadline()
                     with trio.move_on_at(deadline if deadline is not None else math.inf):
                         await self._wake.wait()
                     self._wake = trio.Event()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-                    for url in self.schedule.urls():
-                        nursery.start_soon(self._announce, http, url, "stopped")
-            with trio.CancelScope(shield=True):
-                await http.aclose()
+            if http is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+                    async with trio.open_nursery() as nursery:
+                        for url in self.schedule.urls():
+                            nursery.start_soon(self._announce, http, url, "stopped")
+                with trio.CancelScope(shield=True):
+                    await http.aclose()
 
     async def _announce(self, http: TrackerGet, url: str, event: str | None) -> None:
         query = announce_url(url, self.info_hash, self.peer_id, self.peers.rpc_port, event=event)

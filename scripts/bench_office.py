@@ -1216,19 +1216,19 @@ N x size from the mirror, like aria2c -x16.
 
 
 SUBNETS_INTRO = """\
-The office benchmark above, run in one go first in the one-subnet office (the reference),
-then in an office of several subnets (once per `--join`): a switch namespace per subnet and a router namespace with
-a leg into each (`net.ipv4.ip_forward=1`, no multicast forwarding), the six workstations split
-across the subnets (ws1.. first), the mirror in subnet 1 behind its shaped internet link, and the
-router's legs shaped like the workstations' links (4R). `--join` says how the agents of
-different subnets find each other: `static`, every agent lists every other in `peers`;
-`reflector`, avahi-daemon reflecting mDNS in the router (no static peers); `one`, the first agent
-of each other subnet lists ws1 and peer exchange does the rest; `tracker`, opentracker in the
-router, configured on the first agent of each subnet (the others learn it by peer exchange).
-Each unit crosses the router into a subnet about once (the crossing lease). The router's bytes
-into each subnet are read from its legs' interface counters. Targets (issue 17): mirror <=
-1.02x, router bytes into each subnet <= 1.2x the model, last finish within 0.1 of the one-subnet
-office's last / (size/R).
+The office benchmark above, run in one go first in the one-subnet office (the reference), then
+in an office of several subnets (once per `--join`): a switch namespace per subnet and a router
+namespace with a leg into each (`net.ipv4.ip_forward=1`, no multicast forwarding), the six
+workstations split across the subnets (ws1.. first), the mirror in subnet 1 behind its shaped
+internet link, and the router's legs shaped like the workstations' links (4R). `--join` says how
+the agents of different subnets find each other: `static`, every agent lists every other in
+`peers`; `reflector`, avahi-daemon reflecting mDNS in the router (no static peers); `one`, the
+first agent of each other subnet lists ws1 and peer exchange does the rest; `tracker`,
+opentracker in the router, configured on the first agent of each subnet (the others learn it by
+peer exchange). Each unit crosses the router into a subnet about once (the crossing lease). The
+router's bytes into each subnet are read from its legs' interface counters. Targets (issue 17):
+mirror <= 1.02x, router bytes into each subnet <= 1.2x the model, last finish within 0.1 of the
+one-subnet office's last / (size/R).
 """
 
 

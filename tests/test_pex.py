@@ -436,10 +436,15 @@ def test_an_entry_that_is_no_agent_costs_one_hello(tmp_path: Path) -> None:
 
         a.peers.link.transport.connect = counting  # type: ignore[attr-defined]
         bogus = wire.KnownPeers((("cd" * 8, (("10.9.9.9", 7420),), 0),))
+        got_a, got_b = a.peers.stats.messages_received, b.peers.stats.messages_received
         for _ in range(10):
             await b.peers.request(a.id, bogus)
             await trio.sleep(pex.MIN_GAP)
         assert tried == ["10.9.9.9"]
+        # status "link": every message received counts, requests and answers alike
+        assert a.peers.stats.messages_received - got_a >= 10
+        assert b.peers.stats.messages_received - got_b >= 10
+        assert a.status()["link"]["messages_received"] == a.peers.stats.messages_received
         assert alive(a) == {b.id}
 
     run_office(tmp_path, body)

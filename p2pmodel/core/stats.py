@@ -85,6 +85,7 @@ class LinkStats:
     request_failures: int = 0
     messages_sent: int = 0  # through the ordered outboxes
     messages_dropped: int = 0
+    messages_received: int = 0  # every message a peer sent us: hellos, requests and answers
     served: int = 0  # requests answered for peers
     refused: int = 0  # connections closed at once: too many from one address, or a bad hello
     handshake_failures: int = 0  # TLS handshakes that failed (no office certificate)

@@ -102,10 +102,16 @@ class Refuted(RpcError):
 class Channel:
     """Frames over one stream: ``send`` a message, ``receive`` the next one."""
 
-    def __init__(self, stream: trio.abc.Stream, max_frame: int = MAX_FRAME) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        max_frame: int = MAX_FRAME,
+        on_frame: Callable[[], None] | None = None,
+    ) -> None:
         self.stream = stream
         self.decoder = FrameDecoder(max_frame)
         self.ready: list[bytes] = []
+        self._on_frame = on_frame  # told of every message received (the link's count)
 
     async def send(self, msg: Message, request_id: int) -> None:
         await self.stream.send_all(encode(msg, request_id))
@@ -122,6 +128,8 @@ class Channel:
             if not data:
                 raise _Broken("connection closed")
             self.ready += self.decoder.feed(data)
+        if self._on_frame is not None:
+            self._on_frame()
         return decode(self.ready.pop(0))
 
 
@@ -257,7 +265,7 @@ class PeerLink:
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 stream, certified = await self._secure(stream, server=True)
-                ch = Channel(stream, MAX_REQUEST)
+                ch = Channel(stream, MAX_REQUEST, self._received)
                 first, rid = await ch.receive()
                 if not isinstance(first, Hello) or first.proto != PROTOCOL_VERSION:
                     await ch.send(Error(f"expected hello, protocol {PROTOCOL_VERSION}"), rid)
@@ -328,7 +336,7 @@ class PeerLink:
             try:
                 with trio.fail_after(self.connect_timeout):
                     stream, certified = await self._secure(stream, server=False)
-                    ch = Channel(stream)
+                    ch = Channel(stream, on_frame=self._received)
                     await ch.send(self.hello(), 0)
                     answer, _ = await ch.receive()
             except (trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
@@ -494,6 +502,9 @@ class PeerLink:
         if conn is not None:  # cut off mid-request: the answer may still come, start over
             await conn.aclose()
         return None
+
+    def _received(self) -> None:
+        self.stats.messages_received += 1
 
     def renew(self) -> None:
         """Our addresses changed: every connection may run from one that is gone (its packets

@@ -30,9 +30,11 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 from p2pmodel.testing.netns import NETNS_DIR, Host, Network
 
@@ -42,6 +44,10 @@ TRACKER_PORT = 6969
 START_TIMEOUT = 15.0
 DAEMONS = ("avahi-daemon", "opentracker")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+_GET = (  # no proxy from the environment: the tracker is in the office
+    "import sys, urllib.request as u; "
+    "print(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=5).read())"
+)
 
 # Runs avahi-daemon ("$@") under a private /run: `ip netns exec` made this process a mount
 # namespace of its own (slave to the host's), so the tmpfs is seen by nobody else.
@@ -183,9 +189,25 @@ class Tracker:
             "opentracker",
             timeout,
         )
+        first = next(iter(self._hashes), None)
+        if first is not None:
+            # It listens before it has read its whitelist (another thread): until then every
+            # hash is refused. Ready once the first one is tracked ("stopped": no peer added).
+            _wait_started(
+                self.proc, lambda: self.tracks(first), self.log, "opentracker's whitelist", timeout
+            )
+
+    def tracks(self, info_hash: str) -> bool:
+        """Whether the tracker takes an announce of `info_hash` (40 hex) now: a "stopped"
+        announce from its own host, which adds no peer."""
+        query = f"info_hash={quote_from_bytes(bytes.fromhex(info_hash))}&peer_id={'0' * 20}"
+        query += "&port=1&uploaded=0&downloaded=0&left=0&compact=1&event=stopped"
+        done = self.host.run(sys.executable, "-c", _GET, f"{self.url}?{query}", timeout=10)
+        return done.returncode == 0 and "not authorized" not in done.stdout
 
     def _write(self, hashes: Iterable[str]) -> None:
         lines = [h.lower() for h in hashes]
+        self._hashes = lines
         if bad := [h for h in lines if not _HEX40.fullmatch(h)]:
             raise ValueError(f"info-hashes are 40 hex digits, not {bad}")
         tmp = self.whitelist.with_suffix(".new")

@@ -216,9 +216,15 @@ class Tracker:
         os.replace(tmp, self.whitelist)
 
     def allow(self, hashes: Iterable[str]) -> None:
-        """Track exactly `hashes` from now on (rewrite the whitelist, SIGHUP)."""
+        """Track exactly `hashes` from now on (rewrite the whitelist, SIGHUP, wait until the
+        first of them is taken)."""
         self._write(hashes)
         self.proc.send_signal(signal.SIGHUP)
+        first = next(iter(self._hashes), None)
+        if first is not None:  # it re-reads the file in another thread: wait until it did
+            _wait_started(
+                self.proc, lambda: self.tracks(first), self.log, "opentracker's reload", 30.0
+            )
 
     def stop(self) -> None:
         """SIGTERM (SIGKILL after 5 s) and wait; the office would do it on close too."""

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from p2pmodel.core.peers import (
     HINT_HOLD,
     MAX_ADDRS,
+    MAX_GOSSIP,
     MAX_PENDING,
+    PROBES,
     Peer,
     PeerAddr,
     PeerSource,
@@ -191,7 +193,8 @@ def test_heard_never_moves_last_heard_back() -> None:
 
 
 def test_due_pings_after_ping_interval() -> None:
-    """Live peers silent for ping_interval are due, each once per interval, dead ones never."""
+    """Live peers silent for ping_interval are due, each handed out once until its ping is
+    answered or failed; a failed one is pinged again at the next round; dead ones never."""
     t = table(ping_interval=2.0)
     live(t, "a", A, 1, "mdns", 0.0)
     live(t, "b", B, 1, "mdns", 1.0)
@@ -201,7 +204,79 @@ def test_due_pings_after_ping_interval() -> None:
     assert [p.agent for p in t.due_pings(now=2.0)] == ["a"]
     assert t.due_pings(now=2.5) == []  # a's ping is in flight; b not yet due
     assert [p.agent for p in t.due_pings(now=3.0)] == ["b"]
-    assert [p.agent for p in t.due_pings(now=4.0)] == ["a"]  # a still silent: ping again
+    assert t.due_pings(now=4.0) == []  # both in flight
+    assert t.ping_failed("a", now=4.5) is False
+    assert t.next_deadline() == 3.0  # a failed ping: again one round after it was sent (now)
+    assert [p.agent for p in t.due_pings(now=4.5)] == ["a"]
+
+
+def test_probes_per_round_do_not_grow_with_the_office() -> None:
+    """With 500 peers an agent pings PROBES of them per round, the longest unchecked first,
+    so each peer is pinged once every 500 / PROBES rounds (SWIM's probing); agents order
+    their ties differently, so the office's probes spread over every peer."""
+    peers = [f"p{i:03}" for i in range(500)]
+    t = table(ping_interval=2.0)
+    for i, agent in enumerate(peers):
+        live(t, agent, [PeerAddr(f"10.0.{i // 250}.{i % 250 + 1}", 7001)], 1, "mdns", 0.0)
+    pinged: dict[str, int] = {}
+    for second in range(2, 502):
+        now = float(second)
+        due = t.due_pings(now)
+        assert len(due) == PROBES
+        for p in due:
+            pinged[p.agent] = pinged.get(p.agent, 0) + 1
+            t.heard(p.agent, now + 0.01)
+    assert PROBES == 2 and len(pinged) == 500 and set(pinged.values()) == {2}
+    other = table(ping_interval=2.0)
+    other.self_agent = "someone-else"
+    for i, agent in enumerate(peers):
+        live(other, agent, [PeerAddr(f"10.0.{i // 250}.{i % 250 + 1}", 7001)], 1, "mdns", 0.0)
+    mine = [p.agent for p in table_first_round(peers)]
+    assert [p.agent for p in other.due_pings(2.0)] != mine
+
+
+def table_first_round(peers: Sequence[str]) -> list[Peer]:
+    t = table(ping_interval=2.0)
+    for i, agent in enumerate(peers):
+        live(t, agent, [PeerAddr(f"10.0.{i // 250}.{i % 250 + 1}", 7001)], 1, "mdns", 0.0)
+    return t.due_pings(2.0)
+
+
+def test_a_death_is_gossiped_and_each_hearer_checks_it_itself() -> None:
+    """A peer found dead by failed pings rides on the next pings and pongs (at most
+    MAX_GOSSIP a message, rumor_sends times in all); a rumor heard is a doubt, a ping at once:
+    the hearer kills the peer only when its own ping fails, and only then passes it on. A
+    rumor of a peer that answers dies there; one of ourselves is ignored."""
+    a = table(max_failures=2)
+    live(a, "d", A, 1, "mdns", 0.0)
+    live(a, "e", B, 1, "mdns", 0.0)
+    assert a.gossip() == ()
+    assert a.ping_failed("d", 2.0) is False and a.ping_failed("d", 3.0) is True
+    sends = a.rumor_sends()
+    assert sends == 3 * 2  # two peers in the table: 3 x ceil(log2(2 + 2))
+    carried = [a.gossip() for _ in range(sends + 2)]
+    assert carried == [("d",)] * sends + [(), ()]
+    b = table()
+    live(b, "d", A, 1, "mdns", 0.0)
+    assert b.told_gone(["d", "self"], now=4.0) == ["d"]
+    assert [p.agent for p in b.due_pings(4.0)] == ["d"]
+    assert b.gossip() == ()  # not confirmed yet
+    assert b.ping_failed("d", 4.1) is True  # one failure: it was in doubt
+    assert b.gossip() == ("d",)
+    c = table()
+    live(c, "d", A, 1, "mdns", 0.0)
+    c.told_gone(["d"], now=4.0)
+    c.due_pings(4.0)
+    c.heard("d", 4.1)  # it answers: the rumor stops here
+    assert c.alive()[0].agent == "d" and c.gossip() == ()
+    many = table()
+    for i in range(20):
+        live(many, f"x{i:02}", [PeerAddr(f"10.1.0.{i + 1}", 7001)], 1, "mdns", 0.0)
+        many.gone(f"x{i:02}", 1.0)
+    many.due_pings(1.0)
+    for i in range(20):
+        many.ping_failed(f"x{i:02}", 1.1)
+    assert len(many.gossip()) == MAX_GOSSIP
 
 
 def test_heard_resets_the_ping_schedule() -> None:
@@ -228,17 +303,18 @@ def test_ping_failures_in_a_row_kill() -> None:
     assert t.ping_failed("stranger", now=7.0) is False
 
 
-def test_expire_kills_silent_peers() -> None:
-    """Peers not heard for dead_after are marked dead and returned once."""
+def test_expire_kills_peers_whose_ping_hangs() -> None:
+    """A peer whose ping got neither an answer nor a failure for dead_after is marked dead
+    and returned once; silence alone kills nobody (peers are probed a few at a time)."""
     t = table(dead_after=8.0)
     live(t, "a", A, 1, "mdns", 0.0)
     live(t, "b", B, 1, "static", 0.0)
+    assert sorted(p.agent for p in t.due_pings(now=2.0)) == ["a", "b"]
     t.heard("b", now=5.0)
-    assert t.expire(now=7.9) == []
-    assert t.expire(now=8.0) == ["a"]
-    assert t.expire(now=9.0) == []
-    assert t.expire(now=13.0) == ["b"]
-    assert t.alive() == []
+    assert t.expire(now=9.9) == []
+    assert t.expire(now=10.0) == ["a"]
+    assert t.expire(now=11.0) == []
+    assert t.expire(now=100.0) == [] and [p.agent for p in t.alive()] == ["b"]
 
 
 def test_expire_forgets_long_dead_peers() -> None:
@@ -327,13 +403,13 @@ def test_next_deadline_is_the_next_ping_or_expiry() -> None:
     live(t, "a1", [PeerAddr("10.0.0.1", 7420)], 6881, "mdns", 100.0)
     assert t.next_deadline() == 102.0
     assert [p.agent for p in t.due_pings(102.0)] == ["a1"]
-    assert t.next_deadline() == 104.0  # pinged at 102: the next ping, unless heard
+    assert t.next_deadline() == 110.0  # pinged at 102: dead at 110 unless answered
     t.ping_failed("a1", 103.0)
-    t.due_pings(104.0)
-    t.due_pings(106.0)
-    assert t.next_deadline() == 108.0  # silent since 100: dead at 108
-    assert t.expire(108.0) == ["a1"]
-    assert t.next_deadline() == 708.0  # forgotten 600 s after it died
+    assert t.next_deadline() == 103.0  # failed: again one round after it was sent
+    assert [p.agent for p in t.due_pings(103.0)] == ["a1"]
+    assert t.next_deadline() == 111.0
+    assert t.expire(111.0) == ["a1"]
+    assert t.next_deadline() == 711.0  # forgotten 600 s after it died
 
 
 @given(
@@ -384,18 +460,19 @@ def test_a_spoofed_announcement_never_displaces_proven_addresses() -> None:
 
 
 def test_spoofed_announcements_keep_no_dead_peer_alive() -> None:
-    """Announcements count as hearing from nobody: a peer that went silent dies at
-    dead_after however often an outsider announces it, at its own address or at the
-    peer's."""
+    """Announcements count as hearing from nobody: a peer that went silent dies when its
+    ping hangs for dead_after however often an outsider announces it, at its own address
+    or at the peer's."""
     t = table(dead_after=8.0)
     p = live(t, "a", A, 1, "mdns", now=0.0)
-    for second in range(1, 8):
+    for second in range(1, 10):
         t.seen("a", [SPOOF, *A], now=float(second))
         for agent, addr in t.due_probes(now=float(second)):
             t.refuted(agent, addr, now=second + 0.1)
+        t.due_pings(now=float(second))  # handed out at 2 s, never answered
         assert t.expire(now=float(second)) == []
     assert p.last_heard == 0.0
-    assert t.expire(now=8.0) == ["a"]
+    assert t.expire(now=10.0) == ["a"]
     assert t.alive() == []
 
 

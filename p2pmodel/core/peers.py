@@ -15,16 +15,23 @@ the agent worked since (``unreachable``: the agent moved). A spoof therefore nev
 ages out proven addresses, and never keeps a dead peer alive: only answers count as hearing.
 
 From then on liveness is ours to judge, not mDNS's: a peer killed with SIGKILL sends no goodbye
-and its mDNS records live on for their TTL (minutes), so the agent pings every live peer it has
-not heard from for ``ping_interval`` (``due_pings``), and any successful RPC counts as hearing
-from it (``heard``, ``inventory``). A peer is marked dead after ``max_failures`` failed pings
-in a row (a refused connection shows up at once), after one when mDNS said goodbye (``gone``:
-anyone can send one, so it only makes the peer due for a ping at once), or when
-it has not been heard from for ``dead_after`` (``expire``: a peer that stopped answering
-without refusing). A dead peer's inventory is dropped; a hello on an announced address or a
-successful RPC brings it back. Peers dead for ``forget_after`` are forgotten. Our own agent id
-is never a peer. ``next_deadline`` says when the timers next have work. Time is always an
-argument; the table never reads a clock.
+and its mDNS records live on for their TTL (minutes). Liveness costs each agent the same whatever
+the size of the office (SWIM's probing): every ``probe_every`` seconds it pings at most
+``probes`` live peers (``due_pings``), those it checked longest ago first (ties in an order of
+its own, so agents spread their probes over the office), never one heard from within
+``ping_interval``: any successful RPC counts as hearing from it (``heard``, ``inventory``).
+Across the office each peer is then probed about ``probes`` times per round. A peer is marked
+dead after ``max_failures`` failed pings in a row (a failed one is pinged again at the next
+round, outside the budget; a refused connection shows up at once), after one when it is in
+doubt (``gone``), or when a ping handed out got no answer for ``dead_after`` (``expire``). A
+death this agent found (or confirmed) is a rumor it piggybacks on its next pings and pongs
+(``gossip``: at most ``MAX_GOSSIP`` a message, each sent ``rumor_sends`` times, about
+3 log2 of the office), so the office learns of it in a few rounds; a rumor heard
+(``told_gone``), like an mDNS goodbye, is only a doubt (anyone can say it): the peer is pinged at
+once and dies if that fails, and only then does this agent pass the rumor on. A dead peer's
+inventory is dropped; a hello on an announced address or a successful RPC brings it back. Peers
+dead for ``forget_after`` are forgotten. Our own agent id is never a peer. ``next_deadline``
+says when the timers next have work. Time is always an argument; the table never reads a clock.
 
 A peer is ``verified`` once a hello or an RPC with it succeeded since it was last seen alive:
 with an office key, over mutual TLS, so the peer proved the key.
@@ -37,6 +44,7 @@ and why. At most ``MAX_LIES`` are kept per peer, the oldest forgotten first.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +59,9 @@ HINT_HOLD = 30.0  # an address that failed for an agent is not tried for it agai
 # ... unless the agent connects to us from there again (it moved and listens there now; a
 # connection that came too early, before it listened, must not hide it for HINT_HOLD).
 INBOUND_HOLD = 2.0
+PROBES = 2  # live peers pinged per round, whatever the size of the office
+PROBE_EVERY = 1.0  # seconds per round
+MAX_GOSSIP = 8  # deaths piggybacked on one ping or pong
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ class Peer:
     partial: set[str] = field(default_factory=set)  # digests the peer holds in part
     failures: int = 0  # failed pings since we last heard from it
     last_pinged: float | None = None  # when the last ping was handed out, until heard
+    awaiting: bool = False  # that ping has not failed (nor been answered) yet
     died: float | None = None  # when it was last marked dead
     doubted: float | None = None  # when mDNS said goodbye for it, until it answers or dies
     verified: bool = False  # an RPC with it succeeded since it was last seen alive
@@ -88,6 +100,11 @@ class Peer:
     # Announced, not proven: address -> when announced, None while a hello on it is tried.
     hints: dict[PeerAddr, float | None] = field(default_factory=dict)
     held: dict[PeerAddr, float] = field(default_factory=dict)  # failed: not tried until then
+
+    @property
+    def last_checked(self) -> float:
+        """When we last heard from it or pinged it."""
+        return max(self.last_heard, self.last_pinged if self.last_pinged is not None else -math.inf)
 
     @property
     def pending(self) -> bool:
@@ -106,13 +123,19 @@ class PeerTable:
         dead_after: float = 8.0,
         max_failures: int = 2,
         forget_after: float = 600.0,
+        probes: int = PROBES,
+        probe_every: float = PROBE_EVERY,
     ) -> None:
         self.self_agent = self_agent
         self.ping_interval = ping_interval
         self.dead_after = dead_after
         self.max_failures = max_failures
         self.forget_after = forget_after
+        self.probes = probes
+        self.probe_every = probe_every
         self._peers: dict[str, Peer] = {}
+        self._next_round = -math.inf
+        self._rumors: dict[str, int] = {}  # dead agent -> sends left
 
     # -- events in -----------------------------------------------------------------------------
 
@@ -249,7 +272,8 @@ class PeerTable:
             return False
         if peer.doubted is None:
             peer.doubted = now
-            peer.last_pinged = None
+            if not peer.awaiting:  # else the ping in flight decides
+                peer.last_pinged = None
         return True
 
     def heard(self, agent: str, now: float) -> bool:
@@ -268,10 +292,31 @@ class PeerTable:
         if peer is None or not peer.alive:
             return False
         peer.failures += 1
+        peer.awaiting = False
         if peer.failures >= self.max_failures or peer.doubted is not None:
             self._kill(peer, now)
+            self._rumors[agent] = self.rumor_sends()
             return True
         return False
+
+    def told_gone(self, agents: Iterable[str], now: float) -> list[str]:
+        """A peer's ping or pong said these agents are dead: for the live ones a doubt, as
+        a goodbye (``gone``). Returns the agents now due for a ping."""
+        return [a for a in agents if a != self.self_agent and self.gone(a, now)]
+
+    def gossip(self) -> tuple[str, ...]:
+        """The deaths to piggyback on one ping or pong: at most ``MAX_GOSSIP``, the least
+        spread first; each one's count of sends left goes down."""
+        out = sorted(self._rumors, key=lambda a: (-self._rumors[a], a))[:MAX_GOSSIP]
+        for a in out:
+            self._rumors[a] -= 1
+            if self._rumors[a] <= 0:
+                del self._rumors[a]
+        return tuple(out)
+
+    def rumor_sends(self) -> int:
+        """How many messages carry one death: about 3 log2 of the office (SWIM's λ log n)."""
+        return 3 * max(1, math.ceil(math.log2(len(self._peers) + 2)))
 
     def inventory(
         self, agent: str, complete: Iterable[str], partial: Iterable[str], now: float
@@ -306,26 +351,41 @@ class PeerTable:
     # -- timers ---------------------------------------------------------------------------------
 
     def due_pings(self, now: float) -> list[Peer]:
-        """Live peers not heard from for ``ping_interval``, each handed out once per interval,
-        and at once those mDNS said goodbye for."""
+        """Peers to ping now, each handed out once until heard or failed: those in doubt
+        (a goodbye, a rumor) at once, those whose last ping failed at the next round, and in
+        a round (every ``probe_every``) up to ``probes`` of the rest not heard from for
+        ``ping_interval``, the longest unchecked first."""
         due: list[Peer] = []
+        idle: list[Peer] = []
         for peer in self._sorted():
-            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
-                peer.last_pinged = now
-                due.append(peer)
+            if not peer.alive:
                 continue
-            # Comparisons are written as next_deadline computes the times: at exactly that
-            # float, the timer must fire (now - a < b can be true when now == a + b).
-            if not peer.alive or now < peer.last_heard + self.ping_interval:
+            if peer.awaiting:
                 continue
-            if peer.last_pinged is not None and now < peer.last_pinged + self.ping_interval:
+            if peer.doubted is not None:
+                if peer.last_pinged is None:
+                    due.append(peer)
                 continue
+            if peer.failures:
+                # Comparisons are written as next_deadline computes the times: at exactly
+                # that float the timer must fire (now - a < b can be true when now == a + b).
+                if peer.last_pinged is None or now >= peer.last_pinged + self.probe_every:
+                    due.append(peer)
+                continue
+            if peer.last_pinged is None and now >= peer.last_heard + self.ping_interval:
+                idle.append(peer)
+        if idle and now >= self._next_round:
+            self._next_round = now + self.probe_every
+            idle.sort(key=lambda p: (p.last_checked, self._rank(p.agent)))
+            due += idle[: self.probes]
+        for peer in due:
             peer.last_pinged = now
-            due.append(peer)
+            peer.awaiting = True
         return due
 
     def expire(self, now: float) -> list[str]:
-        """Mark dead the live peers silent for ``dead_after``; return their ids.
+        """Mark dead the live peers a ping handed out ``dead_after`` ago did not reach (no
+        answer, no failure either); return their ids.
 
         Peers dead for ``forget_after`` are dropped from the table, and announced agents with
         nothing left to try (their hints failed, and were held long enough).
@@ -333,8 +393,11 @@ class PeerTable:
         died: list[str] = []
         for peer in self._sorted():
             peer.held = {a: until for a, until in peer.held.items() if now < until}
-            if peer.alive and now >= peer.last_heard + self.dead_after:
+            pinged = peer.last_pinged if peer.awaiting else None
+            hung = pinged is not None and now >= pinged + self.dead_after
+            if peer.alive and hung:
                 self._kill(peer, now)
+                self._rumors[peer.agent] = self.rumor_sends()
                 died.append(peer.agent)
             elif self._forgotten(peer, now):
                 del self._peers[peer.agent]
@@ -348,14 +411,20 @@ class PeerTable:
             times += [since for since in peer.hints.values() if since is not None]
             if peer.pending and not peer.hints:
                 times += peer.held.values()  # then it is forgotten
-            if peer.alive and peer.doubted is not None and peer.last_pinged is None:
-                times.append(peer.doubted)  # a goodbye: ping at once
-            if peer.alive:
+            if not peer.alive:
+                if peer.died is not None:
+                    times.append(peer.died + self.forget_after)
+                continue
+            if peer.awaiting and peer.last_pinged is not None:
+                times.append(peer.last_pinged + self.dead_after)
+            elif peer.doubted is not None:
+                if peer.last_pinged is None:
+                    times.append(peer.doubted)  # a goodbye or a rumor: ping at once
+            elif peer.failures:
                 pinged = peer.last_pinged if peer.last_pinged is not None else -math.inf
-                times.append(max(peer.last_heard, pinged) + self.ping_interval)
-                times.append(peer.last_heard + self.dead_after)
-            elif peer.died is not None:
-                times.append(peer.died + self.forget_after)
+                times.append(pinged + self.probe_every)
+            elif peer.last_pinged is None:
+                times.append(max(peer.last_heard + self.ping_interval, self._next_round))
         return min(times, default=None)
 
     # -- queries --------------------------------------------------------------------------------
@@ -421,11 +490,17 @@ class PeerTable:
             del peer.held[next(iter(peer.held))]
         return hinted
 
+    def _rank(self, agent: str) -> bytes:
+        """This agent's own order of its peers (ties among probes): each agent's differs."""
+        return hashlib.blake2b(f"{self.self_agent}/{agent}".encode(), digest_size=8).digest()
+
     def _revive(self, peer: Peer, now: float) -> None:
+        self._rumors.pop(peer.agent, None)
         peer.alive = True
         peer.last_heard = max(peer.last_heard, now)
         peer.failures = 0
         peer.last_pinged = None
+        peer.awaiting = False
         peer.died = None
         peer.doubted = None
 
@@ -435,6 +510,7 @@ class PeerTable:
         peer.died = now
         peer.failures = 0
         peer.last_pinged = None
+        peer.awaiting = False
         peer.doubted = None
         # What a dead peer held may be gone when it comes back; it will be asked again.
         peer.holds = set()

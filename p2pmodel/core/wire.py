@@ -19,15 +19,16 @@ from typing import Any, ClassVar
 import msgpack
 
 from .errors import ProtocolError
-from .peers import MAX_ADDRS
+from .peers import MAX_ADDRS, MAX_GOSSIP
 from .pex import MAX_ENTRIES, Entry
 from .tracker import MAX_TRACKERS, check_url
 
 # 2: sharing (claims, units); 3: finer units at the tail of a blob, and blob torrents
 # with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed);
 # 5: ``crossing`` (one agent of a subnet brings a unit in from behind a router);
-# 6: ``peers`` (peer exchange: the agents and trackers I know)
-PROTOCOL_VERSION = 6
+# 6: ``peers`` (peer exchange: the agents and trackers I know); 7: ``gone`` on pings and
+# pongs (deaths gossiped, SWIM-style)
+PROTOCOL_VERSION = 7
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
 _HEADER = struct.Struct(">I")
@@ -107,12 +108,16 @@ class Resolved(Message):
 
 @dataclass(frozen=True)
 class Ping(Message):
+    """Are you there? ``gone``: agents I found dead (a doubt for you: ping them yourself)."""
+
     kind: ClassVar[str] = "ping"
+    gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Pong(Message):
     kind: ClassVar[str] = "pong"
+    gone: tuple[str, ...] = ()
 
 
 # -- sharing: leases on units of blobs nobody in the office holds yet ---------
@@ -278,6 +283,10 @@ def _check_field(cls: type[Message], name: str, value: Any) -> Any:
         if not isinstance(value, str) or not _AGENT_ID.match(value):
             raise PeerProtocolError(f"{where}: bad agent id")
         return value
+    if name == "gone":
+        if not isinstance(value, list) or len(value) > MAX_GOSSIP:
+            raise PeerProtocolError(f"{where}: not a list of at most {MAX_GOSSIP} agents")
+        return tuple(_check_field(cls, "agent", a) for a in value)
     if name in ("proto", "torrent_port", "rpc_port"):
         if type(value) is not int or not 0 <= value < 65536:
             raise PeerProtocolError(f"{where}: not a small integer")

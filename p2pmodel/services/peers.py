@@ -10,8 +10,9 @@ anyone can announce any agent at any address, so an announced address is used on
 on it proved the agent (``_probe``; with an office key, over TLS with the office's
 certificates), and every dial's outcome goes back to the table, which drops addresses that
 prove someone else. mDNS only tells of goodbyes (and anyone can say one: the peer is pinged
-at once and dies if that fails); a peer killed without one is found dead by failed pings or
-silence, long before its mDNS records expire.
+at once and dies if that fails); a peer killed without one is found dead by failed pings
+(a few peers a round, deaths gossiped on pings and pongs: ``core.peers``), long before its mDNS
+records expire.
 
 Other services see peers only through this service: ``alive``/``holders``/``get`` (read-only
 views of the table), ``request``/``broadcast`` (through the link), ``route`` (the requests of a
@@ -53,6 +54,7 @@ from .link import Delivery, DialOutcome, PeerLink, Refuted, RpcError
 
 log = logging.getLogger(__name__)
 STATIC_EVERY = 5.0
+PING_TIMEOUT = 3.0  # a ping not answered within this failed
 CANDIDATE_PROBES = 16  # hellos at once to the addresses a tracker returned
 Route = Callable[[Any, str], Awaitable[Message]]  # (message, peer's agent id) -> answer
 
@@ -468,10 +470,18 @@ class PeerService:
 
     async def _ping(self, agent: str) -> None:
         try:
-            await self.link.request(agent, Ping())
-        except (RpcError, PeerProtocolError):
+            with trio.fail_after(PING_TIMEOUT):
+                reply = await self.link.request(agent, Ping(self.table.gossip()))
+        except (RpcError, PeerProtocolError, trio.TooSlowError):
             self.table.ping_failed(agent, trio.current_time())
             self._changed()
+            return
+        if isinstance(reply, Pong):
+            self._told_gone(reply.gone)
+
+    def _told_gone(self, agents: Sequence[str]) -> None:
+        if agents and self.table.told_gone(agents, trio.current_time()):
+            self._wake.set()  # a ping at once tells
 
     # -- the link's callbacks ------------------------------------------------------------------
 
@@ -505,7 +515,8 @@ class PeerService:
         """A peer's request: counts as hearing from it, then goes to whoever routes its kind."""
         self._heard(peer.agent)
         if isinstance(msg, Ping):
-            return Pong()
+            self._told_gone(msg.gone)
+            return Pong(self.table.gossip())
         if isinstance(msg, KnownPeers):
             return self._told_peers(msg, peer.agent)
         handler = self._routes.get(type(msg))

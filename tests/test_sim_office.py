@@ -1,120 +1,24 @@
-"""A simulated office: many real agents (the real services, sharing included) on in-memory
-fakes of the network, mDNS, libtorrent and the mirror, in one trio run under a fake clock.
-No root, no sockets: what the multi-host tests show in namespaces, at office sizes."""
+"""The simulated office (``testing.simoffice``): many real agents on in-memory fakes under a
+fake clock. Small cases; ``scripts/sim-office`` runs the large ones."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
-from p2pmodel.core.config import parse_config
-from p2pmodel.core.refs import parse_ref
-from p2pmodel.services.agent import Agent, AgentOptions
-from p2pmodel.services.get import GetRequest, GetResult
-from p2pmodel.testing.fakes import MemoryMirror, SimLan
-from p2pmodel.testing.mirror import Faults
-from p2pmodel.testing.models import Repo, make_model
+from p2pmodel.testing import simoffice
+from p2pmodel.testing.simoffice import Sim, run_office
 
 MiB = 1024 * 1024
 SEGMENT = 256 * 1024
 
 
-@dataclass
-class Sim:
-    office: SimLan
-    repo: Repo
-    tmp: Path
-    agents: dict[int, Agent] = field(default_factory=dict)
-    scopes: dict[int, list[trio.CancelScope]] = field(default_factory=dict)
-    results: dict[int, GetResult] = field(default_factory=dict)
-
-    @property
-    def mirror(self) -> MemoryMirror:
-        return self.office.mirror
-
-    def file_bytes(self) -> int:
-        """What the mirror served of the model's files (not of the API listings)."""
-        by_path = self.mirror.mirror.stats.by_path
-        return sum(n for path, n in by_path.items() if not path.startswith("/api/"))
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.repo.files)
-
-    async def start(self, nursery: trio.Nursery, i: int) -> Agent:
-        home = self.tmp / f"ws{i}"
-        home.mkdir(exist_ok=True)
-        config = parse_config(
-            {"mirror": [{"for": "https://huggingface.co/", "use": [self.mirror.hub_url + "/"]}]},
-            {},
-        )
-        opts = AgentOptions(rpc_port=0, segment=SEGMENT, wait_for_peers=0.5)
-        scope = trio.CancelScope()
-        self.scopes[i] = [scope]
-
-        async def run(task_status: trio.TaskStatus[Agent]) -> None:
-            with scope:
-                await Agent(home, config, opts, self.office.outside()).run(task_status=task_status)
-
-        agent: Agent = await nursery.start(run)
-        self.agents[i] = agent
-        return agent
-
-    def get(self, nursery: trio.Nursery, i: int) -> None:
-        scope = trio.CancelScope()
-        self.scopes[i].append(scope)
-
-        async def run() -> None:
-            with scope:
-                req = GetRequest(parse_ref(f"hf://{self.repo.repo_id}"))
-                self.results[i] = await self.agents[i].gets.get(req)
-
-        nursery.start_soon(run)
-
-    def crash(self, i: int) -> None:
-        """kill -9: no goodbye, connections and swarm gone."""
-        self.office.mdns.crash(self.agents[i].id)
-        for scope in self.scopes[i]:
-            scope.cancel()
-
-    def assert_exact(self, i: int) -> None:
-        top = self.results[i].path
-        for f in self.repo.files:
-            assert (top / f.path).read_bytes() == f.data_path.read_bytes(), (i, f.path)
-
-    def messages(self, i: int) -> int:
-        link = self.agents[i].peers.stats
-        return link.messages_sent + link.requests + link.served
-
-
 def make_sim(tmp: Path, shards: int, shard_size: int, rate: int) -> Sim:
-    repo = make_model(tmp / "up", "acme/sim", shards=shards, shard_size=shard_size)
-    mirror = MemoryMirror([repo], Faults(total_rate=rate))
-    return Sim(SimLan(mirror, lan_rate=64 * MiB), repo, tmp)
-
-
-async def run_office(sim: Sim, starts: Sequence[float], *, crash: dict[int, float] | None = None):
-    """Start agent i at time starts[i] (its get right away); crash some at given times."""
-    crash = crash or {}
-    t0 = trio.current_time()
-    async with trio.open_nursery() as agents:
-        async with trio.open_nursery() as gets:
-            for i, at in sorted(enumerate(starts), key=lambda x: x[1]):
-                await trio.sleep_until(t0 + at)
-                await sim.start(agents, i)
-                sim.get(gets, i)
-            for i, at in sorted(crash.items(), key=lambda x: x[1]):
-                await trio.sleep_until(t0 + at)
-                sim.crash(i)
-        agents.cancel_scope.cancel()
-    return trio.current_time() - t0
+    return simoffice.make_sim(tmp, shards, shard_size, rate, SEGMENT)
 
 
 async def test_eight_agents_fetch_each_unit_from_the_mirror_once(tmp_path: Path, clock):
@@ -165,3 +69,40 @@ async def test_crashes_and_late_joins_still_complete(tmp_path: Path, clock):
     for i in survivors:
         sim.assert_exact(i)
     assert sim.file_bytes() <= 1.5 * sim.size
+
+
+async def test_idle_liveness_does_not_grow_with_the_office_and_a_death_is_noticed(
+    tmp_path: Path, clock
+):
+    """Idle, each agent's liveness messages (pings and pongs, sent and received) per 30 s are
+    the same in an office of 8 and of 32 agents (a few probes a round, SWIM-style, not a ping
+    to every peer); a killed agent (no goodbye) is dead for every other within 10 s."""
+    per_agent: dict[int, float] = {}
+    for n in (8, 32):
+        sim = make_sim(tmp_path / f"o{n}", shards=1, shard_size=MiB, rate=8 * MiB)
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                await sim.start(nursery, i)
+            await trio.sleep(5.0)
+            assert all(len(a.peers.alive_ids()) == n - 1 for a in sim.agents.values())
+            before = {i: sim.messages(i) for i in sim.agents}
+            await trio.sleep(30.0)
+            counts = [sim.messages(i) - before[i] for i in sim.agents]
+            per_agent[n] = sum(counts) / n
+            assert max(counts) <= 2 * per_agent[n]
+            if n == 32:
+                dead = sim.agents[5].id
+                t0 = trio.current_time()
+                sim.crash(5)
+                noticed: dict[int, float] = {}
+                while len(noticed) < n - 1 and trio.current_time() < t0 + 30:
+                    await trio.sleep(0.1)
+                    for i, a in sim.agents.items():
+                        if i != 5 and i not in noticed and dead not in a.peers.alive_ids():
+                            noticed[i] = trio.current_time() - t0
+                print(f"\ncrash noticed by all {n - 1} in {max(noticed.values()):.1f} s")
+                assert len(noticed) == n - 1 and max(noticed.values()) <= 10.0
+            nursery.cancel_scope.cancel()
+    print(f"idle messages per agent per 30 s: {per_agent}")
+    assert per_agent[32] <= 1.25 * per_agent[8]
+    assert per_agent[32] <= 300  # PROBES pings a second, their pongs, the others' pings

@@ -29,6 +29,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from p2pmodel.core.sharing import units_of
 from p2pmodel.testing.simoffice import make_sim, run_office
 
 KiB = 1024
@@ -36,10 +37,12 @@ MiB = 1024 * KiB
 
 
 def shard_size_for(units: int, shards: int, segment: int) -> int:
-    """A shard size that cuts ``shards`` shards into about ``units`` units in all (a shard of
-    more than 8 segments has its last 4 segments in quarter units: 12 more)."""
-    per = max(1, units // shards)
-    segments = per - 12 if per > 20 else per
+    """The smallest shard size (whole segments) that cuts ``shards`` shards into at least
+    ``units`` units in all (the tail of a long blob is cut finer: ``units_of``)."""
+    per = max(1, -(-units // shards))
+    segments = 1
+    while len(units_of("sha256:" + "0" * 64, segments * segment, segment)) < per:
+        segments += 1
     return segments * segment
 
 

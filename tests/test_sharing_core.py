@@ -583,3 +583,25 @@ def test_the_office_works_front_to_back():
     c.landed(claims["aa"][0])
     (nxt,) = [x.unit for x in c.poll(1.0) if isinstance(x, FetchFromMirror)]
     assert nxt in sorted(set(units) - taken)[:3]
+
+
+def test_only_the_first_holder_in_a_subnet_announces_a_unit():
+    """A unit fetched from a mirror, or brought in from far holders, is announced; one taken
+    from a near holder is not (every holder announcing every unit costs each agent peers x
+    units messages): the peers that need it know a holder already."""
+    c = Sharing("a", segment=SEG)
+    c.set_peers({"b", "far"})
+    c.set_near({"b"})
+    c.want({"x": 3 * SEG})
+    u0, u1, u2 = units_of("x", 3 * SEG, SEG)
+    c.peer_done("b", u0)
+    c.peer_done("far", u1)
+    acts = c.poll(0.0)
+    assert FetchFromPeer(u0, "b") in acts and FetchFromMirror(u2) in acts
+    c.fetched(u0)
+    assert not [a for a in c.poll(0.1) if isinstance(a, AnnounceDone)]
+    assert FetchFromPeer(u1, "far") in c.poll(10.0)  # ours to bring in (the only near wanter)
+    c.fetched(u1)
+    assert AnnounceDone(u1) in c.poll(10.1)
+    c.fetched(u2)
+    assert AnnounceDone(u2) in c.poll(10.3)

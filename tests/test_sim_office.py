@@ -32,6 +32,11 @@ async def test_eight_agents_fetch_each_unit_from_the_mirror_once(tmp_path: Path,
     assert sim.file_bytes() <= 1.0 * sim.size + SEGMENT // 4
     lan = sum(a.swarm.stats.from_peers for a in sim.agents.values())
     assert lan >= 6 * sim.size
+    # Units taken from peers came with their torrent's info in the announcement: no round
+    # trip to ask for it (a few may be asked for, e.g. when learned from office? answers).
+    from_peers = sum(a.sharing.stats.units_from_peers for a in sim.agents.values())
+    told = sum(a.sharing.stats.infos_announced for a in sim.agents.values())
+    assert from_peers > 0 and told >= 0.9 * from_peers
     print(f"\n8 agents: mirror {sim.file_bytes() / sim.size:.3f}x, {took:.1f} s simulated")
 
 

@@ -322,7 +322,11 @@ class Sharing:
             self._landed.add(unit.key)
 
     def fetched(self, unit: Unit) -> None:
-        """We have the unit (verified): tell the peers, so they take it from us."""
+        """We have the unit (verified). If we are its first holder in our subnet (it came
+        from a mirror, or from behind a router) we tell the peers, so they take it from us;
+        a copy taken from near holders is not announced: the peers that need it know a
+        holder already, and an announcement by every holder of every unit would cost each
+        agent peers x units messages (a peer that joins later asks, ``office?``)."""
         key = unit.key
         self._mine.pop(key, None)
         self._landed.discard(key)
@@ -330,7 +334,8 @@ class Sharing:
         self._crossing_mine.pop(key, None)
         if key not in self._have:
             self._have.add(key)
-            self._out.append(AnnounceDone(unit))
+            if not any(self._is_near(a) for a in self._holders.get(key, ())):
+                self._out.append(AnnounceDone(unit))
 
     def failed(self, unit: Unit, agent: str | None = None) -> None:
         """Our fetch of the unit failed: give it back to the office. ``agent``: the peer we

@@ -27,7 +27,7 @@ from .tracker import MAX_TRACKERS, check_url
 # with their units' pieces (other info-hashes); 4: ``suspect`` (pieces you sent failed);
 # 5: ``crossing`` (one agent of a subnet brings a unit in from behind a router);
 # 6: ``peers`` (peer exchange: the agents and trackers I know); 7: ``gone`` on pings and
-# pongs (deaths gossiped, SWIM-style)
+# pongs (deaths gossiped, SWIM-style), the unit torrent's info on ``done``
 PROTOCOL_VERSION = 7
 MAX_FRAME = 8 * 1024 * 1024
 MAX_DIGESTS = 10_000
@@ -147,13 +147,15 @@ class Release(Message):
 
 @dataclass(frozen=True)
 class UnitDone(Message):
-    """I hold this unit and seed its unit torrent (ask ``UnitQuery`` for the info)."""
+    """I hold this unit and seed its unit torrent, whose info dictionary this is (``b""``:
+    ask ``UnitQuery``); shape-checked by the receiver like ``UnitInfo``'s."""
 
     kind: ClassVar[str] = "done"
     digest: str
     index: int
     start: int
     stop: int
+    info: bytes = b""
 
 
 @dataclass(frozen=True)

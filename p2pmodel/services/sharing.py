@@ -126,6 +126,9 @@ class SharingService:
         self._wants: dict[str, _Want] = {}  # blob -> the get that shares it out
         self._shares: list[_Share] = []  # of running gets
         self._sizes: dict[str, int] = {}
+        # Unit torrents' info dictionaries announced with a unit (unchecked until used):
+        # unit -> holder -> info. Only units of blobs we share out (``_unit``).
+        self._infos: dict[tuple[str, int], dict[str, bytes]] = {}
         self._mirror_units: dict[tuple[str, int], Unit] = {}
         self._alive: frozenset[str] = frozenset()
         self._claims_out: dict[tuple[str, int], Delivery] = {}
@@ -158,6 +161,7 @@ class SharingService:
             "messages_sent": self.stats.messages,
             "units_from_mirrors": self.stats.units_from_mirrors,
             "units_from_peers": self.stats.units_from_peers,
+            "infos_announced": self.stats.infos_announced,
         }
 
     # -- the loop ------------------------------------------------------------------------------
@@ -177,6 +181,8 @@ class SharingService:
         alive = self.peers.alive_ids()
         for gone in self._alive - alive:
             self.state.peer_gone(gone)
+            for told in self._infos.values():
+                told.pop(gone, None)
         self._alive = alive
         self.state.set_peers(set(alive))
         self.state.set_near(self.near(alive))
@@ -216,7 +222,7 @@ class SharingService:
         elif isinstance(action, SendRelease):
             self._broadcast(wire.Release(u.blob, u.index))
         elif isinstance(action, AnnounceDone):
-            self._broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
+            self._broadcast(self._done(u))
         elif isinstance(action, FetchFromMirror):
             want = self._want(u.blob)
             if want is None or not want.gate.gated(u.blob):
@@ -243,6 +249,12 @@ class SharingService:
             if peer is not None and where.near(a.host for a in peer.addrs):
                 near.add(agent)
         return near
+
+    def _done(self, u: Unit) -> wire.UnitDone:
+        """Our announcement of a unit we seed, with its torrent's info: a peer that takes
+        it from us needs no ``unit?`` round trip first."""
+        info = self.swarm.unit_info(u.blob, u.index) or b""
+        return wire.UnitDone(u.blob, u.index, u.start, u.stop, info)
 
     def _broadcast(self, msg: wire.Message) -> Delivery:
         self.stats.messages += len(self._alive)
@@ -291,6 +303,8 @@ class SharingService:
             u = self._unit(msg.digest, msg.index, msg.start, msg.stop)
             if u is not None and self.peers.trusted(agent, u.blob):
                 self.state.peer_done(agent, u)
+                if msg.info:
+                    self._infos.setdefault(u.key, {})[agent] = msg.info
         else:
             self.state.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
         self.wake()
@@ -379,6 +393,7 @@ class SharingService:
                 del self._wants[b]
             for key in [k for k in self._mirror_units if k[0] in ours]:
                 del self._mirror_units[key]
+            self._infos = {k: v for k, v in self._infos.items() if k[0] not in ours}
             self.state.drop(ours)
             self.wake()
 
@@ -483,7 +498,7 @@ class SharingService:
         log.info("unit %s: seeding (%s)", _name(u), "resumed" if resumed else "mirror")
         if resumed:
             self.stats.units_resumed += 1
-            self._broadcast(wire.UnitDone(u.blob, u.index, u.start, u.stop))
+            self._broadcast(self._done(u))
         else:
             self.stats.units_from_mirrors += 1
             self.state.fetched(u)
@@ -499,8 +514,14 @@ class SharingService:
         log.info("unit %s: fetching from peers (%s first)", _name(u), first)
         piece = unit_piece_size(size, self.segment)
         span = unit_pieces(u.start, u.stop, piece)
+        ca = self.swarm.ca
         info = b""
         for agent in [first, *sorted(self.state.sources(u) - {first})]:
+            told = self._infos.get(u.key, {}).get(agent, b"")
+            if told and unit_shape(told, u.blob, size, u.index, u.start, u.stop, piece, ca):
+                info = told  # announced with the unit: no round trip
+                self.stats.infos_announced += 1
+                break
             with (
                 trio.move_on_after(ASK_TIMEOUT),
                 contextlib.suppress(RpcError, wire.PeerProtocolError),

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from p2pmodel.adapters.hashing import hash_blob
 from p2pmodel.adapters.store import Store
-from p2pmodel.adapters.swarm import Swarm
+from p2pmodel.adapters.swarm import TORRENT_PEERS, Swarm
 from p2pmodel.adapters.tls import OfficeTls
 from p2pmodel.core.officekey import OfficeKey
 from p2pmodel.core.torrents import info_bytes, info_hash, piece_size, with_cert
@@ -114,6 +114,9 @@ async def test_a_blob_seeded_by_one_agent_is_fetched_by_another(tmp_path: Path, 
         again = await sc.fetch(digest, len(data), info, [("127.0.0.1", sb.port)])
     assert again.ok, again.why
     assert c.blob_path(digest).read_bytes() == data
+    # Each torrent connects to at most TORRENT_PEERS peers, whatever the size of the office.
+    for swarm in (sb, sc):
+        assert swarm._by_digest[digest].handle.max_connections() == TORRENT_PEERS == 50
 
 
 async def test_restart_seeds_without_rehashing(tmp_path: Path, nursery):

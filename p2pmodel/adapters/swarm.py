@@ -44,6 +44,10 @@ from .store import PartialState, Store
 if TYPE_CHECKING:
     from .tls import OfficeTls
 
+# Peers one torrent connects to at most: each unit reaches an office of hundreds through a
+# few holders and the partial copies of the peers fetching it, not a connection to everyone.
+TORRENT_PEERS = 50
+
 
 def _torrent_info(info: bytes) -> Any:
     return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
@@ -299,6 +303,7 @@ class Swarm:
         info = with_cert(info, self.ca)
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
+        params.max_connections = TORRENT_PEERS
         params.save_path = str(self.store.blob_path(digest).parent)
         params.flags |= lt.torrent_flags.seed_mode
         # We computed these piece hashes from the verified bytes ourselves: without this,
@@ -365,6 +370,7 @@ class Swarm:
         self.swarm_dir.mkdir(parents=True, exist_ok=True)
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
+        params.max_connections = TORRENT_PEERS
         params.save_path = str(self.swarm_dir)
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
@@ -461,6 +467,7 @@ class Swarm:
             return
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
+        params.max_connections = TORRENT_PEERS
         params.save_path = str(path.parent)
         if path.name != hex_part(digest):
             params.renamed_files = {0: path.name}

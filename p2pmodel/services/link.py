@@ -30,9 +30,14 @@ said hello to us is reported with where it came from and the RPC port it says it
 - ``request(agent, msg)``: one request and its answer, over a connection from a small pool of
   idle ones kept per peer (a pooled connection the peer closed meanwhile is replaced once).
 - ``send(agent, msg)`` / ``broadcast``: messages that must arrive in order (claims, releases),
-  through one outbox task per peer with a connection of its own. A message that cannot be
+  through one outbox task per peer, which takes a pooled connection (or dials) for each
+  message and gives it back after. A message that cannot be
   delivered within ``send_timeout`` is dropped: leases lapse and liveness forgets dead peers,
   so nothing waits on it. A ``Delivery`` tells when every peer it went to answered or gave up.
+
+Connections we open are bounded whatever the size of the office: at most ``BUSY`` carry a
+request or message at once (the others wait their turn) and at most ``IDLE`` are kept idle
+in all, the least recently used closed first; so at most ``BUSY + IDLE`` (32).
 
 ``forget(agent)`` closes what the link holds for a peer that died. The link runs over a
 ``Transport`` (TCP, or the in-memory one of the tests).
@@ -79,6 +84,8 @@ FRAME_TIMEOUT = 10.0  # a request frame, once begun, must be complete within thi
 IDLE_TIMEOUT = 300.0  # a served connection with no request for this long is closed
 SEND_TIMEOUT = 3.0
 POOL = 2  # idle request connections kept per peer
+BUSY = 16  # connections we opened carrying a request or message at once, at most
+IDLE = 16  # connections we opened kept idle in all, at most
 OUTBOX = 4096
 MAX_PER_HOST = LINK_PER_HOST  # connections served to one address at once, at most
 MAX_INBOUND = LINK_MOST  # connections served at once in all, at most
@@ -207,7 +214,8 @@ class PeerLink:
         self.request_timeout = request_timeout
         self.send_timeout = send_timeout
         self.stats = LinkStats()
-        self._idle: dict[str, list[_Conn]] = {}
+        self._idle: dict[str, list[_Conn]] = {}  # by agent, least recently used first
+        self._busy = trio.CapacityLimiter(BUSY)
         self._outboxes: dict[str, trio.MemorySendChannel[tuple[Message, Delivery | None]]] = {}
         self._preferred: dict[str, PeerAddr] = {}
         self._listening: dict[str, trio.CancelScope] = {}
@@ -396,9 +404,12 @@ class PeerLink:
         not answer within ``request_timeout`` or answers with an error; ``PeerProtocolError``
         if it breaks the protocol. (Wrap it in a cancel scope to wait less.)"""
         self.stats.requests += 1
+        async with self._busy:
+            return await self._request(agent, msg)
+
+    async def _request(self, agent: str, msg: Message) -> Message:
         timeout = self.request_timeout
-        pooled = self._idle.get(agent)
-        conn = pooled.pop() if pooled else None
+        conn = self._take(agent)
         try:
             try:
                 if conn is None:
@@ -426,12 +437,27 @@ class PeerLink:
             raise RpcError(f"peer says: {reply.message}")
         return reply
 
+    def _take(self, agent: str) -> _Conn | None:
+        pooled = self._idle.get(agent)
+        conn = pooled.pop() if pooled else None
+        if pooled == []:
+            del self._idle[agent]
+        return conn
+
     def _give_back(self, agent: str, conn: _Conn) -> None:
-        idle = self._idle.setdefault(agent, [])
-        if len(idle) < POOL and self._nursery is not None:
-            idle.append(conn)
-        elif self._nursery is not None:
+        if self._nursery is None:
+            return
+        idle = self._idle.pop(agent, [])
+        self._idle[agent] = idle  # now the most recently used
+        if len(idle) >= POOL:
             self._nursery.start_soon(conn.aclose)
+            return
+        idle.append(conn)
+        while sum(len(c) for c in self._idle.values()) > IDLE:
+            oldest = next(iter(self._idle))
+            self._nursery.start_soon(self._idle[oldest].pop(0).aclose)
+            if not self._idle[oldest]:
+                del self._idle[oldest]
 
     # -- ordered outboxes ----------------------------------------------------------------------
 
@@ -462,18 +488,16 @@ class PeerLink:
     async def _deliver(
         self, agent: str, inbox: trio.MemoryReceiveChannel[tuple[Message, Delivery | None]]
     ) -> None:
-        conn: _Conn | None = None
-        try:
-            async with inbox:
-                async for msg, delivery in inbox:
-                    try:
-                        conn = await self._deliver_one(agent, conn, msg)
-                    finally:
-                        if delivery is not None:
-                            delivery.one_done()
-        finally:
-            if conn is not None:
-                await conn.aclose()
+        async with inbox:
+            async for msg, delivery in inbox:
+                try:
+                    async with self._busy:
+                        conn = await self._deliver_one(agent, self._take(agent), msg)
+                        if conn is not None:
+                            self._give_back(agent, conn)
+                finally:
+                    if delivery is not None:
+                        delivery.one_done()
 
     async def _deliver_one(self, agent: str, conn: _Conn | None, msg: Message) -> _Conn | None:
         """Deliver one message over the outbox's connection; the connection to keep."""

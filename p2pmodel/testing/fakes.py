@@ -59,6 +59,7 @@ class MemoryNetwork:
         self.listeners: dict[tuple[str, int], _Listener] = {}
         self._ports = itertools.count(20000)
         self.connections = 0
+        self.open_from: collections.Counter[str] = collections.Counter()  # host -> open, dialled
         self.names: dict[str, str] = {}  # host name -> address (the network's /etc/hosts)
 
     def transport(self, host: str = "memory") -> MemoryTransport:
@@ -79,7 +80,7 @@ class MemoryTransport:
         server.remote_host = self.host  # type: ignore[attr-defined]
         self.net.connections += 1
         listener.nursery.start_soon(listener.handler, server)
-        return client
+        return _Dialled(client, self.net.open_from, self.host)
 
     async def serve(
         self,
@@ -100,6 +101,29 @@ class MemoryTransport:
             finally:
                 del self.net.listeners[(host, port)]
                 nursery.cancel_scope.cancel()
+
+
+class _Dialled(trio.abc.Stream):
+    """A dialled stream that counts itself open (``MemoryNetwork.open_from``) until closed."""
+
+    def __init__(self, inner: trio.abc.Stream, counter: collections.Counter[str], host: str):
+        self.inner, self._counter, self._host = inner, counter, host
+        counter[host] += 1
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        if self._host:
+            self._counter[self._host] -= 1
+            self._host = ""
+        await self.inner.aclose()
 
 
 # -- discovery -------------------------------------------------------------------------------------

@@ -118,3 +118,24 @@ async def test_idle_liveness_does_not_grow_with_the_office_and_a_death_is_notice
     # PROBES pings a second and the others' to us, each with its pong and at worst a hello
     # each way (the idle pool stops saving dials once the office outgrows it): 2 x 2 x 4 x 30.
     assert max(per_agent.values()) <= 480
+
+
+async def test_a_lone_peer_killed_is_dead_within_a_few_seconds(tmp_path: Path, clock):
+    """With one peer and nothing else going on (no other event wakes liveness), a peer killed
+    without a goodbye is dead within two rounds of its first failed ping: the failure itself
+    brings the retry forward, not the hung-ping deadline 8 s later."""
+    sim = make_sim(tmp_path, shards=1, shard_size=MiB, rate=8 * MiB)
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            await sim.start(nursery, i)
+        await trio.sleep(5.0)
+        assert sim.agents[1].id in sim.agents[0].peers.alive_ids()
+        t0 = trio.current_time()
+        sim.crash(1)
+        while sim.agents[1].id in sim.agents[0].peers.alive_ids():
+            await trio.sleep(0.05)
+            assert trio.current_time() < t0 + 30
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    print(f"\nlone peer dead after {took:.2f} s")
+    assert took <= 7.0  # ping_interval (2 s) + a hung ping (PING_TIMEOUT 3 s) + a round (1 s)

@@ -475,6 +475,7 @@ class PeerService:
         except (RpcError, PeerProtocolError, trio.TooSlowError):
             self.table.ping_failed(agent, trio.current_time())
             self._changed()
+            self._wake.set()  # the table's next deadline moved: a retry at the next round
             return
         if isinstance(reply, Pong):
             self._told_gone(reply.gone)

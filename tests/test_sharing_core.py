@@ -86,17 +86,45 @@ def test_a_gone_peer_loses_its_leases_at_once():
     assert FetchFromMirror(u) in c.poll(1.0)
 
 
-def test_simultaneous_claims_resolve_to_the_lower_agent_id():
-    """Two agents claiming one unit at once: the lower id keeps it, the other aborts."""
+def test_a_claim_goes_to_the_units_arbiter_which_refuses_a_rival():
+    """Each unit's arbiter (rendezvous owner) takes it with no claim; a peer that steals it
+    claims it from the arbiter only, which refuses with its own lease: the claimer stops."""
     a, b = Sharing("aa", segment=SEG), Sharing("bb", segment=SEG)
+    a.set_peers({"bb"})
+    b.set_peers({"aa"})
     for c in (a, b):
         c.want({"x": SEG})
     (u,) = units_of("x", SEG, SEG)
-    assert FetchFromMirror(u) in a.poll(0.0) and FetchFromMirror(u) in b.poll(0.0)
-    a.peer_claim("bb", u, LEASE)
-    b.peer_claim("aa", u, LEASE)
-    assert a.poll(0.1) == [SendClaim(u, LEASE)]  # repeated for a rival that may have missed it
-    assert b.poll(0.1) == [StopMirrorFetch(u)]
+    assert a.arbiter(u) == b.arbiter(u)
+    owner, thief = (a, b) if a.arbiter(u) == "aa" else (b, a)
+    assert owner.poll(0.0) == [SendClaim(u, LEASE), FetchFromMirror(u)]  # the service: silent
+    assert thief.poll(0.0) == [SendClaim(u, LEASE), FetchFromMirror(u)]  # to the arbiter
+    refused = owner.peer_claim(thief.agent, u, LEASE)
+    assert refused == LEASE and owner.holds(u)
+    assert thief.peer_claim(owner.agent, u, refused) is None  # the arbiter's word
+    assert thief.poll(0.1) == [StopMirrorFetch(u)] and not thief.holds(u)
+
+
+def test_an_arbiter_grants_the_first_claim_and_refuses_the_next():
+    """The arbiter grants the first claim of a unit it does not fetch itself and refuses a
+    second claimer with the first one's lease; without arbiter (views differ) the lower id
+    stands, as before."""
+    arb = Sharing("zz", segment=SEG)
+    arb.set_peers({"aa", "bb"})
+    arb.want({"x": 8 * SEG})
+    u = next(v for v in units_of("x", 8 * SEG, SEG) if arb.arbiter(v) == "zz")
+    assert arb.peer_claim("bb", u, 30.0) is None
+    assert arb.peer_claim("aa", u, 31.0) == 30.0  # bb's stands, though aa < bb
+    assert arb.peer_claim("bb", u, 45.0) is None  # a renewal
+    lone = Sharing("bb", segment=SEG)
+    lone.want({"x": SEG})
+    (w,) = units_of("x", SEG, SEG)
+    lone.poll(0.0)
+    lone.set_peers({"aa", "cc"})
+    lone.peer_wants("cc", {"x"})
+    assert lone.arbiter(w) == "cc"  # the only peer known to want x
+    assert lone.peer_claim("aa", w, 30.0) is None  # not from the arbiter: the lower id stands
+    assert lone.poll(0.1) == [StopMirrorFetch(w)]
 
 
 def test_leases_are_renewed_while_fetching():
@@ -169,15 +197,21 @@ class Sim:
                 self.now + self.rng.uniform(0, self.max_delay), kind, other, sender, unit, expires
             )
 
+    def send(self, sender: str, to: str, kind: str, unit: Unit, expires: float = 0.0) -> None:
+        self.messages += 1
+        self.at(self.now + self.rng.uniform(0, self.max_delay), kind, to, sender, unit, expires)
+
     def step_agent(self, name: str) -> None:
         c = self.agents[name]
         for act in c.poll(self.now):
-            if isinstance(act, SendClaim | SendRenew):
-                self.broadcast(name, "claim", act.unit, act.expires)
+            if isinstance(act, SendClaim | SendRenew | SendRelease):
+                # To the unit's arbiter only, as the service does (none: we are it).
+                kind = "release" if isinstance(act, SendRelease) else "claim"
+                arbiter = c.arbiter(act.unit)
+                if arbiter != name and arbiter in self.alive:
+                    self.send(name, arbiter, kind, act.unit, getattr(act, "expires", 0.0))
             elif isinstance(act, AnnounceDone):
                 self.broadcast(name, "done", act.unit)
-            elif isinstance(act, SendRelease):
-                self.broadcast(name, "release", act.unit)
             elif isinstance(act, SendCrossing):
                 for other in sorted(self.near(name) or ()):
                     self.messages += 1
@@ -251,7 +285,9 @@ class Sim:
                 continue
             if kind == "claim":
                 _, sender, unit, expires = args
-                c.peer_claim(str(sender), unit, float(expires))  # type: ignore[arg-type]
+                stands = c.peer_claim(str(sender), unit, float(expires))  # type: ignore[arg-type]
+                if stands is not None:  # refused: the answer names the lease that stands
+                    self.send(name, str(sender), "claim", unit, stands)  # type: ignore[arg-type]
             elif kind == "done":
                 c.peer_done(str(args[1]), args[2])  # type: ignore[arg-type]
             elif kind == "crossing":

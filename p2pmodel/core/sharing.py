@@ -9,14 +9,18 @@ that unit from it over the LAN instead of the mirror. A lease not renewed in tim
 died) lapses and the unit is taken over; a peer gone (goodbye, failed pings) loses its leases
 at once.
 
-Two agents may claim the same unit at the same moment. The rule is deterministic: the claim
-of the lower agent id stands and the other agent drops its own (``StopMirrorFetch``), losing at
-most what it fetched of that unit; the winner repeats its claim when it hears a rival's, since
-the rival may have joined after the first one went out. A joining agent first learns the
-leases and holdings of its peers, so clashes are between truly simultaneous claims.
-To make those rare, each unit has an owner among the live agents (rendezvous hashing over
-``set_peers``): of the next free units in file order (one per agent), an agent takes its own
-first and others' only when it owns none of them (work stealing). A unit some peer announces
+A claim is not told to the whole office: each unit has an arbiter, its owner by rendezvous
+hashing among the live agents known to want its blob (``arbiter``; all live peers while no
+wanter is known). An agent takes the units it owns first, and says nothing (it is their
+arbiter); a unit it owns not is claimed from its owner only (``SendClaim``: the service asks
+``arbiter`` and waits for the answer before fetching). The arbiter grants the first claim
+(``peer_claim`` returns None) and refuses the others with the lease that stands (its own, or
+the first claimer's): the claimer drops its claim (``StopMirrorFetch``) and notes the lease.
+Where two agents see different arbiters (one joined a moment ago), both may fetch; the first to
+announce the unit stops the other, and a claim heard from a non-arbiter follows the old
+deterministic rule (the lower agent id's stands). A joining agent first learns the leases and
+holdings of its peers. Of the next free units in file order (one per agent), an agent takes its
+own first and others' only when it owns none of them (work stealing). A unit some peer announces
 is taken from it over the LAN (``FetchFromPeer``), and a mirror fetch of it still running is
 stopped.
 
@@ -233,9 +237,12 @@ class Sharing:
         )
         return order.index(self.agent)
 
-    def _owner(self, unit: Unit) -> str:
+    def arbiter(self, unit: Unit) -> str:
+        """The unit's owner: by rendezvous hashing among the live peers known to want its
+        blob and this agent (all live peers while none is known to)."""
+        wanters = self._wanters.get(unit.blob, set()) & self._peers
         return max(
-            self._peers | {self.agent},
+            (wanters or self._peers) | {self.agent},
             key=lambda a: hashlib.sha256(f"{a}/{unit.blob}/{unit.index}".encode()).digest(),
         )
 
@@ -248,24 +255,28 @@ class Sharing:
         """This agent holds the unit already (resumed from disk, or the blob was in the store)."""
         self._have.add(unit.key)
 
-    def peer_claim(self, agent: str, unit: Unit, expires: float) -> None:
+    def peer_claim(self, agent: str, unit: Unit, expires: float) -> float | None:
+        """A peer claims the unit (from us, its arbiter, or it thinks so; or a refusal from
+        the arbiter). None if the claim stands here; else the expiry of the lease that
+        stands, ours or another peer's (the arbiter's answer to the claimer)."""
         key = unit.key
         self._wanters.setdefault(unit.blob, set()).add(agent)
+        arbiter = self.arbiter(unit)
         if key in self._have:
             self._out.append(AnnounceDone(unit))  # the claimer missed that we have it
-            return
+            return expires + self.lease  # refused: take it from us
         if key in self._mine:
-            if agent < self.agent:  # the lower id's claim stands
-                del self._mine[key]
+            if agent == arbiter or (agent < self.agent and arbiter != self.agent):
+                del self._mine[key]  # the arbiter's word, or the lower id's claim, stands
                 self._out.append(StopMirrorFetch(unit))
             else:
-                # Ours stands. Say so again: the peer may have joined after our claim went
-                # out, and it aborts when it sees it.
-                self._out.append(SendClaim(unit, self._mine[key]))
-                return
+                return self._mine[key]  # ours stands
         current = self._leases.get(key)
-        if current is None or current.agent == agent or agent < current.agent:
+        if arbiter == self.agent and current is not None and current.agent != agent:
+            return current.expires  # the first claim we granted stands
+        if current is None or current.agent == agent or agent < current.agent or agent == arbiter:
             self._leases[key] = _Lease(agent, expires)
+        return None
 
     def peer_wants(self, agent: str, blobs: set[str]) -> None:
         """A peer fetches these blobs too (it asked what the office does with them, or said
@@ -483,7 +494,7 @@ class Sharing:
         # each front unit has one owner, so idle agents rarely reach for the same one), then
         # the others in this agent's own order; then the rest in file order.
         front = set(sorted(free)[: len(self._peers) + 1])
-        order = sorted(u for u in front if self._owner(u) == self.agent)
+        order = sorted(u for u in front if self.arbiter(u) == self.agent)
         order += [u for u in free if u in front and u not in order]
         order += sorted(u for u in free if u not in front)
         # Alone, claim it all (the downloader runs every connection over the whole blob, and

@@ -37,7 +37,8 @@ said hello to us is reported with where it came from and the RPC port it says it
 
 Connections we open are bounded whatever the size of the office: at most ``BUSY`` carry a
 request or message at once (the others wait their turn) and at most ``IDLE`` are kept idle
-in all, the least recently used closed first; so at most ``BUSY + IDLE`` (32).
+in all, the least recently used closed first; so at most ``BUSY + IDLE`` (64). In an office
+of more peers than the pool holds, a message to a peer not in it costs a dial (and a hello).
 
 ``forget(agent)`` closes what the link holds for a peer that died. The link runs over a
 ``Transport`` (TCP, or the in-memory one of the tests).
@@ -85,7 +86,7 @@ IDLE_TIMEOUT = 300.0  # a served connection with no request for this long is clo
 SEND_TIMEOUT = 3.0
 POOL = 2  # idle request connections kept per peer
 BUSY = 16  # connections we opened carrying a request or message at once, at most
-IDLE = 16  # connections we opened kept idle in all, at most
+IDLE = 48  # connections we opened kept idle in all, at most
 OUTBOX = 4096
 MAX_PER_HOST = LINK_PER_HOST  # connections served to one address at once, at most
 MAX_INBOUND = LINK_MOST  # connections served at once in all, at most

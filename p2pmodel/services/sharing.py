@@ -7,12 +7,14 @@ gate, the set of live peers changed). Then it tells the sharing state who is ali
 the downloads wrote into their gates (a download that started, a shared blob that failed its
 digest, units a mirror finished), and carries out what ``poll`` returns:
 
-- ``SendClaim``/``SendRenew``/``SendRelease``/``AnnounceDone`` go to every live peer, in order,
-  through the peer link's outboxes; ``SendCrossing`` to the near ones (``core.locality``: on
+- ``SendClaim`` goes to the unit's arbiter only (``Sharing.arbiter``; nothing when we are it),
+  as a request whose answer is the verdict: ``ack``, or the ``claim`` that stands, and then we
+  drop ours; ``SendRenew``/``SendRelease`` go to the arbiter through the peer link's outbox;
+  ``AnnounceDone`` to every live peer; ``SendCrossing`` to the near ones (``core.locality``: on
   one of this agent's subnets), which then wait for this agent to bring the unit in;
 - ``FetchFromMirror`` opens the unit's bytes to the mirror workers in the gate of the get that
-  wants the blob (once every peer answered the claim, at most ``CLAIM_WAIT``: a rival that
-  claimed it at the same moment has heard of us by then), and ``StopMirrorFetch`` closes them;
+  wants the blob (once the arbiter answered the claim, at most ``CLAIM_WAIT``), and
+  ``StopMirrorFetch`` closes them;
 - ``FetchFromPeer`` adds the unit's torrent over the blob's partial file and fetches its pieces
   from every agent that announced the unit, then writes into the gate that the bytes arrived.
 
@@ -209,9 +211,16 @@ class SharingService:
         u = action.unit
         if isinstance(action, SendClaim | SendRenew):
             ttl = max(0, int((action.expires - now) * 1000))
-            sent = self._broadcast(wire.Claim(u.blob, u.index, u.start, u.stop, ttl))
-            if isinstance(action, SendClaim):
-                self._claims_out[u.key] = sent
+            arbiter = self.state.arbiter(u)
+            if arbiter == self.id:
+                return  # ours to give: nobody to ask
+            claim = wire.Claim(u.blob, u.index, u.start, u.stop, ttl)
+            self.stats.messages += 1
+            if isinstance(action, SendRenew):
+                self.peers.tell([arbiter], claim)
+            else:
+                self._claims_out[u.key] = asked = Delivery(1)
+                self._spawn(self._claim_from, arbiter, u, claim, asked)
         elif isinstance(action, SendCrossing):
             ttl = max(0, int((action.expires - now) * 1000))
             near = self.near(self._alive)
@@ -220,7 +229,10 @@ class SharingService:
             self.stats.messages += len(near) if near is not None else len(self._alive)
             self.peers.tell(near if near is not None else self._alive, msg)
         elif isinstance(action, SendRelease):
-            self._broadcast(wire.Release(u.blob, u.index))
+            arbiter = self.state.arbiter(u)
+            if arbiter != self.id:
+                self.stats.messages += 1
+                self.peers.tell([arbiter], wire.Release(u.blob, u.index))
         elif isinstance(action, AnnounceDone):
             self._broadcast(self._done(u))
         elif isinstance(action, FetchFromMirror):
@@ -260,6 +272,21 @@ class SharingService:
         self.stats.messages += len(self._alive)
         return self.peers.broadcast(msg)
 
+    async def _claim_from(self, arbiter: str, u: Unit, claim: wire.Claim, asked: Delivery) -> None:
+        """Ask the unit's arbiter for it; its answer is the verdict (no answer: ours)."""
+        try:
+            with trio.move_on_after(CLAIM_WAIT):
+                reply = await self.peers.request(arbiter, claim)
+                if isinstance(reply, wire.Claim) and reply.index == u.index:
+                    # Refused: the lease that stands (the arbiter's, or the first claimer's).
+                    now = trio.current_time()
+                    self.state.peer_claim(arbiter, u, now + min(reply.ttl_ms, MAX_TTL_MS) / 1000)
+                    self.wake()
+        except (RpcError, wire.PeerProtocolError):
+            pass
+        finally:
+            asked.one_done()
+
     async def _open_to_mirrors(self, u: Unit, claim: Delivery | None) -> None:
         if claim is not None:
             with trio.move_on_after(CLAIM_WAIT):
@@ -295,7 +322,11 @@ class SharingService:
         now = trio.current_time()
         if isinstance(msg, wire.Claim):
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
-                self.state.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
+                stands = self.state.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
+                if stands is not None:  # we are its arbiter (or fetch it): refused
+                    self.wake()
+                    ttl = max(1, int((stands - now) * 1000))
+                    return wire.Claim(u.blob, u.index, u.start, u.stop, ttl)
         elif isinstance(msg, wire.Crossing):
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
                 self.state.peer_crossing(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)

@@ -120,9 +120,9 @@ def test_an_arbiter_grants_the_first_claim_and_refuses_the_next():
     lone.want({"x": SEG})
     (w,) = units_of("x", SEG, SEG)
     lone.poll(0.0)
-    lone.set_peers({"aa", "cc"})
-    lone.peer_wants("cc", {"x"})
-    assert lone.arbiter(w) == "cc"  # the only peer known to want x
+    lone.set_peers({"aa", "ee"})
+    lone.peer_wants("ee", {"x"})
+    assert lone.arbiter(w) == "ee"  # the only peer known to want x
     assert lone.peer_claim("aa", w, 30.0) is None  # not from the arbiter: the lower id stands
     assert lone.poll(0.1) == [StopMirrorFetch(w)]
 
@@ -641,3 +641,28 @@ def test_only_the_first_holder_in_a_subnet_announces_a_unit():
     assert AnnounceDone(u1) in c.poll(10.1)
     c.fetched(u2)
     assert AnnounceDone(u2) in c.poll(10.3)
+
+
+def test_every_agent_names_the_same_arbiters_spread_evenly_and_follows_changes():
+    """Agents with the same view of the office name the same arbiter for each unit; 3,600
+    units spread evenly over 64 agents; an arbiter that leaves (or a new wanter) is
+    reflected at once, though arbiters are cached."""
+    names = [f"{i:02x}" * 4 for i in range(64)]
+    blob = "sha256:" + "ab" * 32
+    size = 3600 * SEG // 4  # quarter units would make more: whole segments here
+    agents = [Sharing(n, segment=SEG // 4) for n in names[:3]]
+    for a in agents:
+        a.set_peers(set(names))
+        a.want({blob: size})
+    units = units_of(blob, size, SEG // 4)
+    views = [[a.arbiter(u) for u in units] for a in agents]
+    assert views[0] == views[1] == views[2]
+    counts = [views[0].count(n) for n in names]
+    assert min(counts) >= 0.6 * len(units) / 64 and max(counts) <= 1.4 * len(units) / 64
+    a = agents[0]
+    u = next(u for u in units if a.arbiter(u) not in (a.agent,))
+    gone = a.arbiter(u)
+    a.set_peers(set(names) - {gone})
+    assert a.arbiter(u) != gone
+    a.peer_wants(names[5], {blob})  # the only wanter known, with us: one of the two
+    assert a.arbiter(u) in (a.agent, names[5])

@@ -66,6 +66,20 @@ MAX_WANTED = 4096  # blobs whose wanting peers are kept
 CROSS_GRACE = 2.0  # seconds a near agent waits per rank for the one before it to bring a unit in
 
 
+_MASK = (1 << 64) - 1
+
+
+def _h64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer: a rendezvous score from an agent's and a unit's hashes."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
 @dataclass(frozen=True, order=True)
 class Unit:
     blob: str
@@ -191,6 +205,8 @@ class Sharing:
     _far_since: dict[tuple[str, int], float] = field(default_factory=dict)  # only far holders
     _wanters: dict[str, set[str]] = field(default_factory=dict)  # blob -> peers fetching it
     _out: list[Action] = field(default_factory=list)
+    _arbiters: dict[tuple[str, int], str] = field(default_factory=dict)  # cache of arbiter()
+    _candidates: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # blob ->
 
     # -- events --------------------------------------------------------------------------------
 
@@ -209,7 +225,10 @@ class Sharing:
     def set_peers(self, agents: set[str]) -> None:
         """The live peers: each unit has an owner among us (rendezvous hashing), who fetches
         it first; others take it only once their own units are all claimed."""
-        self._peers = set(agents) - {self.agent}
+        peers = set(agents) - {self.agent}
+        if peers != self._peers:
+            self._changed_owners()
+        self._peers = peers
         if self._peers:
             self._solo = False  # a peer appeared: from now on, a few units at a time
 
@@ -239,12 +258,35 @@ class Sharing:
 
     def arbiter(self, unit: Unit) -> str:
         """The unit's owner: by rendezvous hashing among the live peers known to want its
-        blob and this agent (all live peers while none is known to)."""
-        wanters = self._wanters.get(unit.blob, set()) & self._peers
-        return max(
-            (wanters or self._peers) | {self.agent},
-            key=lambda a: hashlib.sha256(f"{a}/{unit.blob}/{unit.index}".encode()).digest(),
-        )
+        blob and this agent (all live peers while none is known to). Cached until the peers
+        or the blob's wanters change: an office of thousands asks it of thousands of units."""
+        cached = self._arbiters.get(unit.key)
+        if cached is not None:
+            return cached
+        candidates = self._candidates.get(unit.blob)
+        if candidates is None:
+            wanters = self._wanters.get(unit.blob, set()) & self._peers
+            candidates = [(_h64(a), a) for a in sorted((wanters or self._peers) | {self.agent})]
+            self._candidates[unit.blob] = candidates
+        hu = _h64(f"{unit.blob}/{unit.index}")
+        best = max(candidates, key=lambda c: (_mix64(c[0] ^ hu), c[1]))[1]
+        self._arbiters[unit.key] = best
+        return best
+
+    def _changed_owners(self, blob: str | None = None) -> None:
+        """Peers (None) or one blob's wanters changed: arbiters are computed again."""
+        if blob is None:
+            self._arbiters.clear()
+            self._candidates.clear()
+        else:
+            self._candidates.pop(blob, None)
+            self._arbiters = {k: a for k, a in self._arbiters.items() if k[0] != blob}
+
+    def _wanted_by(self, blob: str, agent: str) -> None:
+        wanters = self._wanters.setdefault(blob, set())
+        if agent not in wanters:
+            wanters.add(agent)
+            self._changed_owners(blob)
 
     def set_rate(self, rate: float | None) -> None:
         """This agent's mirror rate limit changed (a schedule boundary, a reloaded config):
@@ -260,7 +302,7 @@ class Sharing:
         the arbiter). None if the claim stands here; else the expiry of the lease that
         stands, ours or another peer's (the arbiter's answer to the claimer)."""
         key = unit.key
-        self._wanters.setdefault(unit.blob, set()).add(agent)
+        self._wanted_by(unit.blob, agent)
         arbiter = self.arbiter(unit)
         if key in self._have:
             self._out.append(AnnounceDone(unit))  # the claimer missed that we have it
@@ -282,9 +324,10 @@ class Sharing:
         """A peer fetches these blobs too (it asked what the office does with them, or said
         it is fetching them when we asked): one of those that may bring their units in."""
         for blob in sorted(blobs)[:MAX_WANTED]:
-            self._wanters.setdefault(blob, set()).add(agent)
+            self._wanted_by(blob, agent)
         while len(self._wanters) > MAX_WANTED:  # the blobs heard of first go first
             del self._wanters[next(iter(self._wanters))]
+            self._changed_owners()
 
     def wants(self, blob: str) -> bool:
         return any(u.blob == blob for u in self._units)
@@ -292,14 +335,14 @@ class Sharing:
     def peer_crossing(self, agent: str, unit: Unit, expires: float) -> None:
         """A near peer brings this unit in from far holders: wait for it (the lower agent id's
         lease stands when two say so at once)."""
-        self._wanters.setdefault(unit.blob, set()).add(agent)
+        self._wanted_by(unit.blob, agent)
         current = self._crossing.get(unit.key)
         if current is None or current.agent == agent or agent < current.agent:
             self._crossing[unit.key] = _Lease(agent, expires)
 
     def peer_done(self, agent: str, unit: Unit) -> None:
         self._holders.setdefault(unit.key, set()).add(agent)
-        self._wanters.setdefault(unit.blob, set()).add(agent)
+        self._wanted_by(unit.blob, agent)
         crossing = self._crossing.get(unit.key)
         if crossing is not None and crossing.agent == agent:
             del self._crossing[unit.key]
@@ -322,6 +365,7 @@ class Sharing:
                 del leases[key]
         for wanters in self._wanters.values():
             wanters.discard(agent)
+        self._changed_owners()
         for holders in self._holders.values():
             holders.discard(agent)
         self._fetching_from_peer = {k for k in self._fetching_from_peer if self._holders.get(k)}

@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pmodel.core.sharing import SEGMENT, units_of
 from p2pmodel.core.torrents import bencode, piece_size
 from p2pmodel.core.tracker import whitelist
 from p2pmodel.testing.models import Repo, RepoFile, make_model
@@ -318,6 +319,8 @@ class HostResult:
     agent_cpu_s: float | None = None  # p2pmodel: the agent's utime+stime over the run
     agent_peak_rss: int | None = None  # p2pmodel: the agent's VmHWM at the end (bytes)
     verify_s: float | None = None  # p2pmodel: longest "verified in" of its agent's log
+    messages: int | None = None  # p2pmodel: peer-link messages sent + received during the run
+    idle_messages: float | None = None  # p2pmodel: the same per 30 s of --idle after it
 
 
 @dataclass
@@ -338,6 +341,7 @@ class CaseResult:
     wall_s: float
     notes: list[str] = field(default_factory=list)
     office: str = "1 subnet"  # which office ran it (`--subnets`: also "N subnets, JOIN")
+    units: int = 0  # sharing units of the model (core.sharing.units_of at the agents' segment)
     subnets: int = 1
     router_into: list[int] = field(default_factory=list)  # payload the router sent per subnet
     router_out_of: list[int] = field(default_factory=list)  # payload it received per subnet
@@ -605,6 +609,8 @@ class Bench:
                 argvs[ws.name] = self._torrent_argv(
                     repo, torrents, case_dir, ws, outs[ws.name], done_files[ws.name]
                 )
+        agents = mode in ("p2pmodel", "nosharing")
+        msg0 = {ws.name: self._messages(ws) for ws in hosts} if agents else {}
         self.site.stats(reset=True)
         retrans0 = self.retransmitted()
         sent0, base = self.counters.read()
@@ -691,6 +697,11 @@ class Bench:
             with contextlib.suppress(OSError):
                 agent_cpu[name] = proc_cpu(pid) - cpu0[name]
                 peak[name] = proc_status(pid).get("VmHWM", 0)
+        msg1 = {ws.name: self._messages(ws) for ws in hosts} if agents else {}
+        msg2: dict[str, int | None] = {}
+        if agents and self.args.idle:
+            time.sleep(self.args.idle)  # nothing to fetch: liveness only
+            msg2 = {ws.name: self._messages(ws) for ws in hosts}
         if mode in ("p2pmodel", "nosharing"):
             for ws in hosts:
                 self.site.stop(ws)
@@ -722,6 +733,10 @@ class Bench:
                     client_cpu_s=client_cpu.get(ws.name),
                     agent_cpu_s=agent_cpu.get(ws.name),
                     agent_peak_rss=peak.get(ws.name),
+                    messages=_minus(msg1.get(ws.name), msg0.get(ws.name)),
+                    idle_messages=_per_30s(
+                        _minus(msg2.get(ws.name), msg1.get(ws.name)), self.args.idle
+                    ),
                 )
             )
         for ws, res in zip(hosts, results, strict=True):
@@ -748,6 +763,7 @@ class Bench:
             wall_s=time.monotonic() - t0,
             notes=notes,
             office=self.label,
+            units=sum(len(units_of(f.sha256, f.size, self._segment())) for f in repo.files),
             subnets=len(self.office.switches),
             router_into=[
                 round((b - a) / WIRE_PER_PAYLOAD)
@@ -761,11 +777,25 @@ class Bench:
 
     # -- p2pmodel ----------------------------------------------------------------------------
 
+    def _segment(self) -> int:
+        return self.args.segment_mib * MiB if self.args.segment_mib else SEGMENT
+
+    def _messages(self, ws: Host) -> int | None:
+        """ws's agent's peer-link messages so far, sent and received (``status --json``)."""
+        try:
+            link = self.site.status(ws).get("link", {})
+        except (SiteError, ValueError, subprocess.TimeoutExpired):
+            return None
+        keys = ("messages_sent", "requests", "served", "messages_received")
+        return sum(int(link.get(k, 0)) for k in keys)
+
     def _start_agents(self, case_dir: Path, mode: str) -> None:
         """Fresh homes in ``case_dir``, an agent on every workstation, meshed."""
         hosts = self.office.workstations
         # info: each unit and each digest check with its time (the phases table reads them)
         self.site.extra_env = {"P2PMODEL_LOG": "info"}
+        if self.args.segment_mib:
+            self.site.extra_env["P2PMODEL_SEGMENT_MIB"] = str(self.args.segment_mib)
         if mode == "nosharing":
             self.site.extra_env["P2PMODEL_SHARING"] = "off"
         for ws in hosts:
@@ -923,6 +953,36 @@ def subnet_table(cases: list[CaseResult]) -> list[str]:
             + " | ".join(into)
             + f" | {out} | {fmt(c.last_s, 1)} | {fmt(tr)} | {delta} "
             f"| {'yes' if c.all_ok else 'NO'} |"
+        )
+    return lines
+
+
+def _minus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
+
+
+def _per_30s(n: int | None, seconds: float) -> float | None:
+    return None if n is None or not seconds else n * 30 / seconds
+
+
+def messages_table(cases: list[CaseResult]) -> list[str]:
+    """p2pmodel's cases: peer messages per agent during the run and at rest."""
+    lines = [
+        "| mode | model | hosts | messages per agent, mean | max | bound 4 x (units + peers) "
+        "+ 200 | idle messages per agent per 30 s, mean | max |",
+        "| --- | --- | " + " | ".join(["---:"] * 6) + " |",
+    ]
+    for c in cases:
+        counts = [h.messages for h in c.hosts if h.messages is not None]
+        if c.mode not in ("p2pmodel", "nosharing") or not counts:
+            continue
+        idle = [h.idle_messages for h in c.hosts if h.idle_messages is not None]
+        bound = 4 * (c.units + len(c.hosts) - 1) + 200 if c.units else None
+        idle_mean = statistics.fmean(idle) if idle else None
+        lines.append(
+            f"| {MODES[c.mode]} | {c.model} | {len(c.hosts)} | {statistics.fmean(counts):.0f} "
+            f"| {max(counts)} | {fmt(bound, 0)} | {fmt(idle_mean, 0)} "
+            f"| {fmt(max(idle) if idle else None, 0)} |"
         )
     return lines
 
@@ -1089,6 +1149,7 @@ def report(run: dict[str, Any], cases: list[CaseResult]) -> str:
         lines += [*subnet_table(cases), "", SUBNET_TABLE_NOTE, ""]
     if any(c.mode in ("p2pmodel", "nosharing") for c in cases):
         lines += [*agent_table(cases), "", AGENT_TABLE_NOTE, ""]
+        lines += [*messages_table(cases), ""]
     chk = run["checks"]
     if chk:
         lines += ["| target | value | target | result |", "| --- | ---: | ---: | --- |"]
@@ -1346,6 +1407,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "lists all others in peers), reflector (avahi-daemon in the router), one (one static "
         "peer per subnet, then peer exchange) or tracker (opentracker in the router); "
         "a comma list runs each; default static",
+    )
+    p.add_argument(
+        "--segment-mib",
+        type=int,
+        help="the agents' sharing unit in MiB (P2PMODEL_SEGMENT_MIB; 16): 1 for many units",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="after each p2pmodel run, seconds the agents idle while their messages are "
+        "counted (liveness at rest; 0: not measured)",
     )
     p.add_argument("--timeout", type=float, help="seconds per run (120 + 3 x hosts x size/R)")
     p.add_argument("--json", type=Path, metavar="FILE", help="results (default: in a tmp dir)")

@@ -139,3 +139,23 @@ async def test_a_lone_peer_killed_is_dead_within_a_few_seconds(tmp_path: Path, c
         nursery.cancel_scope.cancel()
     print(f"\nlone peer dead after {took:.2f} s")
     assert took <= 7.0  # ping_interval (2 s) + a hung ping (PING_TIMEOUT 3 s) + a round (1 s)
+
+
+async def test_an_agent_that_wants_nothing_still_arbitrates_its_units(tmp_path: Path, clock):
+    """Arbiters are drawn among every live agent: one that gets nothing answers the claims
+    of the units it owns (the first stands, the next are refused), and the six agents that
+    get the model still pull it from the mirror about once."""
+    sim = make_sim(tmp_path, shards=2, shard_size=2 * MiB, rate=8 * MiB)
+    async with trio.open_nursery() as agents:
+        idle = await sim.start(agents, 6)
+        async with trio.open_nursery() as gets:
+            for i in range(6):
+                await sim.start(agents, i)
+            await trio.sleep(1.0)  # everyone met everyone
+            for i in range(6):
+                sim.get(gets, i)
+        agents.cancel_scope.cancel()
+    for i in range(6):
+        sim.assert_exact(i)
+    assert idle.sharing.stats.foreign_claims > 0
+    assert sim.file_bytes() <= 1.02 * sim.size

@@ -10,14 +10,13 @@ died) lapses and the unit is taken over; a peer gone (goodbye, failed pings) los
 at once.
 
 A claim is not told to the whole office: each unit has an arbiter, its owner by rendezvous
-hashing among the live agents known to want its blob (``arbiter``; all live peers while no
-wanter is known). An agent takes the units it owns first, and says nothing (it is their
-arbiter); a unit it owns not is claimed from its owner only (``SendClaim``: the service asks
-``arbiter`` and waits for the answer before fetching). The arbiter grants the first claim
-(``peer_claim`` returns None) and refuses the others with the lease that stands (its own, or
-the first claimer's): the claimer drops its claim (``StopMirrorFetch``) and notes the lease.
-Where two agents see different arbiters (one joined a moment ago), both may fetch; the first to
-announce the unit stops the other, and a claim heard from a non-arbiter follows the old
+hashing among the live agents (``arbiter``). An agent takes the units it owns first, and says
+nothing (it is their arbiter); a unit it owns not is claimed from its owner only (``SendClaim``:
+the service asks ``arbiter`` and waits for the answer before fetching). The arbiter grants the
+first claim (``peer_claim`` returns None) and refuses the others with the lease that stands (its
+own, or the first claimer's): the claimer drops its claim (``StopMirrorFetch``) and notes the
+lease. Where two agents see different arbiters (one joined a moment ago), both may fetch; the
+first to announce the unit stops the other, and a claim heard from a non-arbiter follows the old
 deterministic rule (the lower agent id's stands). A joining agent first learns the leases and
 holdings of its peers. Of the next free units in file order (one per agent), an agent takes its
 own first and others' only when it owns none of them (work stealing). A unit some peer announces
@@ -257,36 +256,31 @@ class Sharing:
         return order.index(self.agent)
 
     def arbiter(self, unit: Unit) -> str:
-        """The unit's owner: by rendezvous hashing among the live peers known to want its
-        blob and this agent (all live peers while none is known to). Cached until the peers
-        or the blob's wanters change: an office of thousands asks it of thousands of units."""
+        """The unit's owner: by rendezvous hashing among the live peers and this agent. Every
+        live agent, not only those known to want the blob: who wants what is learned a bit at a
+        time as gets start, and agents must agree on arbiters while they do (an arbiter that
+        does not want the blob still arbitrates it: ``services.sharing``). Cached until the
+        peers change: an office of thousands asks it of thousands of units."""
         cached = self._arbiters.get(unit.key)
         if cached is not None:
             return cached
         candidates = self._candidates.get(unit.blob)
         if candidates is None:
-            wanters = self._wanters.get(unit.blob, set()) & self._peers
-            candidates = [(_h64(a), a) for a in sorted((wanters or self._peers) | {self.agent})]
+            candidates = [(_h64(a), a) for a in sorted(self._peers | {self.agent})]
             self._candidates[unit.blob] = candidates
         hu = _h64(f"{unit.blob}/{unit.index}")
         best = max(candidates, key=lambda c: (_mix64(c[0] ^ hu), c[1]))[1]
         self._arbiters[unit.key] = best
         return best
 
-    def _changed_owners(self, blob: str | None = None) -> None:
-        """Peers (None) or one blob's wanters changed: arbiters are computed again."""
-        if blob is None:
-            self._arbiters.clear()
-            self._candidates.clear()
-        else:
-            self._candidates.pop(blob, None)
-            self._arbiters = {k: a for k, a in self._arbiters.items() if k[0] != blob}
+    def _changed_owners(self) -> None:
+        """The live peers changed: arbiters are computed again."""
+        self._arbiters.clear()
+        self._candidates.clear()
 
     def _wanted_by(self, blob: str, agent: str) -> None:
         wanters = self._wanters.setdefault(blob, set())
-        if agent not in wanters:
-            wanters.add(agent)
-            self._changed_owners(blob)
+        wanters.add(agent)
 
     def set_rate(self, rate: float | None) -> None:
         """This agent's mirror rate limit changed (a schedule boundary, a reloaded config):
@@ -327,7 +321,6 @@ class Sharing:
             self._wanted_by(blob, agent)
         while len(self._wanters) > MAX_WANTED:  # the blobs heard of first go first
             del self._wanters[next(iter(self._wanters))]
-            self._changed_owners()
 
     def wants(self, blob: str) -> bool:
         return any(u.blob == blob for u in self._units)
@@ -365,7 +358,6 @@ class Sharing:
                 del leases[key]
         for wanters in self._wanters.values():
             wanters.discard(agent)
-        self._changed_owners()
         for holders in self._holders.values():
             holders.discard(agent)
         self._fetching_from_peer = {k for k in self._fetching_from_peer if self._holders.get(k)}

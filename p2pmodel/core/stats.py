@@ -102,6 +102,7 @@ class SharingStats:
     units_from_mirrors: int = 0
     units_from_peers: int = 0
     units_resumed: int = 0
+    foreign_claims: int = 0  # claims answered as arbiter of units of blobs we do not share
     infos_announced: int = 0  # units from peers whose announcement carried the torrent
     messages: int = 0  # claims, renewals, releases and announcements, one per peer
 

@@ -76,8 +76,9 @@ from .swarm import SwarmService
 log = logging.getLogger(__name__)
 ASK_TIMEOUT = 3.0
 SYNC_TIMEOUT = 2.0
-CLAIM_WAIT = 1.0
+CLAIM_WAIT = 5.0  # for the arbiter's verdict (a busy one answers late; a gone one refuses at once)
 MAX_TTL_MS = 60_000  # a peer's lease lasts at most this long without a renewal
+MAX_FOREIGN = 65_536  # leases kept as arbiter of units of blobs this agent does not share
 
 
 @dataclass
@@ -131,6 +132,8 @@ class SharingService:
         # Unit torrents' info dictionaries announced with a unit (unchecked until used):
         # unit -> holder -> info. Only units of blobs we share out (``_unit``).
         self._infos: dict[tuple[str, int], dict[str, bytes]] = {}
+        # As arbiter of units of blobs we do not share: unit -> (leaseholder, expiry).
+        self._foreign: dict[tuple[str, int], tuple[str, float]] = {}
         self._mirror_units: dict[tuple[str, int], Unit] = {}
         self._alive: frozenset[str] = frozenset()
         self._claims_out: dict[tuple[str, int], Delivery] = {}
@@ -275,15 +278,17 @@ class SharingService:
     async def _claim_from(self, arbiter: str, u: Unit, claim: wire.Claim, asked: Delivery) -> None:
         """Ask the unit's arbiter for it; its answer is the verdict (no answer: ours)."""
         try:
-            with trio.move_on_after(CLAIM_WAIT):
+            with trio.move_on_after(CLAIM_WAIT) as waited:
                 reply = await self.peers.request(arbiter, claim)
                 if isinstance(reply, wire.Claim) and reply.index == u.index:
                     # Refused: the lease that stands (the arbiter's, or the first claimer's).
                     now = trio.current_time()
                     self.state.peer_claim(arbiter, u, now + min(reply.ttl_ms, MAX_TTL_MS) / 1000)
                     self.wake()
-        except (RpcError, wire.PeerProtocolError):
-            pass
+            if waited.cancelled_caught:
+                log.info("unit %s: no verdict from its arbiter %s, fetching", _name(u), arbiter)
+        except (RpcError, wire.PeerProtocolError) as e:
+            log.info("unit %s: arbiter %s not reached (%s), fetching", _name(u), arbiter, e)
         finally:
             asked.one_done()
 
@@ -321,6 +326,8 @@ class SharingService:
     ) -> wire.Message:
         now = trio.current_time()
         if isinstance(msg, wire.Claim):
+            if self._unit(msg.digest, msg.index, msg.start, msg.stop) is None:
+                return self._arbitrate(msg, agent, now)
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
                 stands = self.state.peer_claim(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
                 if stands is not None:  # we are its arbiter (or fetch it): refused
@@ -331,14 +338,34 @@ class SharingService:
             if u := self._unit(msg.digest, msg.index, msg.start, msg.stop):
                 self.state.peer_crossing(agent, u, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
         elif isinstance(msg, wire.UnitDone):
+            self._foreign.pop((msg.digest, msg.index), None)
             u = self._unit(msg.digest, msg.index, msg.start, msg.stop)
             if u is not None and self.peers.trusted(agent, u.blob):
                 self.state.peer_done(agent, u)
                 if msg.info:
                     self._infos.setdefault(u.key, {})[agent] = msg.info
         else:
+            held = self._foreign.get((msg.digest, msg.index))
+            if held is not None and held[0] == agent:
+                del self._foreign[(msg.digest, msg.index)]
             self.state.peer_release(agent, Unit(msg.digest, msg.index, 0, 0))  # by key
         self.wake()
+        return wire.Ack()
+
+    def _arbitrate(self, msg: wire.Claim, agent: str, now: float) -> wire.Message:
+        """A claim of a unit of a blob we do not share: we are its arbiter all the same (the
+        office agrees on arbiters among every live agent). The first claim stands until it
+        lapses or is released; others are answered with it."""
+        self.stats.foreign_claims += 1
+        key = (msg.digest, msg.index)
+        held = self._foreign.get(key)
+        if held is not None and held[0] != agent and held[1] > now:
+            ttl = max(1, int((held[1] - now) * 1000))
+            return wire.Claim(msg.digest, msg.index, msg.start, msg.stop, ttl)
+        self._foreign.pop(key, None)
+        self._foreign[key] = (agent, now + min(msg.ttl_ms, MAX_TTL_MS) / 1000)
+        while len(self._foreign) > MAX_FOREIGN:  # the oldest go first
+            del self._foreign[next(iter(self._foreign))]
         return wire.Ack()
 
     async def _office_state(self, msg: wire.OfficeQuery, agent: str) -> wire.Message:

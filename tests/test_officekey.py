@@ -249,7 +249,8 @@ def test_swarm_tls_is_a_boolean_setting_off_by_default() -> None:
 
 
 def test_mdns_carries_the_fingerprint_not_the_key() -> None:
-    """The announcement's TXT record has the key's fingerprint and nothing of the key."""
+    """The announcement's TXT record has the key's fingerprint and nothing of the key, nor
+    of the torrent secret derived from it."""
     d = Discovery(
         agent="aaaaaaaa",
         interfaces=["127.0.0.1"],
@@ -261,6 +262,8 @@ def test_mdns_carries_the_fingerprint_not_the_key() -> None:
     txt = d.service_info().text
     assert KEY.fingerprint.encode() in txt
     assert TEXT.encode() not in txt and TEXT[6:20].encode() not in txt
+    secret = KEY.torrent_secret()
+    assert secret not in txt and secret.hex().encode() not in txt
 
 
 # -- the peer link ---------------------------------------------------------------------------------

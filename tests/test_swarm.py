@@ -427,6 +427,49 @@ async def test_a_keyed_swarm_needs_the_tagged_info_hash_and_protocol_encryption(
     assert pe["done"] and pe["payload"] == len(data)
 
 
+async def test_a_tagged_info_hash_alone_does_not_give_the_info_dict(tmp_path: Path, nursery):
+    """A client that knows only a tagged info-hash (a sniffed transfer shows one) and gets
+    past the IP filter and the handshake still never receives the info dict (libtorrent sends
+    none for private torrents), so it learns no tag and no piece hash from the swarm."""
+    import time
+
+    import libtorrent as lt
+
+    data = os.urandom(MiB)
+    _, _, tagged, (sa, _) = await keyed_pair(tmp_path, nursery, data)
+    port = sa.port
+
+    def magnet() -> tuple[bool, int]:
+        ses = lt.session(
+            {
+                "listen_interfaces": "127.0.0.1:0",
+                "enable_dht": False,
+                "enable_lsd": False,
+                "enable_upnp": False,
+                "enable_natpmp": False,
+                "enable_incoming_utp": False,
+                "enable_outgoing_utp": False,
+                "out_enc_policy": int(lt.enc_policy.pe_forced),
+                "in_enc_policy": int(lt.enc_policy.pe_forced),
+                "min_reconnect_time": 1,
+            }
+        )
+        p = lt.add_torrent_params()
+        p.info_hashes = lt.info_hash_t(lt.sha1_hash(bytes.fromhex(info_hash(tagged))))
+        p.save_path = str(tmp_path / "magnet")
+        h = ses.add_torrent(p)
+        peers, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 5:
+            h.connect_peer(("127.0.0.1", port))
+            time.sleep(0.2)
+            peers = max(peers, h.status().num_peers)
+        return h.status().has_metadata, peers
+
+    has_metadata, peers = await trio.to_thread.run_sync(magnet)
+    assert peers >= 1  # it did get through: the info-hash opens the handshake
+    assert not has_metadata
+
+
 class Sniffer:
     """Every TCP payload byte on ``lo`` (of this test's namespace), per direction, as a
     passive listener on the LAN would see it."""

@@ -529,3 +529,19 @@ async def test_what_a_sniffer_of_a_keyed_transfer_sees(tmp_path: Path, nursery):
     assert ih not in dialling
     assert answering.count(ih) == 1
     assert data[: 16 * 1024] in answering  # plaintext payload (a block, between headers)
+
+
+async def test_a_peer_keyed_the_other_way_is_a_setting_not_a_liar(tmp_path: Path, nursery):
+    """A keyed swarm handed an info dict of the office keyed the other way (an agent with
+    another ``swarm_tls``) refuses it saying which setting differs, and nobody is taken for a
+    liar for it."""
+    from p2pmodel.services.swarm import liars
+
+    data = os.urandom(MiB)
+    digest, info = put_verified(Store(tmp_path / "a"), data)
+    swarm = Swarm(Store(tmp_path / "b"), ["127.0.0.1"], 0, OfficeTls(KEY, "bbbbbbbb"))
+    await nursery.start(swarm.run)
+    ssl_kind = with_cert(info, OfficeTls(KEY, "cccccccc", swarm_tls=True).ca_pem)
+    got = await swarm.fetch(digest, len(data), ssl_kind, [])
+    assert not got.ok and "swarm_tls" in got.why and "SSL torrents" in got.why
+    assert liars(got, "cccccccc", ["cccccccc"]) == []

@@ -221,14 +221,24 @@ def put_verified(store: Store, data: bytes) -> tuple[str, bytes]:
     return digest, info
 
 
-@pytest.fixture(params=["fake", pytest.param("libtorrent", marks=pytest.mark.lan)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("libtorrent", marks=pytest.mark.lan),
+        pytest.param("libtorrent-tls", marks=pytest.mark.lan),
+    ]
+)
 def swarm_kind(request: pytest.FixtureRequest, key: OfficeKey | None) -> Callable[[Store], Any]:
-    """A swarm per store, open or (with ``key``) of the office: SSL torrents, IP filter."""
+    """A swarm per store, open or (with ``key``) of the office: tagged torrents over protocol
+    encryption, or SSL torrents (``libtorrent-tls``: ``swarm_tls``); the IP filter."""
     names = iter(["aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd"])
+    swarm_tls = request.param == "libtorrent-tls"
+    if swarm_tls and key is None:
+        pytest.skip("an open office has no swarm_tls")
 
     def tls(office: OfficeKey | str | None) -> OfficeTls | None:
         k = key if office == "ours" else office
-        return OfficeTls(k, next(names)) if isinstance(k, OfficeKey) else None
+        return OfficeTls(k, next(names), swarm_tls) if isinstance(k, OfficeKey) else None
 
     if request.param == "fake":
         net = SwarmNet(lan_rate=None)

@@ -24,9 +24,15 @@ from p2pmodel.core.errors import UserError
 from p2pmodel.core.officekey import OfficeKey, exposed_key_warning, format_key
 from p2pmodel.core.peers import PeerAddr
 from p2pmodel.core.torrents import (
+    TorrentSecret,
     expected_shape,
     info_bytes,
     info_hash,
+    keyed,
+    keying_of,
+    unit_info,
+    unit_shape,
+    unkeyed,
     with_cert,
     without_cert,
 )
@@ -51,6 +57,8 @@ def test_key_text_round_trips_and_shows_only_its_fingerprint() -> None:
     assert len(KEY.fingerprint) == 16 and KEY.fingerprint not in TEXT
     assert OTHER.fingerprint != KEY.fingerprint
     assert KEY.ca_seed() != OTHER.ca_seed() and len(KEY.ca_seed()) == 32
+    derived = {KEY.ca_seed(), KEY.torrent_secret(), KEY.rendezvous(), OTHER.torrent_secret()}
+    assert len(derived) == 4 and len(KEY.torrent_secret()) == 32
 
 
 @pytest.mark.parametrize(
@@ -187,8 +195,62 @@ def test_keyed_info_hashes_are_the_same_per_key_and_differ_between_keys() -> Non
         without_cert(theirs, ca)
 
 
+def test_tagged_info_hashes_are_the_same_per_key_and_tell_nothing_of_another() -> None:
+    """By default a keyed info dict ends with its own tag (an HMAC of the open dict under the
+    key's torrent secret): every agent of the office derives the same info-hash, another
+    office or an open one another; the tag differs per torrent; the open form comes back out
+    and a dict tagged by another key, or keyed the SSL way, is refused; the secret's repr
+    shows nothing of it."""
+    secret, other = TorrentSecret(KEY.torrent_secret()), TorrentSecret(OTHER.torrent_secret())
+    digest, size = "sha256:" + "cd" * 32, 3 * 1024 * 1024
+    info = info_bytes(digest, size, os.urandom(20 * 3))
+    ours = keyed(info, secret)
+    assert ours == keyed(info, TorrentSecret(OfficeKey.parse(TEXT).torrent_secret()))
+    assert ours.startswith(info[:-1]) and ours.endswith(b"12:x-office-tag32:" + ours[-33:])
+    theirs = keyed(info, other)
+    assert len({info_hash(info), info_hash(ours), info_hash(theirs)}) == 3
+    assert unkeyed(ours, secret) == info
+    assert expected_shape(ours, digest, size, secret)
+    for wrong in (info, theirs, with_cert(info, OfficeTls(KEY, "a1234567").ca_pem)):
+        assert not expected_shape(wrong, digest, size, secret)
+        with pytest.raises(ValueError):
+            unkeyed(wrong, secret)
+    # Another blob's dict carries another tag: one seen tells nothing of the next.
+    info2 = info_bytes("sha256:" + "ef" * 32, size, os.urandom(20 * 3))
+    assert keyed(info2, secret)[-33:] != ours[-33:]
+    assert KEY.torrent_secret().hex() not in repr(secret) and "key" not in repr(secret)
+    assert (keying_of(ours), keying_of(info)) == ("tagged torrents", "open torrents")
+    assert keying_of(with_cert(info, b"PEM")) == "SSL torrents (swarm_tls)"
+
+
+def test_unit_torrents_are_tagged_and_their_shape_checked_under_the_tag() -> None:
+    """A unit torrent keyed with the tag passes its shape check for this office only, its
+    hashes included in what the tag covers."""
+    secret = TorrentSecret(KEY.torrent_secret())
+    digest, size, piece = "sha256:" + "12" * 32, 8 * 1024 * 1024, 1024 * 1024
+    hashes = os.urandom(20 * 2)
+    info = unit_info(digest, size, 1, 2 * piece, 4 * piece, piece, hashes, secret)
+    assert unit_shape(info, digest, size, 1, 2 * piece, 4 * piece, piece, secret)
+    other = TorrentSecret(OTHER.torrent_secret())
+    assert not unit_shape(info, digest, size, 1, 2 * piece, 4 * piece, piece, other)
+    assert not unit_shape(info, digest, size, 2, 2 * piece, 4 * piece, piece, secret)
+    forged = info.replace(hashes, os.urandom(40))  # other hashes: the tag no longer fits
+    assert not unit_shape(forged, digest, size, 1, 2 * piece, 4 * piece, piece, secret)
+
+
+def test_swarm_tls_is_a_boolean_setting_off_by_default() -> None:
+    """``swarm_tls`` picks SSL torrents for an office that wants its LAN payload encrypted;
+    anything but a boolean is a config error."""
+    assert parse_config({}, {}).swarm_tls is False
+    assert parse_config({"swarm_tls": True}, {}).swarm_tls is True
+    with pytest.raises(UserError, match="swarm_tls must be true or false"):
+        parse_config({"swarm_tls": "yes"}, {})
+    assert OfficeTls(KEY, "aaaaaaaa").swarm_tls is False
+
+
 def test_mdns_carries_the_fingerprint_not_the_key() -> None:
-    """The announcement's TXT record has the key's fingerprint and nothing of the key."""
+    """The announcement's TXT record has the key's fingerprint and nothing of the key, nor
+    of the torrent secret derived from it."""
     d = Discovery(
         agent="aaaaaaaa",
         interfaces=["127.0.0.1"],
@@ -200,6 +262,8 @@ def test_mdns_carries_the_fingerprint_not_the_key() -> None:
     txt = d.service_info().text
     assert KEY.fingerprint.encode() in txt
     assert TEXT.encode() not in txt and TEXT[6:20].encode() not in txt
+    secret = KEY.torrent_secret()
+    assert secret not in txt and secret.hex().encode() not in txt
 
 
 # -- the peer link ---------------------------------------------------------------------------------

@@ -11,14 +11,25 @@ against the upstream digest (in a thread) and only then moved into ``blobs/`` wi
 ``move_storage``, where it keeps seeding. The alert pump wakes on ``set_alert_fd`` and turns
 alerts into plain events at once (alerts die at the next ``pop_alerts``).
 
-With an office key (``tls``) every torrent is an SSL torrent of the office (the CA's PEM in
-its info dict, ``torrents.with_cert``) and the session listens only for SSL connections: a
-peer must show a certificate the office CA signed, and each torrent is handed this agent's
-own when libtorrent asks (``torrent_need_cert_alert``). On top of that the IP filter lets
-through only the addresses of peers with a live authenticated session (``allow``), so a host
-the office does not know is reset before any handshake, and a peer whose session ended
-(found dead) is cut off at once. The store keeps torrent infos in their open form, so a new
-key needs no re-hash.
+With an office key (``tls``) every info dict is keyed (``torrents.keyed``), so that only
+the office can compute an info-hash, and the session speaks only in one of two ways:
+
+- by default, protocol encryption (MSE/PE) forced both ways (``ENCRYPTION``). Its handshake
+  proves on both ends knowledge of the info-hash (the dialling side sends only an obfuscated
+  hash of it, and both derive the handshake's RC4 keys from the DH secret *and* the
+  info-hash); a plain BitTorrent handshake is refused. Info dicts end with a tag derived from
+  the key (``TorrentSecret``), so knowing the key is what lets a peer in. The payload is
+  plaintext (RC4 cost as much as TLS), and the answering side's BitTorrent handshake with it,
+  so a sniffer of a transfer learns that torrent's info-hash and sees its bytes;
+- with ``swarm_tls`` (``tls.swarm_tls``), SSL torrents (the CA's PEM in the info dict), and
+  the session listens only for SSL connections: a peer must show a certificate the office CA
+  signed, and each torrent is handed this agent's own when libtorrent asks
+  (``torrent_need_cert_alert``). It costs ~5x the CPU per byte (docs/benchmarks.md).
+
+On top of either, the IP filter lets through only the addresses of peers with a live
+authenticated session (``allow``), so a host the office does not know is reset before any
+handshake, and a peer whose session ended (found dead) is cut off at once. The store keeps
+torrent infos in their open form, so a new key needs no re-hash.
 """
 
 from __future__ import annotations
@@ -37,7 +48,16 @@ import trio
 from ..core.digests import algorithm, hex_part
 from ..core.openfiles import SWARM_MOST
 from ..core.rangeset import RangeSet
-from ..core.torrents import SwarmFetch, expected_shape, info_hash, with_cert, without_cert
+from ..core.torrents import (
+    Keying,
+    SwarmFetch,
+    TorrentSecret,
+    expected_shape,
+    info_hash,
+    keyed,
+    keying_of,
+    unkeyed,
+)
 from .hashing import digest_file
 from .store import PartialState, Store
 
@@ -53,10 +73,29 @@ def _torrent_info(info: bytes) -> Any:
     return lt.torrent_info(lt.bdecode(b"d4:info" + info + b"e"))  # type: ignore[arg-type]
 
 
+# An office keyed by its torrent secret: protocol encryption (MSE/PE) forced both ways. Its
+# handshake needs the info-hash at both ends: the dialling side sends only an obfuscated hash
+# of it, and derives the RC4 keys of the rest of the handshake (its BitTorrent handshake
+# included) from it. The stream after the handshake stays plaintext: RC4 for all of it ran
+# at the rate of SSL torrents, ~0.2x curl against ~0.5x plaintext (docs/benchmarks.md).
+# The answering side's BitTorrent handshake then goes in clear, info-hash included: a LAN
+# sniffer of a transfer learns that torrent's info-hash (never the key, nor another's).
+ENCRYPTION = {
+    "out_enc_policy": int(lt.enc_policy.pe_forced),
+    "in_enc_policy": int(lt.enc_policy.pe_forced),
+    "allowed_enc_level": int(lt.enc_level.pe_plaintext),
+}
+
+
 def session_settings(
-    listen: Sequence[str], port: int, ssl: bool = False, connections: int = SWARM_MOST
+    listen: Sequence[str],
+    port: int,
+    ssl: bool = False,
+    connections: int = SWARM_MOST,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
-    # An office with a key listens for SSL connections only ("s"): nothing else is served.
+    # SSL torrents: listen for SSL connections only ("s"): nothing else is served.
+    # ``encrypted``: protocol encryption forced (ENCRYPTION).
     interfaces = ",".join(f"{ip}:{port}{'s' if ssl else ''}" for ip in listen)
     return {
         "listen_interfaces": interfaces,
@@ -97,6 +136,7 @@ def session_settings(
         "unchoke_slots_limit": -1,
         # [limits] lan_upload counts what peers receive, not TCP/IP headers.
         "rate_limit_ip_overhead": False,
+        **(ENCRYPTION if encrypted else {}),
     }
 
 
@@ -162,8 +202,17 @@ class Swarm:
         self.store = store
         self.listen = list(listen)
         self.tls = tls
-        self.ca = tls.ca_pem if tls is not None else None
-        settings = session_settings(self.listen, port, ssl=tls is not None, connections=connections)
+        self.ssl = tls is not None and tls.swarm_tls  # SSL torrents, else protocol encryption
+        self.ca: Keying = None  # what keys every info dict (the name sharing knows it by)
+        if tls is not None:
+            self.ca = tls.ca_pem if self.ssl else TorrentSecret(tls.key.torrent_secret())
+        settings = session_settings(
+            self.listen,
+            port,
+            ssl=self.ssl,
+            connections=connections,
+            encrypted=tls is not None and not self.ssl,
+        )
         self.session = lt.session(settings)  # type: ignore[call-overload]
         _one_peer_class(self.session)
         if tls is not None:
@@ -181,7 +230,7 @@ class Swarm:
         if list(listen) != self.listen:
             self.listen = list(listen)
             port = self.port
-            ssl = "s" if self.tls is not None else ""
+            ssl = "s" if self.ssl else ""
             self.session.apply_settings(
                 {"listen_interfaces": ",".join(f"{ip}:{port}{ssl}" for ip in self.listen)}
             )
@@ -190,9 +239,8 @@ class Swarm:
     def port(self) -> int:
         # Remembered: while the listen sockets are being re-opened on other addresses
         # (listen_on), the session says 0, and peers must keep being told the same port.
-        # With a key only the SSL listener is open.
-        ssl = self.tls is not None
-        port = int(self.session.ssl_listen_port() if ssl else self.session.listen_port())
+        # With SSL torrents only the SSL listener is open.
+        port = int(self.session.ssl_listen_port() if self.ssl else self.session.listen_port())
         if port:
             self._port = port
         return self._port
@@ -230,15 +278,15 @@ class Swarm:
             os.close(w)
 
     def _add(self, params: Any) -> Any:
-        """Add a torrent; with a key, give it our certificate at once. Waiting for libtorrent's
-        ``torrent_need_cert_alert`` left a window in which a peer's SSL handshake failed, and
-        libtorrent then waits before dialling that peer again."""
+        """Add a torrent; with SSL torrents, give it our certificate at once. Waiting for
+        libtorrent's ``torrent_need_cert_alert`` left a window in which a peer's SSL handshake
+        failed, and libtorrent then waits before dialling that peer again."""
         handle = self.session.add_torrent(params)
         self._certify(handle)
         return handle
 
     def _certify(self, handle: Any) -> None:
-        if self.tls is not None:
+        if self.tls is not None and self.ssl:
             with contextlib.suppress(RuntimeError):
                 handle.set_ssl_certificate_buffer(
                     self.tls.cert_pem.decode(),
@@ -288,7 +336,7 @@ class Swarm:
         """The info dictionary of a blob we seed or fetch (for peers' metadata queries)."""
         if digest in self._by_digest:
             info = self.store.torrent_info(digest)
-            return with_cert(info, self.ca) if info is not None else None
+            return keyed(info, self.ca) if info is not None else None
         return None
 
     def seed(self, digest: str, size: int, info: bytes | None = None) -> bool:
@@ -300,7 +348,7 @@ class Swarm:
             info = self.store.torrent_info(digest)
         if info is None:
             return False
-        info = with_cert(info, self.ca)
+        info = keyed(info, self.ca)
         params = lt.add_torrent_params()
         params.ti = _torrent_info(info)
         params.max_connections = TORRENT_PEERS
@@ -364,6 +412,10 @@ class Swarm:
         ``stall_timeout`` seconds, or the bytes fail the digest; the caller then uses mirrors.
         """
         if not expected_shape(info, digest, size, self.ca):
+            theirs, ours = keying_of(info), keying_of(keyed(b"de", self.ca))
+            if self.tls is not None and theirs != ours:  # a setting, not a lie: no "shape"
+                why = f"peer's torrents are {theirs}, ours {ours}: set swarm_tls alike everywhere"
+                return SwarmFetch(False, why)
             return SwarmFetch(False, "peer sent torrent info of the wrong shape")
         if digest in self._by_digest:
             return SwarmFetch(False, "already in the swarm")
@@ -391,7 +443,7 @@ class Swarm:
                 return SwarmFetch(False, "bytes from peers failed the digest", got, t.hash_failures)
             # Verified: into the store, where it keeps seeding.
             await trio.to_thread.run_sync(
-                self.store.save_torrent_info, digest, without_cert(info, self.ca)
+                self.store.save_torrent_info, digest, unkeyed(info, self.ca)
             )
             dest = self.store.blob_path(digest)
             dest.parent.mkdir(parents=True, exist_ok=True)

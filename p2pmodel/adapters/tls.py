@@ -15,9 +15,11 @@ The same pair serves both places that need it:
   is the common name of its verified certificate (``peer_agent``). Each side sends its own
   certificate only, never the CA: a server's goes out before the client proved anything, and
   the CA's PEM is what makes keyed info-hashes unguessable;
-- libtorrent's SSL torrents (``adapters.swarm``): the CA's PEM goes into the torrent's info
-  dict, and the agent's certificate and key are handed to each torrent. Its DNS names include
-  ``*``, which libtorrent reads as "valid for every torrent this CA signs for".
+- libtorrent's SSL torrents (``adapters.swarm``), in an office that chose them
+  (``swarm_tls``): the CA's PEM goes into the torrent's info dict, and the agent's certificate
+  and key are handed to each torrent. Its DNS names include ``*``, which libtorrent reads as
+  "valid for every torrent this CA signs for". By default the swarm keys its torrents with
+  the key's torrent secret instead, and uses no certificate.
 
 Certificates need no clock: validity runs from 2000 to 9999, so clock skew between office
 machines never breaks a handshake. Python's ``ssl`` loads a certificate chain only from a
@@ -149,10 +151,12 @@ def _secret_file(data: bytes) -> Iterator[str]:
 
 @dataclass
 class OfficeTls:
-    """One agent's TLS material: the office CA (PEM) and its own certificate and key."""
+    """One agent's TLS material: the office CA (PEM) and its own certificate and key, and
+    whether the swarm runs SSL torrents with them (``swarm_tls``)."""
 
     key: OfficeKey
     agent: str
+    swarm_tls: bool = False
     ca_pem: bytes = field(init=False, repr=False)
     cert_pem: bytes = field(init=False, repr=False)
     key_pem: bytes = field(init=False, repr=False)

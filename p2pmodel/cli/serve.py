@@ -63,6 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 except OSError as e:
                     raise UserError(f"cannot listen on {agent.interfaces}: {e.strerror}") from None
                 office = f"office key {agent.tls.fingerprint}" if agent.tls else "open office"
+                if agent.tls is not None and agent.tls.swarm_tls:
+                    office += ", SSL torrents"
                 print(
                     f"p2pmodel: agent {agent.id} serving on {', '.join(agent.interfaces)} "
                     f"(rpc {agent.rpc_port}, torrent {agent.status()['torrent_port']}, {office})",

@@ -59,6 +59,11 @@ class Config:
     token_hosts: tuple[str, ...] = (HF_ORIGIN + "/",)  # URL prefixes a user's HF token may go to
     office_key: OfficeKey | None = None  # None: an open office (its repr shows a fingerprint)
     office_key_file: str | None = None  # where the key is to be read from (adapters.home)
+    # With a key: blobs move between agents as SSL torrents (TLS 1.3, certificates of the
+    # office CA: confidential, ~5x the CPU per byte) instead of torrents tagged with the key
+    # and opened over protocol encryption whose payload is plaintext (the default: the LAN's
+    # rate; see docs/architecture.md, "The office key"). Every agent of an office sets it alike.
+    swarm_tls: bool = False
     same_files: tuple[SameFiles, ...] = ()  # [[same_files]]: repositories holding the same files
 
     def candidates(self, url: str) -> Candidates:
@@ -156,6 +161,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         "hf_token_hosts",
         "office_key",
         "office_key_file",
+        "swarm_tls",
     }
     known |= {"limits", "store_max", "same_files"}
     unknown = sorted(set(raw) - known)
@@ -231,6 +237,9 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         if not h.startswith(("https://", "http://")) or h.count("/") < 3:
             raise _Bad(f"hf_token_hosts: {h!r} is not a URL prefix like 'https://huggingface.co/'")
     office_key, office_key_file = _parse_office_key(raw, env)
+    swarm_tls = raw.get("swarm_tls", False)
+    if not isinstance(swarm_tls, bool):
+        raise _Bad("swarm_tls must be true or false")
     try:
         limits = parse_limits(raw.get("limits", {}))
         store_max = parse_size(raw["store_max"], "store_max") if "store_max" in raw else None
@@ -254,6 +263,7 @@ def _parse(raw: dict[str, Any], env: Mapping[str, str], path: str) -> Config:
         path=path,
         office_key=office_key,
         office_key_file=office_key_file,
+        swarm_tls=swarm_tls,
         same_files=same_files,
     )
 

@@ -10,8 +10,11 @@ or about the key:
   offices on the same LAN are ignored before any connection is made;
 - ``ca_seed``: the Ed25519 private key of the office CA. The same key on every agent gives
   byte-identical CA certificates (``adapters.tls``), which sign each agent's own certificate
-  for mutual TLS on the peer link and for libtorrent's SSL torrents, and go into the info
-  dict of every torrent (so info-hashes stay the same on every agent of the office);
+  for mutual TLS on the peer link and, with ``swarm_tls``, for libtorrent's SSL torrents,
+  whose info dicts then carry the CA (so info-hashes stay the same on every agent);
+- ``torrent_secret``: the key of the tag every info dict of the office carries by default
+  (``core.torrents.keyed``), so that only key holders can compute an info-hash, which is
+  what protocol encryption then needs to open a connection;
 - ``rendezvous``: the info-hash the office's agents announce on a tracker (``core.tracker``).
 
 The key itself never leaves this object but through ``text`` (for ``p2pmodel key new`` only):
@@ -93,6 +96,10 @@ class OfficeKey:
     def ca_seed(self) -> bytes:
         """The 32-byte Ed25519 private key of the office CA."""
         return hkdf(self._raw, b"ca ed25519", 32)
+
+    def torrent_secret(self) -> bytes:
+        """The 32-byte key that tags every info dict of the office (``core.torrents``)."""
+        return hkdf(self._raw, b"torrent tag", 32)
 
     def rendezvous(self) -> bytes:
         """The 20-byte info-hash the office's agents meet under on a tracker."""

@@ -9,16 +9,24 @@ only the upstream digest's pass. A blob fetched whole from mirrors gets its piec
 same read that checks the digest; either way a verified blob is ready to seed without a
 second pass.
 
-With an office key, every info dict also carries the office CA's certificate as ``ssl-cert``
-(``with_cert``): libtorrent then makes it an SSL torrent, exchanged only with peers holding a
-certificate that CA signed, and its info-hash is one nobody outside the office can compute
-(the CA is derived from the key, the same on every agent). The store keeps the open form
-(``without_cert``), so a new key needs no re-hash.
+With an office key, every info dict ends with one more field (``keyed``), so that its
+info-hash is one nobody outside the office can compute, while every agent of the office
+derives the same one:
+
+- by default ``x-office-tag``, an HMAC-SHA256 of the open dict under the office's torrent
+  secret (``OfficeKey.torrent_secret``): plain torrents, which the swarm exchanges only over
+  protocol encryption (MSE), whose handshake needs the info-hash on both ends and never
+  shows it. One tag per torrent: a dict or info-hash seen tells nothing about another;
+- with ``swarm_tls``, ``ssl-cert``, the office CA's certificate: libtorrent then makes it an
+  SSL torrent, exchanged only with peers holding a certificate that CA signed.
+
+The store keeps the open form (``unkeyed``), so a new key needs no re-hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +104,10 @@ def unit_info(
     stop: int,
     piece: int,
     hashes: bytes,
-    ca: bytes | None = None,
+    ca: Keying = None,
 ) -> bytes:
-    """The info dict of one unit; ``hashes`` are the SHA-1s of its pieces (``ca``: the
-    office CA, see ``with_cert``)."""
+    """The info dict of one unit; ``hashes`` are the SHA-1s of its pieces (``ca``: what
+    keys the office's torrents, see ``keyed``)."""
     n = -(-size // piece)
     first = start // piece
     pieces = NO_HASH * first + hashes + NO_HASH * (n - first - len(hashes) // 20)
@@ -113,7 +121,7 @@ def unit_info(
             UNIT_KEY: [index, start, stop],
         }
     )
-    return with_cert(info, ca)
+    return keyed(info, ca)
 
 
 def unit_shape(
@@ -124,12 +132,17 @@ def unit_shape(
     start: int,
     stop: int,
     piece: int,
-    ca: bytes | None = None,
+    ca: Keying = None,
 ) -> bool:
-    """Is ``info`` (from a peer) a unit torrent of exactly this shape? Zero hashes outside the
-    unit; its own piece hashes are checked by libtorrent as the bytes arrive."""
+    """Is ``info`` (from a peer) a unit torrent of exactly this shape, keyed for this office?
+    Zero hashes outside the unit; its own piece hashes are checked by libtorrent as the bytes
+    arrive."""
+    try:
+        info = unkeyed(info, ca)
+    except ValueError:
+        return False
     span = unit_pieces(start, stop, piece)
-    head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span), ca)
+    head = unit_info(digest, size, index, start, stop, piece, NO_HASH * len(span))
     if len(info) != len(head) or _strip_pieces(info) != _strip_pieces(head):
         return False
     hashes = pieces_of(info)
@@ -220,37 +233,84 @@ def info_bytes(digest: str, size: int, pieces: bytes) -> bytes:
 
 
 CERT_KEY = b"ssl-cert"  # sorts after every other key of our info dicts: it goes last
+TAG_KEY = b"x-office-tag"  # the same
+TAG_BYTES = 32
 
 
-def with_cert(info: bytes, ca: bytes | None) -> bytes:
-    """The info dict ``info`` (open form) as an SSL torrent of the office whose CA is ``ca``
-    (None: an open office, ``info`` unchanged)."""
+@dataclass(frozen=True)
+class TorrentSecret:
+    """An office's torrent secret (``OfficeKey.torrent_secret``). Its ``repr`` shows nothing:
+    with it anyone computes the office's info-hashes, which open connections to its agents."""
+
+    key: bytes = field(repr=False)
+
+    def tag(self, info: bytes) -> bytes:
+        """The ``x-office-tag`` of the open info dict ``info``."""
+        return hmac.new(self.key, info, hashlib.sha256).digest()
+
+
+# What keys an office's info dicts: its CA's PEM (SSL torrents, ``swarm_tls``), its torrent
+# secret (the default), or None (an open office: info dicts as the bytes alone make them).
+Keying = bytes | TorrentSecret | None
+
+
+def keyed(info: bytes, ca: Keying) -> bytes:
+    """The open info dict ``info`` as a torrent of the office keyed by ``ca`` (None: an open
+    office, ``info`` unchanged). The field goes last, as bencoding's key order wants."""
     if ca is None:
         return info
+    if isinstance(ca, TorrentSecret):
+        return info[:-1] + bencode(TAG_KEY) + bencode(ca.tag(info)) + b"e"
     return info[:-1] + bencode(CERT_KEY) + bencode(ca) + b"e"
 
 
-def without_cert(info: bytes, ca: bytes | None) -> bytes:
-    """The open form of an info dict made by ``with_cert(open, ca)``."""
+def unkeyed(info: bytes, ca: Keying) -> bytes:
+    """The open form of an info dict made by ``keyed(open, ca)``; ``ValueError`` for one that
+    is not (another office's, or one keyed another way)."""
     if ca is None:
         return info
+    if isinstance(ca, TorrentSecret):
+        cut = len(bencode(TAG_KEY)) + len(bencode(bytes(TAG_BYTES))) + 1
+        head = info[:-cut] + b"e"
+        if len(info) > cut and hmac.compare_digest(keyed(head, ca), info):
+            return head
+        raise ValueError("not an info dict of this office")
     tail = bencode(CERT_KEY) + bencode(ca) + b"e"
     if not info.endswith(tail):
         raise ValueError("not an info dict of this office")
     return info[: -len(tail)] + b"e"
 
 
+def keying_of(info: bytes) -> str:
+    """How an info dict is keyed, by its last field alone (its value is not checked), in words
+    for a message: agents whose ``swarm_tls`` differ cannot exchange blobs."""
+    if info[: -1 - TAG_BYTES].endswith(bencode(TAG_KEY) + b"%d:" % TAG_BYTES):
+        return "tagged torrents"
+    if bencode(CERT_KEY) in info:
+        return "SSL torrents (swarm_tls)"
+    return "open torrents"
+
+
+# The names of the days when only the CA keyed info dicts (the test fakes still use them).
+with_cert = keyed
+without_cert = unkeyed
+
+
 def info_hash(info: bytes) -> str:
     return hashlib.sha1(info, usedforsecurity=False).hexdigest()
 
 
-def expected_shape(info: bytes, digest: str, size: int, ca: bytes | None = None) -> bool:
+def expected_shape(info: bytes, digest: str, size: int, ca: Keying = None) -> bool:
     """Does ``info`` (e.g. from a peer) have exactly the shape our rule gives this blob (as a
-    torrent of the office whose CA is ``ca``)?
+    torrent of the office keyed by ``ca``)?
 
     Its piece hashes cannot be checked before the data arrives; the digest check does that."""
+    try:
+        info = unkeyed(info, ca)
+    except ValueError:
+        return False
     n = -(-size // piece_size(size)) if size else 0
-    head = with_cert(info_bytes(digest, size, b"\0" * 20 * n), ca)
+    head = info_bytes(digest, size, b"\0" * 20 * n)
     return len(info) == len(head) and _strip_pieces(info) == _strip_pieces(head)
 
 

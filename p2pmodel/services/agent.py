@@ -171,7 +171,7 @@ class Agent:
         )
         # With an office key: the office CA and this agent's own certificate (fresh each start).
         key = config.office_key
-        self.tls = OfficeTls(key, self.id) if key is not None else None
+        self.tls = OfficeTls(key, self.id, config.swarm_tls) if key is not None else None
         self._locality = Locality()
 
     def locality(self) -> Locality:
@@ -358,6 +358,8 @@ class Agent:
         self.keeper.set_cap(config.store_max)
         if config.office_key != (self.tls.key if self.tls is not None else None):
             notes.append("the office key changed: it takes effect when the agent restarts")
+        elif self.tls is not None and config.swarm_tls != self.tls.swarm_tls:
+            notes.append("swarm_tls changed: it takes effect when the agent restarts")
         return notes
 
     async def reload_config(self) -> None:
@@ -449,6 +451,8 @@ class Agent:
             "office": {
                 "key": self.tls is not None,
                 "fingerprint": self.tls.fingerprint if self.tls is not None else None,
+                # how blobs move between keyed agents: "tls" (SSL torrents) or "tagged"
+                "swarm": None if self.tls is None else "tls" if self.tls.swarm_tls else "tagged",
                 "other_office_agents": len(lan.peers.other_offices) if lan is not None else 0,
             },
             "rpc_port": lan.peers.rpc_port if lan is not None else None,

@@ -32,7 +32,7 @@ from ..core.digests import algorithm
 from ..core.locality import RateMeter
 from ..core.progress import Progress
 from ..core.stats import LanStats
-from ..core.torrents import SwarmFetch, expected_shape, info_bytes, piece_size
+from ..core.torrents import Keying, SwarmFetch, expected_shape, info_bytes, piece_size
 from ..core.wire import (
     Have,
     HaveQuery,
@@ -56,7 +56,8 @@ class SwarmAdapter(Protocol):
     @property
     def port(self) -> int: ...
 
-    ca: bytes | None  # the office CA in every info dict (None: an open office)
+    @property
+    def ca(self) -> Keying: ...  # what keys every info dict (None: an open office)
 
     def allow(self, hosts: set[str]) -> None: ...
 
@@ -350,7 +351,7 @@ class SwarmService:
             check()
 
     @property
-    def ca(self) -> bytes | None:
+    def ca(self) -> Keying:
         return self.swarm.ca
 
     def stored(self, digest: str, size: int) -> None:
